@@ -1,0 +1,171 @@
+"""The model → SAE release → SAE id choices, from SAELens's pretrained directory.
+
+SAELens ships a large YAML of every pretrained SAE release (≈10 s to parse on
+a small CPU). We parse it once per process, keep only releases whose model
+TransformerLens can load, and pickle the result in the user cache directory
+keyed by the sae-lens version, so later processes start in milliseconds.
+
+Worked example::
+
+    cat = load_catalogue()
+    cat.models()[:2]                        # ['gpt2-small', ...]
+    [r.release for r in cat.releases("gpt2-small")][:2]
+    choice = cat.choice("gpt2-small-res-jb", "blocks.8.hook_resid_pre")
+    choice.neuronpedia_id                    # 'gpt2-small/8-res-jb'
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import pickle
+import re
+import tempfile
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+DEFAULT_MODEL = "gpt2-small"
+DEFAULT_RELEASE = "gpt2-small-res-jb"
+DEFAULT_SAE_ID = "blocks.8.hook_resid_pre"
+
+# d_sae for releases whose ids don't say it (the res-jb family is 32 × 768).
+_KNOWN_D_SAE = {"gpt2-small-res-jb": 24576}
+_KNOWN_D_IN = {"gpt2-small": 768}
+
+
+@dataclass(frozen=True)
+class SaeChoice:
+    """One SAE of a release: what the picker shows and what loading needs."""
+
+    release: str
+    sae_id: str
+    model: str
+    neuronpedia_id: str | None
+    d_sae: int | None
+    d_in: int | None
+    l0: float | None = None
+
+    @property
+    def label(self) -> str:
+        extra = f" · {self.d_sae:,} features" if self.d_sae else ""
+        return f"{self.sae_id}{extra}"
+
+
+@dataclass(frozen=True)
+class Release:
+    release: str
+    model: str
+    repo_id: str
+    saes: tuple[SaeChoice, ...]
+
+    def sae_ids(self) -> list[str]:
+        return [s.sae_id for s in self.saes]
+
+
+@dataclass(frozen=True)
+class Catalogue:
+    """Every loadable release, keyed by name; parsed once, then read-only."""
+
+    by_release: dict[str, Release]
+
+    def models(self) -> list[str]:
+        names = sorted({r.model for r in self.by_release.values()})
+        # The default first: it is what the app opens with.
+        return sorted(names, key=lambda m: (m != DEFAULT_MODEL, m))
+
+    def releases(self, model: str) -> list[Release]:
+        return sorted(
+            (r for r in self.by_release.values() if r.model == model),
+            key=lambda r: (r.release != DEFAULT_RELEASE, r.release),
+        )
+
+    def choice(self, release: str, sae_id: str) -> SaeChoice:
+        """The SAE ``sae_id`` of ``release``; ``KeyError`` with a readable message if absent."""
+        rel = self.by_release.get(release)
+        if rel is None:
+            raise KeyError(f"unknown SAE release {release!r}")
+        for sae in rel.saes:
+            if sae.sae_id == sae_id:
+                return sae
+        raise KeyError(f"release {release!r} has no SAE {sae_id!r}")
+
+
+def _parse_width(text: str) -> int | None:
+    """'layer_12/width_16k/average_l0_82' → 16384; '...-65k' → 65536."""
+    m = re.search(r"(?:width_|_|-)(\d+)([km])\b", text)
+    if not m:
+        return None
+    return int(m.group(1)) * (1024 if m.group(2) == "k" else 1024 * 1024)
+
+
+def _loadable_by_transformer_lens(model: str) -> bool:
+    from transformer_lens.loading_from_pretrained import get_official_model_name
+
+    try:
+        get_official_model_name(model)
+        return True
+    except ValueError:
+        return False
+
+
+def parse_directory() -> Catalogue:
+    """Parse SAELens's directory into a :class:`Catalogue` (slow: ≈10 s)."""
+    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+    directory = get_pretrained_saes_directory()
+    loadable: dict[str, bool] = {}
+    out: dict[str, Release] = {}
+    for name, lookup in directory.items():
+        if lookup.model not in loadable:
+            loadable[lookup.model] = _loadable_by_transformer_lens(lookup.model)
+        if not loadable[lookup.model]:
+            continue
+        saes = tuple(
+            SaeChoice(
+                release=name,
+                sae_id=sae_id,
+                model=lookup.model,
+                neuronpedia_id=lookup.neuronpedia_id.get(sae_id),
+                d_sae=_KNOWN_D_SAE.get(name) or _parse_width(sae_id) or _parse_width(path) or _parse_width(name),
+                d_in=_KNOWN_D_IN.get(lookup.model),
+                l0=lookup.expected_l0.get(sae_id),
+            )
+            for sae_id, path in lookup.saes_map.items()
+        )
+        out[name] = Release(name, lookup.model, lookup.repo_id, saes)
+    return Catalogue(out)
+
+
+def _cache_file() -> Path:
+    base = os.environ.get("AXON_CACHE_DIR")
+    if not base:
+        from platformdirs import user_cache_dir
+
+        base = user_cache_dir("axon")
+    version = metadata.version("sae-lens")
+    return Path(base) / f"catalogue-sae_lens-{version}.pickle"
+
+
+@functools.cache
+def load_catalogue() -> Catalogue:
+    """The catalogue, parsed at most once per process and once per sae-lens
+    version on this machine (pickled in the user cache directory)."""
+    path = _cache_file()
+    try:
+        with open(path, "rb") as f:
+            cat = pickle.load(f)
+        if isinstance(cat, Catalogue):
+            return cat
+    except Exception:  # missing, truncated or from another version: parse again
+        pass
+    cat = parse_directory()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            pickle.dump(cat, f)
+        os.replace(tmp, path)  # atomic: a concurrent reader sees old or new, never half
+    except OSError:
+        pass  # an unwritable cache only costs the next process 10 s
+    return cat

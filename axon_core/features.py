@@ -1,0 +1,101 @@
+"""Residuals → features: SAE encode, top-k, and each feature's direct logit attribution.
+
+Worked example (numbers from a real run would differ)::
+
+    acts = sae.encode(resid)                      # [pos, d_sae]
+    hits = top_features(acts[3], k=3, threshold=0.1)
+    # [FeatureHit(index=7124, activation=6.2), FeatureHit(index=88, activation=2.9), ...]
+    attributions = direct_logit_attribution(
+        [h.index for h in hits], [h.activation for h in hits],
+        sae.W_dec, model.W_U[:, next_token], final_scale=scale[3],
+    )
+
+Everything here is a pure function of tensors; nothing keeps state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class FeatureHit:
+    """One SAE feature firing on one token.
+
+    ``attribution`` is the feature's direct logit attribution to the token
+    chosen *after* this position (see :func:`direct_logit_attribution`), or
+    ``None`` where there is no next token or the SAE's decoder does not write
+    into the residual stream (e.g. ``hook_z`` SAEs).
+    """
+
+    index: int
+    activation: float
+    attribution: float | None = None
+
+
+def top_features(acts: torch.Tensor, k: int, threshold: float) -> list[tuple[int, float]]:
+    """The ``k`` strongest features of one position's activations ``[d_sae]``
+    whose activation is above ``threshold``, strongest first, as (index, activation).
+
+    >>> top_features(torch.tensor([0.0, 3.0, 0.05, 1.0]), k=2, threshold=0.1)
+    [(1, 3.0), (3, 1.0)]
+    """
+    k = max(0, min(int(k), acts.shape[-1]))
+    if k == 0:
+        return []
+    values, indices = acts.topk(k)
+    keep = values > threshold
+    return [(int(i), float(v)) for i, v in zip(indices[keep].tolist(), values[keep].tolist())]
+
+
+def decoder_logit_effect(
+    w_dec_rows: torch.Tensor,
+    w_u_column: torch.Tensor,
+    final_scale: float,
+    centre: bool = True,
+    ln_weight: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """How much one unit of each feature moves one token's logit, directly.
+
+    ``((centre(W_dec[f]) / final_scale) * ln_weight) · W_U[:, t]`` for each row f,
+    i.e. the decoder direction sent through the final LayerNorm frozen at this
+    position's scale (centring as LayerNorm does, unless the model uses RMSNorm)
+    and through the unembedding column of token t.
+    """
+    d = w_dec_rows
+    if centre:
+        d = d - d.mean(-1, keepdim=True)
+    d = d / final_scale
+    if ln_weight is not None:
+        d = d * ln_weight
+    return d @ w_u_column
+
+
+def direct_logit_attribution(
+    indices: list[int],
+    activations: list[float],
+    w_dec: torch.Tensor,
+    w_u_column: torch.Tensor,
+    final_scale: float,
+    centre: bool = True,
+    ln_weight: torch.Tensor | None = None,
+) -> list[float]:
+    """Direct logit attribution of active features to the chosen token t:
+
+        attr_f = a_f · ((W_dec[f] − mean(W_dec[f])) / σ_p) · W_U[:, t]
+
+    where a_f is the feature's activation at position p, σ_p the final
+    LayerNorm's scale at p (``ln_final.hook_scale``), and W_U the model's
+    (LayerNorm-folded) unembedding. It is the part of token t's logit that the
+    feature's decoder direction writes straight through the residual stream,
+    ignoring every later layer. With TransformerLens's ``fold_ln`` the LayerNorm
+    weight lives inside W_U; otherwise pass it as ``ln_weight``.
+    """
+    if not indices:
+        return []
+    rows = w_dec[torch.tensor(indices, device=w_dec.device)]
+    effect = decoder_logit_effect(rows, w_u_column, final_scale, centre, ln_weight)
+    acts = torch.tensor(activations, dtype=effect.dtype, device=effect.device)
+    return (acts * effect).tolist()

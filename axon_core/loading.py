@@ -1,0 +1,162 @@
+"""Load a (model, SAE) pair by their real names, with a bounded cache.
+
+The SAE comes from ``SAE.from_pretrained(release, sae_id)``; the model from
+``HookedTransformer.from_pretrained(name, **sae.cfg.metadata.model_from_pretrained_kwargs)``
+so the residual is the one the SAE was trained on (res-jb needs
+``center_writing_weights``). Anything that goes wrong becomes a
+:class:`LoadError` whose message a person can act on.
+
+Worked example::
+
+    pairs = PairCache()                     # one per process, shared by sessions
+    pair = pairs.get("gpt2-small-res-jb", "blocks.8.hook_resid_pre")
+    pair.hook_name, pair.sae.cfg.d_sae      # ('blocks.8.hook_resid_pre', 24576)
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from cachetools import LRUCache
+
+from .catalogue import SaeChoice, load_catalogue
+from .residuals import FastWeights
+
+
+class LoadError(Exception):
+    """A model or SAE that cannot be loaded; ``str(err)`` is for people."""
+
+
+@dataclass
+class LoadedPair:
+    model: Any  # transformer_lens.HookedTransformer
+    sae: Any  # sae_lens.SAE
+    choice: SaeChoice
+    hook_name: str
+    device: str
+    fast_weights: Any = None  # residuals.FastWeights, when the architecture allows it
+
+    @property
+    def neuronpedia_id(self) -> str | None:
+        return self.choice.neuronpedia_id
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _available_memory_bytes() -> int | None:
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except Exception:
+        return None
+
+
+def _explain(what: str, err: BaseException) -> LoadError:
+    """Turn a loader's exception into one message a person can act on."""
+    name = type(err).__name__
+    text = str(err).splitlines()[0][:300] if str(err) else name
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+    if name in ("LocalEntryNotFoundError", "OfflineModeIsEnabled") or (
+        "offline" in text.lower() and "cache" in text.lower()
+    ):
+        why = "it is not in the local Hugging Face cache and the Hub cannot be reached"
+        if offline:
+            why += " (offline mode: HF_HUB_OFFLINE=1)"
+        return LoadError(f"Could not download {what}: {why}.")
+    if name in ("ConnectError", "ConnectionError", "ConnectTimeout", "ReadTimeout", "TimeoutError"):
+        return LoadError(f"Could not download {what}: the Hugging Face Hub is unreachable ({text}).")
+    if name in ("RepositoryNotFoundError", "EntryNotFoundError", "RevisionNotFoundError"):
+        return LoadError(f"Could not find {what} on the Hugging Face Hub ({text}).")
+    if isinstance(err, MemoryError) or "out of memory" in text.lower():
+        return LoadError(f"{what} does not fit in this machine's memory.")
+    return LoadError(f"Could not load {what}: {name}: {text}")
+
+
+class PairCache:
+    """Loaded models and SAEs, bounded (LRU) so switching back is instant and
+    memory stays bounded. One per process; thread-safe."""
+
+    def __init__(self, max_models: int = 1, max_saes: int = 3, device: str | None = None):
+        self.device = device or default_device()
+        self._models: LRUCache = LRUCache(maxsize=max_models)
+        self._saes: LRUCache = LRUCache(maxsize=max_saes)
+        self._lock = threading.RLock()
+
+    def get(
+        self,
+        release: str,
+        sae_id: str,
+        progress: Callable[[float, str], None] | None = None,
+    ) -> LoadedPair:
+        """Load (or reuse) the SAE ``sae_id`` of ``release`` and its model."""
+        report = progress or (lambda frac, msg: None)
+        try:
+            choice = load_catalogue().choice(release, sae_id)
+        except KeyError as err:
+            raise LoadError(f"Unknown SAE: {err.args[0]}.") from None
+        self._check_size(choice)
+        with self._lock:
+            report(0.1, f"loading SAE {release} / {sae_id}")
+            sae = self._saes.get((release, sae_id))
+            if sae is None:
+                sae = self._load_sae(choice)
+                self._saes[(release, sae_id)] = sae
+            meta = sae.cfg.metadata
+            kwargs = dict(getattr(meta, "model_from_pretrained_kwargs", None) or {})
+            model_name = getattr(meta, "model_name", None) or choice.model
+            key = (model_name, tuple(sorted(kwargs.items())))
+            report(0.5, f"loading model {model_name}")
+            entry = self._models.get(key)
+            if entry is None:
+                self._models.clear()  # free the old model before loading the next
+                model = self._load_model(model_name, kwargs)
+                entry = (model, FastWeights.from_model(model) if FastWeights.supports(model) else None)
+                self._models[key] = entry
+            report(1.0, "ready")
+            return LoadedPair(entry[0], sae, choice, meta.hook_name, self.device, entry[1])
+
+    def _check_size(self, choice: SaeChoice) -> None:
+        if not (choice.d_sae and choice.d_in):
+            return
+        need = choice.d_sae * choice.d_in * 2 * 4  # W_enc + W_dec, fp32
+        free = _available_memory_bytes()
+        if free is not None and need > free // 2:
+            raise LoadError(
+                f"SAE {choice.release} / {choice.sae_id} needs about {need / 2**30:.1f} GiB "
+                f"and only {free / 2**30:.1f} GiB is free: choose a smaller SAE."
+            )
+
+    def _load_sae(self, choice: SaeChoice):
+        from sae_lens import SAE
+
+        try:
+            sae = SAE.from_pretrained(choice.release, choice.sae_id, device=self.device)
+        except Exception as err:  # noqa: BLE001 - every loader failure becomes a LoadError
+            raise _explain(f"SAE {choice.release} / {choice.sae_id}", err) from err
+        return sae.eval()
+
+    def _load_model(self, name: str, kwargs: dict):
+        import warnings
+
+        from transformer_lens import HookedTransformer
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # HookedTransformer's deprecation notice
+                model = HookedTransformer.from_pretrained(name, device=self.device, **kwargs)
+        except Exception as err:  # noqa: BLE001
+            raise _explain(f"model {name}", err) from err
+        model.eval()
+        # An empty tokenizer (no vocab files in the cache) maps every text to one id.
+        probe = model.to_tokens("hello world", prepend_bos=False)[0].tolist()
+        if model.to_string(probe) != "hello world":
+            raise LoadError(f"model {name}: its tokenizer did not load (no vocabulary files found).")
+        return model

@@ -1,0 +1,47 @@
+"""Shared fixtures: a private, offline Hugging Face cache with random-weight
+checkpoints in the real repo layouts (see scripts/offline_hub.py).
+
+HF_HUB_CACHE / HF_HUB_OFFLINE must be set before huggingface_hub is imported
+(it reads them at import), so they are set here, at collection time.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+_HUB = Path(os.environ.get("AXON_TEST_HUB") or tempfile.mkdtemp(prefix="axon-test-hub-"))
+os.environ["HF_HUB_CACHE"] = str(_HUB)
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def offline_hub() -> Path:
+    """The tiny offline hub, written once per test session."""
+    from scripts.offline_hub import write_offline_hub
+
+    if not (_HUB / "AXON_OFFLINE_HUB.json").exists():
+        write_offline_hub(_HUB, "tiny", layers=[2, 8])
+    return _HUB
+
+
+@pytest.fixture(scope="session")
+def pairs(offline_hub):
+    from axon_core.loading import PairCache
+
+    return PairCache(device="cpu")
+
+
+@pytest.fixture(scope="session")
+def pair(pairs):
+    """gpt2 + gpt2-small-res-jb / blocks.8.hook_resid_pre, loaded by their real names."""
+    return pairs.get("gpt2-small-res-jb", "blocks.8.hook_resid_pre")

@@ -1,0 +1,107 @@
+"""The streaming generator against plain TransformerLens + SAELens calls."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from axon_core.generation import GenerationSettings, PromptError, generate
+
+PROMPT = "The capital of France is"
+SETTINGS = GenerationSettings(max_new_tokens=12, temperature=1.0, top_k=0, top_p=1.0,
+                              repetition_penalty=1.0, seed=3, feature_k=8, activation_threshold=0.1,
+                              stop_at_eos=False)
+
+
+def test_real_gpt2_tokenization(pair):
+    # The offline hub carries GPT-2's real BPE vocabulary.
+    tokens = pair.model.to_tokens(PROMPT)[0].tolist()
+    assert tokens == [50256, 464, 3139, 286, 4881, 318]
+
+
+def test_steps_reproduce_full_forward_features_and_attributions(pair):
+    steps = list(generate(pair, PROMPT, SETTINGS))
+    prompt_steps = [s for s in steps if s.is_prompt]
+    assert [s.text for s in prompt_steps] == ["The", " capital", " of", " France", " is"]
+    assert len(steps) == 5 + SETTINGS.max_new_tokens
+    assert [s.position for s in steps] == list(range(1, 1 + len(steps)))
+    tokens = torch.tensor([50256] + [s.token_id for s in steps])
+    with torch.inference_mode():
+        _, cache = pair.model.run_with_cache(tokens[None])
+        encoded = pair.sae.encode(cache[pair.hook_name][0])
+    scale = cache["ln_final.hook_scale"][0, :, 0]
+    w_dec, w_u = pair.sae.W_dec.detach(), pair.model.W_U.detach()
+    n_active = 0
+    for step in steps:
+        p = step.position
+        ref = encoded[p]
+        vals, idx = ref.topk(SETTINGS.feature_k)
+        expect = [(int(i), float(v)) for i, v in zip(idx, vals) if v > SETTINGS.activation_threshold]
+        got = [(f.index, f.activation) for f in step.features]
+        assert [i for i, _ in got] == [i for i, _ in expect]
+        assert max((abs(a - b) for (_, a), (_, b) in zip(got, expect)), default=0) <= 1e-4
+        n_active += len(got)
+        if p + 1 < len(tokens):
+            assert step.next_token_id == int(tokens[p + 1])
+            for f in step.features:
+                d = w_dec[f.index] - w_dec[f.index].mean()
+                direct = ref[f.index] * (d / scale[p]) @ w_u[:, step.next_token_id]
+                assert f.attribution == pytest.approx(float(direct), abs=1e-4)
+        else:
+            assert step.next_token_id is None
+            assert all(f.attribution is None for f in step.features)
+    assert n_active > 3 * len(steps)  # the fixture's SAE fires like a real one
+
+
+def test_same_seed_same_run_and_other_seed_differs(pair):
+    a = list(generate(pair, PROMPT, SETTINGS))
+    b = list(generate(pair, PROMPT, SETTINGS))
+    c = list(generate(pair, PROMPT, dataclasses.replace(SETTINGS, seed=4)))
+    assert a == b
+    assert [s.token_id for s in a] != [s.token_id for s in c]
+
+
+def test_sampling_probabilities_reported(pair):
+    steps = [s for s in generate(pair, PROMPT, SETTINGS) if not s.is_prompt]
+    assert all(0 < s.prob <= 1 and 0 < s.sampled_prob <= 1 for s in steps)
+    greedy = dataclasses.replace(SETTINGS, temperature=0.0)
+    g = [s for s in generate(pair, PROMPT, greedy) if not s.is_prompt]
+    assert all(s.sampled_prob == 1.0 for s in g)
+    # Greedy picks the argmax of the model's distribution at every step.
+    tokens = torch.tensor([50256, 464, 3139, 286, 4881, 318] + [s.token_id for s in g])
+    with torch.inference_mode():
+        logits = pair.model(tokens[None])[0]
+    assert [int(logits[p - 1].argmax()) for p in range(6, len(tokens))] == [s.token_id for s in g]
+
+
+def test_context_overflow_stops_cleanly(pair):
+    n_ctx = pair.model.cfg.n_ctx
+    prompt = " hello" * (n_ctx - 6)  # BOS + n_ctx-6 tokens: room for 5 more
+    steps = list(generate(pair, prompt, dataclasses.replace(SETTINGS, max_new_tokens=50)))
+    new = [s for s in steps if not s.is_prompt]
+    assert len(new) == 5
+    assert steps[-1].position == n_ctx - 1
+    assert "context" in steps[-1].notice
+
+
+def test_prompt_too_long_or_empty_is_a_clear_error(pair):
+    n_ctx = pair.model.cfg.n_ctx
+    with pytest.raises(PromptError, match="tokens long"):
+        next(generate(pair, " hello" * n_ctx, SETTINGS))
+    for empty in ["", "   \n\t"]:
+        with pytest.raises(PromptError, match="empty"):
+            next(generate(pair, empty, SETTINGS))
+
+
+def test_stop_at_eos(pair):
+    """With stop_at_eos the run ends on the first generated <|endoftext|>."""
+    bias = torch.zeros(pair.model.cfg.d_vocab)
+    bias[50256] = 1e4  # make <|endoftext|> certain by editing the logits' bias
+    original = pair.fast_weights.b_U.clone()
+    pair.fast_weights.b_U += bias
+    try:
+        steps = list(generate(pair, PROMPT, dataclasses.replace(SETTINGS, stop_at_eos=True)))
+    finally:
+        pair.fast_weights.b_U.copy_(original)
+    new = [s for s in steps if not s.is_prompt]
+    assert len(new) == 1 and new[0].token_id == 50256 and "endoftext" in new[0].notice
