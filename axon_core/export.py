@@ -1,0 +1,122 @@
+"""A run → portable JSON (and back), and a figure → one self-contained, offline HTML file.
+
+Worked example::
+
+    d = run_to_json(steps, settings, {"model": "gpt2", "release": "gpt2-small-res-jb",
+                    "sae_id": "blocks.8.hook_resid_pre", "neuronpedia_id": "gpt2-small/8-res-jb",
+                    "versions": {"torch": "2.13.0", "axon": "0.1"}}, graph, labels)
+    d["schema"]                      # 'axon-run/1'
+    d["tokens"][0]["features"][0]    # {'index': 7124, 'activation': 6.2, 'attribution': 0.31}
+    steps2, settings2, meta2 = run_from_json(orjson.loads(orjson.dumps(d)))
+    assert steps2 == steps and settings2 == settings
+    page = standalone_html(figure_dict(snap, pos, labels), "AXON run", generated_text)
+
+``meta`` is passed through as given (model, release, sae_id, neuronpedia_id and a
+``versions`` dict of torch / transformer_lens / sae_lens / axon are expected);
+nothing heavy is imported here. In the HTML, plotly.js is inlined from the
+installed ``plotly`` package (no CDN), the figure is embedded as JSON with
+``<``, ``>`` and ``&`` written as ``\\u003c``…, so no string in it can close the
+script element, and the title and text are HTML-escaped.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import asdict, fields
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+
+import orjson
+
+from .features import FeatureHit
+from .generation import GenerationSettings, TokenStep
+from .graph import GraphState, LabelSource, label_fn
+
+SCHEMA = "axon-run/1"
+
+
+def run_to_json(steps: list[TokenStep], settings: GenerationSettings, meta: dict,
+                graph: GraphState, label_of: LabelSource) -> dict[str, Any]:
+    """Everything needed to show or reproduce a run, as JSON-ready plain values."""
+    label = label_fn(label_of)
+    tokens = [{
+        "position": s.position, "token_id": s.token_id, "text": s.text,
+        "is_prompt": s.is_prompt, "next_token_id": s.next_token_id, "prob": s.prob,
+        "sampled_prob": s.sampled_prob, "notice": s.notice, "extra": dict(s.extra),
+        "features": [{"index": int(f.index), "activation": float(f.activation),
+                      "attribution": _opt_float(f.attribution)} for f in s.features],
+    } for s in steps]
+    edges = [{"source": e.source, "target": e.target, "count": e.count, "weight": e.weight}
+             for e in graph.edges()]
+    seen = sorted({f.index for s in steps for f in s.features})
+    return {
+        "schema": SCHEMA, "meta": dict(meta), "settings": asdict(settings),
+        "tokens": tokens, "edges": edges,
+        "labels": {str(i): label(i) for i in seen},
+    }
+
+
+def run_from_json(d: dict[str, Any]) -> tuple[list[TokenStep], GenerationSettings, dict]:
+    """The inverse of :func:`run_to_json` (unknown settings keys are ignored)."""
+    if d.get("schema") != SCHEMA:
+        raise ValueError(f"not an {SCHEMA} run: schema={d.get('schema')!r}")
+    known = {f.name for f in fields(GenerationSettings)}
+    settings = GenerationSettings(**{k: v for k, v in d.get("settings", {}).items() if k in known})
+    steps = [TokenStep(
+        position=int(t["position"]), token_id=int(t["token_id"]), text=str(t["text"]),
+        is_prompt=bool(t["is_prompt"]),
+        features=tuple(FeatureHit(int(f["index"]), float(f["activation"]),
+                                  _opt_float(f.get("attribution"))) for f in t["features"]),
+        next_token_id=None if t.get("next_token_id") is None else int(t["next_token_id"]),
+        prob=_opt_float(t.get("prob")), sampled_prob=_opt_float(t.get("sampled_prob")),
+        notice=t.get("notice"), extra=dict(t.get("extra") or {}),
+    ) for t in d.get("tokens", [])]
+    return steps, settings, dict(d.get("meta", {}))
+
+
+def _opt_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+@lru_cache(maxsize=1)
+def plotly_js() -> str:
+    """The installed plotly.js bundle (~4.8 MB), read once."""
+    source = resources.files("plotly") / "package_data" / "plotly.min.js"
+    return source.read_text(encoding="utf-8").replace("</script", "<\\/script")
+
+
+def json_for_script(value: Any) -> str:
+    """JSON that is safe inside ``<script>``: no ``<``, ``>`` or ``&`` survive raw."""
+    text = orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY).decode()
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+_PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title}</title>
+<style>
+body {{ margin: 0; background: #0b0f19; color: #d8dcf0; font-family: system-ui, sans-serif; }}
+h1 {{ font-size: 1.1rem; margin: 0.8rem 1rem 0.4rem; }}
+#text {{ white-space: pre-wrap; margin: 0 1rem 0.6rem; font-family: ui-monospace, monospace; }}
+#graph {{ width: 100vw; height: 80vh; }}
+</style></head>
+<body>
+<h1>{title}</h1>
+<div id="text">{text}</div>
+<div id="graph"></div>
+<script type="application/json" id="axon-figure">{figure}</script>
+<script>{plotly}</script>
+<script>
+var fig = JSON.parse(document.getElementById("axon-figure").textContent);
+Plotly.newPlot("graph", fig.data, fig.layout, {{responsive: true, displaylogo: false}});
+</script>
+</body></html>
+"""
+
+
+def standalone_html(figure: dict, title: str, text: str) -> str:
+    """One HTML file that shows ``figure`` and the generated ``text``, offline."""
+    return _PAGE.format(title=html.escape(title), text=html.escape(text),
+                        figure=json_for_script(figure), plotly=plotly_js())

@@ -1,0 +1,240 @@
+"""Token steps → the session's feature graph (nodes, co-firing edges, brightness).
+
+Worked example::
+
+    g = GraphState(decay=0.85)
+    g.add_step(TokenStep(1, 464, "The", True, (FeatureHit(7, 2.0), FeatureHit(9, 1.0))))
+    g.add_step(TokenStep(2, 3139, " cat", True, (FeatureHit(9, 3.0, 0.4),)))
+    snap = g.snapshot(max_nodes=300)
+    [(n.index, round(n.activation, 2), n.peak, n.tokens) for n in snap.nodes]
+    # [(7, 1.7, 2.0, 1), (9, 3.0, 3.0, 2)]   <- 7 decayed one token (2.0 * 0.85)
+    snap.edges      # (EdgeView(source=7, target=9, count=1, weight=1.0),)
+    snap.active     # frozenset({9})
+    g.neighbours(9) # [(7, 1, 1.0)]  as (index, co-fire count, summed weight)
+
+Nodes are every feature seen in the run, prompt tokens included. A node's
+``activation`` is its brightness now: the activation of its last firing times
+``decay ** tokens_since``; ``peak`` never decays. An edge joins two features
+that fired on the same token; its ``weight`` sums ``min(a, b)`` over those
+tokens. Feature firing counts and ``tokens_seen`` give co-occurrence
+statistics (:meth:`GraphState.npmi`). One ``GraphState`` per browser session;
+nothing here is global.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from itertools import combinations
+
+from .features import FeatureHit
+from .generation import TokenStep
+
+LabelSource = Callable[[int], str] | Mapping[int, str] | None
+
+
+def label_fn(label_of: LabelSource) -> Callable[[int], str]:
+    """A ``label_of`` callable, dict or None as a callable returning a str
+    (``""`` for unknown features). Labels are untrusted text: escape them
+    wherever they are rendered as HTML."""
+    if label_of is None:
+        return lambda index: ""
+    if isinstance(label_of, Mapping):
+        return lambda index: str(label_of.get(index, "") or "")
+    return lambda index: str(label_of(index) or "")
+
+
+@dataclass(frozen=True)
+class NodeView:
+    """One feature as the figure and tables see it."""
+
+    index: int
+    activation: float  # brightness now (decayed since its last firing)
+    peak: float
+    tokens: int  # how many tokens it fired on
+    first_position: int
+    last_position: int
+    attribution: float | None  # on its latest firing
+    history: tuple[tuple[int, float], ...]  # (position, activation) per firing
+
+
+@dataclass(frozen=True)
+class EdgeView:
+    """Two features that fired on the same token(s); ``source < target``."""
+
+    source: int
+    target: int
+    count: int  # tokens they co-fired on
+    weight: float  # sum over those tokens of min(activation_a, activation_b)
+
+
+@dataclass(frozen=True)
+class GraphSnapshot:
+    """An immutable, capped view of a :class:`GraphState` for one frame."""
+
+    nodes: tuple[NodeView, ...]  # in order of first appearance
+    edges: tuple[EdgeView, ...]  # strongest first
+    position: int | None  # position of the latest token
+    active: frozenset[int]  # features firing on the latest token
+    tokens_seen: int = 0
+
+
+@dataclass
+class _Node:
+    index: int
+    last_activation: float  # activation when it last fired
+    last_step: int  # step number (0-based count of tokens) of that firing
+    peak: float
+    tokens: int
+    first_position: int
+    last_position: int
+    attribution: float | None
+    history: list[tuple[int, float]] = field(default_factory=list)
+    pushes: list[tuple[int, float]] = field(default_factory=list)  # (next_token_id, attribution)
+
+
+@dataclass
+class _Edge:
+    count: int = 0
+    weight: float = 0.0
+
+
+class GraphState:
+    """The growing feature graph of one run; feed it with :meth:`add_step`."""
+
+    def __init__(self, decay: float = 0.85) -> None:
+        self.decay = decay
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything (a new run)."""
+        self._nodes: dict[int, _Node] = {}
+        self._edges: dict[tuple[int, int], _Edge] = {}
+        self._adjacent: dict[int, set[int]] = {}
+        self.tokens_seen = 0
+        self.position: int | None = None
+        self.active: frozenset[int] = frozenset()
+        self._latest: dict[int, float] = {}  # activation on the latest token
+
+    def add_step(self, step: TokenStep) -> None:
+        """Account for one token and the features that fired on it."""
+        hits: dict[int, FeatureHit] = {}
+        for hit in step.features:  # a feature twice on one token: keep the stronger
+            if hit.index not in hits or hit.activation > hits[hit.index].activation:
+                hits[hit.index] = hit
+        now = self.tokens_seen
+        for hit in hits.values():
+            self._fire(hit, step, now)
+        for a, b in combinations(sorted(hits), 2):
+            edge = self._edges.get((a, b))
+            if edge is None:
+                edge = self._edges[(a, b)] = _Edge()
+                self._adjacent.setdefault(a, set()).add(b)
+                self._adjacent.setdefault(b, set()).add(a)
+            edge.count += 1
+            edge.weight += min(hits[a].activation, hits[b].activation)
+        self.tokens_seen = now + 1
+        self.position = step.position
+        self.active = frozenset(hits)
+        self._latest = {i: h.activation for i, h in hits.items()}
+
+    def _fire(self, hit: FeatureHit, step: TokenStep, now: int) -> None:
+        act, pos = float(hit.activation), step.position
+        node = self._nodes.get(hit.index)
+        if node is None:
+            node = self._nodes[hit.index] = _Node(hit.index, act, now, act, 0, pos, pos, None)
+        node.last_activation, node.last_step, node.last_position = act, now, pos
+        node.peak = max(node.peak, act)
+        node.tokens += 1
+        node.attribution = hit.attribution
+        node.history.append((pos, act))
+        if hit.attribution is not None and step.next_token_id is not None:
+            node.pushes.append((step.next_token_id, float(hit.attribution)))
+
+    # ---- reading -------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._nodes)
+
+    def __contains__(self, index: object) -> bool:
+        return index in self._nodes
+
+    def activation(self, index: int) -> float:
+        """Brightness now: last firing's activation decayed by the tokens since."""
+        node = self._nodes[index]
+        return node.last_activation * self.decay ** (self.tokens_seen - 1 - node.last_step)
+
+    def node(self, index: int) -> NodeView:
+        n = self._nodes[index]
+        return NodeView(n.index, self.activation(index), n.peak, n.tokens, n.first_position,
+                        n.last_position, n.attribution, tuple(n.history))
+
+    def edges(self) -> list[EdgeView]:
+        """Every edge, strongest first (no cap)."""
+        views = [EdgeView(a, b, e.count, e.weight) for (a, b), e in self._edges.items()]
+        views.sort(key=lambda e: (-e.weight, -e.count, e.source, e.target))
+        return views
+
+    def firing_count(self, index: int) -> int:
+        return self._nodes[index].tokens if index in self._nodes else 0
+
+    def npmi(self, a: int, b: int) -> float:
+        """Normalised pointwise mutual information of two features firing on the
+        same token, over the tokens seen: -1 (never together) … 1 (always together)."""
+        n = self.tokens_seen
+        pair = self._edges.get((min(a, b), max(a, b)))
+        if not n or pair is None:
+            return -1.0
+        p_ab = pair.count / n
+        if p_ab >= 1.0:
+            return 1.0
+        p_a, p_b = self.firing_count(a) / n, self.firing_count(b) / n
+        return math.log(p_ab / (p_a * p_b)) / -math.log(p_ab)
+
+    def top_pushes(self, index: int, n: int = 5) -> list[tuple[int, float]]:
+        """Tokens this feature pushed hardest toward: (token_id, summed attribution)."""
+        total: dict[int, float] = {}
+        for token_id, attr in self._nodes[index].pushes:
+            total[token_id] = total.get(token_id, 0.0) + attr
+        return sorted(total.items(), key=lambda t: (-t[1], t[0]))[:n]
+
+    def pushes(self, index: int) -> list[tuple[int, float]]:
+        """The running list of (next_token_id, attribution), one per firing."""
+        return list(self._nodes[index].pushes)
+
+    def neighbours(self, index: int, n: int = 8) -> list[tuple[int, int, float]]:
+        """The ``n`` features co-firing most with ``index``: (index, count, weight)."""
+        rows = []
+        for other in self._adjacent.get(index, ()):
+            e = self._edges[(min(index, other), max(index, other))]
+            rows.append((other, e.count, e.weight))
+        rows.sort(key=lambda r: (-r[2], -r[1], r[0]))
+        return rows[:n]
+
+    def snapshot(self, max_nodes: int = 300, max_edges: int = 1500) -> GraphSnapshot:
+        """The strongest ``max_nodes`` nodes by peak (features firing on the latest
+        token always kept first) and the ``max_edges`` strongest edges among them."""
+        ranked = sorted(self._nodes.values(),
+                        key=lambda n: (n.index not in self.active, -n.peak, n.index))
+        kept = {n.index for n in ranked[:max_nodes]}
+        nodes = tuple(self.node(i) for i in self._nodes if i in kept)  # appearance order
+        edges = [EdgeView(a, b, e.count, e.weight) for (a, b), e in self._edges.items()
+                 if a in kept and b in kept]
+        edges.sort(key=lambda e: (-e.weight, -e.count, e.source, e.target))
+        return GraphSnapshot(nodes, tuple(edges[:max_edges]), self.position, self.active,
+                             self.tokens_seen)
+
+    def top_features_table(self, label_of: LabelSource, n: int = 20) -> list[dict]:
+        """Rows for a table, features on the latest token first (by activation),
+        then the rest by current brightness. ``activation`` is on the latest
+        token (0.0 if not firing); ``attribution`` is from the latest firing.
+        ``label`` is raw text: the renderer must escape it."""
+        label = label_fn(label_of)
+        order = sorted(self._nodes.values(), key=lambda node: (
+            -self._latest.get(node.index, 0.0), -self.activation(node.index),
+            -node.peak, node.index))
+        return [{"feature": node.index, "label": label(node.index),
+                 "activation": self._latest.get(node.index, 0.0), "peak": node.peak,
+                 "tokens": node.tokens, "attribution": node.attribution}
+                for node in order[:n]]
