@@ -39,20 +39,28 @@ def penalise_repeats(logits: torch.Tensor, history: list[int], penalty: float) -
 
 def sampling_distribution(
     logits: torch.Tensor, temperature: float, top_k: int, top_p: float
-) -> torch.Tensor:
-    """Probabilities to sample from after temperature, top-k and top-p (nucleus)."""
-    logits = logits.float() / temperature
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Probabilities to sample from after temperature, top-k and top-p (nucleus).
+
+    Returns ``(probs, token_ids)``: with top-k on, ``probs`` covers only the
+    ``top_k`` best tokens, listed in ``token_ids`` (strongest first), so the
+    full 50k-entry softmax and sort are skipped; otherwise ``token_ids`` is None
+    and ``probs`` covers the whole vocabulary.
+    """
+    ids = None
+    logits = logits.float()
     if 0 < top_k < logits.shape[-1]:
-        kth = logits.topk(top_k).values[-1]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = logits.softmax(-1)
+        logits, ids = logits.topk(top_k)  # sorted, strongest first
+    probs = (logits / temperature).softmax(-1)
     if top_p < 1.0:
-        sorted_p, order = probs.sort(descending=True)
+        sorted_p, order = (probs, None) if ids is not None else probs.sort(descending=True)
         # Drop a token once the mass before it already reaches top_p (the top one always stays).
-        drop_sorted = (sorted_p.cumsum(-1) - sorted_p) >= top_p
-        probs = probs.masked_fill(drop_sorted.scatter(0, order, drop_sorted), 0.0)
+        drop = (sorted_p.cumsum(-1) - sorted_p) >= top_p
+        if order is not None:
+            drop = drop.scatter(0, order, drop)
+        probs = probs.masked_fill(drop, 0.0)
         probs = probs / probs.sum()
-    return probs
+    return probs, ids
 
 
 def sample_next(
@@ -65,11 +73,17 @@ def sample_next(
     generator: torch.Generator,
 ) -> Choice:
     """Choose the next token from one position's logits ``[d_vocab]``."""
-    raw = logits.float().softmax(-1)
+    logits = logits.float()
+    log_z = torch.logsumexp(logits, -1)
+
+    def raw_prob(token: int) -> float:
+        return float((logits[token] - log_z).exp())
+
     adjusted = penalise_repeats(logits, history, repetition_penalty)
     if temperature <= 0:
         token = int(adjusted.argmax())
-        return Choice(token, float(raw[token]), 1.0)
-    probs = sampling_distribution(adjusted, temperature, top_k, top_p)
-    token = int(torch.multinomial(probs.cpu(), 1, generator=generator))  # CPU RNG: same on any device
-    return Choice(token, float(raw[token]), float(probs[token]))
+        return Choice(token, raw_prob(token), 1.0)
+    probs, ids = sampling_distribution(adjusted, temperature, top_k, top_p)
+    pick = int(torch.multinomial(probs.cpu(), 1, generator=generator))  # CPU RNG: same on any device
+    token = int(ids[pick]) if ids is not None else pick
+    return Choice(token, raw_prob(token), float(probs[pick]))

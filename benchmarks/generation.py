@@ -140,6 +140,12 @@ def main() -> None:
         dst.copy_(src)
         copies.append(time.perf_counter() - t)
     bandwidth = src.numel() * src.element_size() / statistics.median(copies)
+    reads = []
+    for _ in range(7):
+        t = time.perf_counter()
+        src.sum()
+        reads.append(time.perf_counter() - t)
+    read_bandwidth = src.numel() * src.element_size() / statistics.median(reads)
     w = pair.fast_weights
     per_token = sum(
         t.numel() * t.element_size() for b in w.blocks for t in b.values() if t is not None
@@ -148,6 +154,8 @@ def main() -> None:
     floor = per_token / bandwidth
     print(f"copy bandwidth {bandwidth / 1e9:.1f} GB/s; weights read per token {per_token / 1e6:.0f} MB; "
           f"floor {1e3 * floor:.1f} ms/token")
+    print(f"(for comparison: read-only bandwidth {read_bandwidth / 1e9:.1f} GB/s, "
+          f"i.e. {1e3 * per_token / read_bandwidth:.1f} ms/token just to stream the weights once)")
 
     ours_ms = 1e3 * res["ours_median_100"]
     print(
