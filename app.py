@@ -1,0 +1,368 @@
+"""AXON: watch GPT-2's SAE features light up while it writes (the Gradio UI).
+
+This file is the Blocks UI and its wiring only; everything else is in
+``axon_core/``. Run ``python app.py`` (or ``AXON_OFFLINE_HUB=DIR python app.py``
+on a hub written by ``scripts/offline_hub.py``).
+"""
+
+from __future__ import annotations
+
+from axon_core.hub import configure_hub
+
+HUB_NOTICE = configure_hub()  # before anything imports huggingface_hub
+
+import dataclasses  # noqa: E402
+import html  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import os  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from importlib import metadata  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import gradio as gr  # noqa: E402
+import pandas as pd  # noqa: E402
+import plotly  # noqa: E402
+import spaces  # noqa: E402
+
+from axon_core.catalogue import DEFAULT_MODEL, DEFAULT_RELEASE, DEFAULT_SAE_ID, load_catalogue  # noqa: E402
+from axon_core.generation import GenerationSettings, PromptError, generate  # noqa: E402
+from axon_core.labels import LabelService  # noqa: E402
+from axon_core.loading import LoadError, PairCache  # noqa: E402
+from axon_core.session import RunSession  # noqa: E402
+from axon_core.share import Limits, RunRequest, base_url_for, build_link, parse_query  # noqa: E402
+
+log = logging.getLogger("axon")
+HERE = Path(__file__).resolve().parent
+PLOTLY_JS = Path(plotly.__file__).resolve().parent / "package_data" / "plotly.min.js"
+gr.set_static_paths([str(PLOTLY_JS)])
+LIMITS = Limits.from_env()
+MAX_RUN_SECONDS = float(os.environ.get("AXON_MAX_RUN_SECONDS", "180"))
+DEFAULTS = GenerationSettings()
+EXAMPLES = [
+    "The capital of France is",
+    "In 1969, the first person to walk on the Moon was",
+    "def fibonacci(n):",
+    "She opened the letter and began to cry because",
+]
+TABLE_COLUMNS = ["feature", "label", "activation", "peak", "tokens", "attribution"]
+
+# Process-wide resources, shared by every browser session (read-mostly, thread-safe).
+CATALOGUE = load_catalogue()
+PAIRS = PairCache()
+LABELS = LabelService()
+STARTUP_ERROR: str | None = None
+try:  # ZeroGPU expects the model loaded at import
+    PAIRS.get(DEFAULT_RELEASE, DEFAULT_SAE_ID)
+except LoadError as err:
+    STARTUP_ERROR = str(err)
+
+
+def versions() -> dict[str, str]:
+    names = ["torch", "transformer-lens", "sae-lens", "gradio", "plotly"]
+    return {n: metadata.version(n) for n in names}
+
+
+# ---- status and tables ------------------------------------------------------
+
+
+def status_line(run: RunSession | None = None, extra: str | None = None) -> str:
+    parts = [f"**{PAIRS.device}**"]
+    if run is not None:
+        parts.append(f"{html.escape(run.meta['model'])} · {html.escape(run.meta['release'])} / "
+                     f"`{html.escape(run.meta['sae_id'])}`")
+        ms = run.ms_per_token()
+        if ms is not None:
+            parts.append(f"{ms:.0f} ms/token")
+        parts.append(f"{len(run.steps)} tokens · {len(run.graph)} features")
+    labels = LABELS.status()
+    if labels.get("last_error"):
+        parts.append("labels: Neuronpedia unreachable, showing feature numbers")
+    for note in (HUB_NOTICE, STARTUP_ERROR, extra):
+        if note:
+            parts.append(html.escape(note))
+    return " · ".join(parts)
+
+
+def table_frame(run: RunSession | None) -> pd.DataFrame:
+    rows = run.table() if run else []
+    df = pd.DataFrame(rows, columns=TABLE_COLUMNS)
+    for col in ("activation", "peak", "attribution"):
+        df[col] = pd.to_numeric(df[col], errors="coerce").round(3)
+    return df
+
+
+# ---- generation ---------------------------------------------------------------
+
+
+def _request_from_inputs(prompt, model, release, sae_id, temperature, top_k, top_p,
+                         repetition_penalty, max_tokens, seed, feature_k, threshold):
+    """Every input through the same validator as share links: clamped, never raising."""
+    raw = {
+        "prompt": prompt, "model": model, "release": release, "sae_id": sae_id,
+        "temperature": temperature, "top_k": top_k, "top_p": top_p,
+        "repetition_penalty": repetition_penalty, "max_tokens": max_tokens, "seed": seed,
+        "feature_k": feature_k, "threshold": threshold,
+    }
+    return parse_query({k: "" if v is None else str(v) for k, v in raw.items()}, LIMITS)
+
+
+def _frame(run, extra=None, final=False):
+    """One UI update: text, graph, table, status, state, and on the last frame the exports."""
+    out = [run.text_html(), run.figure_json(), table_frame(run), status_line(run, extra), run]
+    if final:
+        folder = Path(tempfile.mkdtemp(prefix="axon-run-"))
+        (folder / "axon-run.json").write_text(json.dumps(run.export_json(versions())))
+        (folder / "axon-graph.html").write_text(run.export_html())
+        out += [run.export_json(versions()), gr.update(value=str(folder / "axon-run.json"), interactive=True),
+                gr.update(value=str(folder / "axon-graph.html"), interactive=True)]
+    else:
+        out += [gr.skip(), gr.skip(), gr.skip()]
+    return out
+
+
+def _failure(message: str, run=None):
+    gr.Warning(message)
+    return [gr.skip(), gr.skip(), gr.skip(), status_line(run, message), run, gr.skip(), gr.skip(), gr.skip()]
+
+
+@spaces.GPU(duration=120)
+def run_generation(prompt, model, release, sae_id, temperature, top_k, top_p, repetition_penalty,
+                   max_tokens, seed, feature_k, threshold, progress=gr.Progress()):
+    """Generate from ``prompt`` and stream text, graph, table and status per frame."""
+    req, notices = _request_from_inputs(prompt, model, release, sae_id, temperature, top_k, top_p,
+                                        repetition_penalty, max_tokens, seed, feature_k, threshold)
+    if notices:
+        gr.Info("; ".join(notices)[:300])
+    try:
+        pair = PAIRS.get(req.release or DEFAULT_RELEASE, req.sae_id or DEFAULT_SAE_ID,
+                         progress=lambda frac, msg: progress(frac, desc=msg))
+    except LoadError as err:
+        yield _failure(str(err))
+        return
+    meta = {"model": pair.choice.model, "release": pair.choice.release, "sae_id": pair.choice.sae_id,
+            "hook_name": pair.hook_name, "neuronpedia_id": pair.neuronpedia_id, "device": pair.device,
+            "prompt": req.prompt}
+    run = RunSession(meta, req.settings, LABELS)
+    started = time.monotonic()
+    try:
+        for step in generate(pair, req.prompt, req.settings):
+            run.add(step)
+            if time.monotonic() - started > MAX_RUN_SECONDS:
+                run.notices.append(f"stopped: runs are limited to {MAX_RUN_SECONDS:.0f} s")
+                break
+            if run.frame_due():
+                yield _frame(run)
+    except PromptError as err:
+        yield _failure(str(err), run)
+        return
+    except Exception as err:  # noqa: BLE001 - a person sees a message, the log the trace
+        log.exception("generation failed")
+        yield _failure(f"Generation failed ({type(err).__name__}); the app is still running.", run)
+        return
+    yield _frame(run, extra=run.notices[-1] if run.notices else None, final=True)
+
+
+# ---- picker ---------------------------------------------------------------------
+
+
+def releases_for(model):
+    names = [r.release for r in CATALOGUE.releases(model)] if model else []
+    value = names[0] if names else None
+    return gr.update(choices=names, value=value), sae_ids_for(value)
+
+
+def sae_ids_for(release):
+    rel = CATALOGUE.by_release.get(release)
+    ids = rel.sae_ids() if rel else []
+    value = DEFAULT_SAE_ID if DEFAULT_SAE_ID in ids else (ids[0] if ids else None)
+    return gr.update(choices=ids, value=value)
+
+
+def load_choice(release, sae_id, progress=gr.Progress()):
+    if not release or not sae_id:
+        return status_line()
+    try:
+        pair = PAIRS.get(release, sae_id, progress=lambda frac, msg: progress(frac, desc=msg))
+    except LoadError as err:
+        gr.Warning(str(err))
+        return status_line(extra=str(err))
+    return status_line(extra=f"loaded {pair.choice.release} / {pair.choice.sae_id}")
+
+
+def prefetch_labels(release, sae_id, progress=gr.Progress()):
+    try:
+        np_id = CATALOGUE.choice(release, sae_id).neuronpedia_id
+    except KeyError as err:
+        return status_line(extra=str(err.args[0]))
+    if not np_id:
+        return status_line(extra="This SAE has no Neuronpedia id: its features keep their numbers.")
+    try:
+        n = LABELS.prefetch(np_id, progress=lambda done, total: progress(
+            (done / total) if total else 0.0, desc=f"labels: batch {done}"))
+    except Exception as err:  # noqa: BLE001
+        return status_line(extra=f"Label prefetch failed: {type(err).__name__}: {str(err)[:120]}")
+    return status_line(extra=f"{n:,} labels cached for {np_id}")
+
+
+# ---- inspector ------------------------------------------------------------------
+
+
+def inspect(run: RunSession | None, index):
+    empty = ("Click a node or a table row to inspect a feature.", None, pd.DataFrame(), pd.DataFrame(), gr.skip())
+    if run is None or index is None:
+        return empty
+    try:
+        index = int(index)
+    except (TypeError, ValueError):
+        return empty
+    pair_model = PAIRS.get(run.meta["release"], run.meta["sae_id"]).model
+    info = run.inspector(index, lambda t: pair_model.tokenizer.decode([t]))
+    if info is None:
+        return empty
+    link = f" · [Neuronpedia]({info['url']})" if info["url"] else ""
+    head = (f"### {html.escape(info['label'])}\n\nfeature **#{index}** · now {info['activation']:.2f}"
+            f" · peak {info['peak']:.2f} · fired on {info['tokens']} tokens{link}")
+    history = pd.DataFrame(info["history"], columns=["position", "activation"])
+    plot = gr.LinePlot(history, x="position", y="activation", height=180)
+    neighbours = pd.DataFrame(info["neighbours"], columns=["feature", "label", "co_fired", "weight"]).round(3)
+    pushes = pd.DataFrame(info["pushes"], columns=["token", "attribution"]).round(3)
+    return head, plot, neighbours, pushes, run.text_html(highlight=index)
+
+
+def inspect_from_table(run, evt: gr.SelectData):
+    row = getattr(evt, "row_value", None)
+    return inspect(run, row[0] if row else None)
+
+
+def inspect_from_graph(run, evt: gr.SelectData):
+    return inspect(run, evt.value if evt.value is not None else evt.index)
+
+
+# ---- share links ----------------------------------------------------------------
+
+
+def share_link(prompt, model, release, sae_id, temperature, top_k, top_p, repetition_penalty,
+               max_tokens, seed, feature_k, threshold, request: gr.Request):
+    req, _ = _request_from_inputs(prompt, model, release, sae_id, temperature, top_k, top_p,
+                                  repetition_penalty, max_tokens, seed, feature_k, threshold)
+    req = dataclasses.replace(req, autorun=True)
+    host = request.headers.get("x-forwarded-host") or request.headers.get("host") if request else None
+    scheme = (request.headers.get("x-forwarded-proto") if request else None) or "http"
+    return build_link(base_url_for(os.environ.get("SPACE_ID"), host, scheme), req)
+
+
+def from_query(request: gr.Request):
+    """Fill the inputs from the page's query string; start at once with autorun=1."""
+    params = dict(request.query_params) if request else {}
+    req, notices = parse_query(params, LIMITS)
+    s = req.settings
+    model = req.model if req.model in CATALOGUE.models() else DEFAULT_MODEL
+    release = req.release if req.release in CATALOGUE.by_release else DEFAULT_RELEASE
+    ids = CATALOGUE.by_release[release].sae_ids()
+    sae_id = req.sae_id if req.sae_id in ids else (DEFAULT_SAE_ID if DEFAULT_SAE_ID in ids else ids[0])
+    for key, given, used in (("model", req.model, model), ("release", req.release, release),
+                             ("sae_id", req.sae_id, sae_id)):
+        if given and given != used:
+            notices.append(f"{key} not in the catalogue, using {used}")
+    if notices:
+        gr.Info("Link: " + "; ".join(notices)[:300])
+    prompt = req.prompt if "prompt" in params else EXAMPLES[0]
+    release_choices = [r.release for r in CATALOGUE.releases(model)]
+    return (prompt, model, gr.update(choices=release_choices, value=release), gr.update(choices=ids, value=sae_id),
+            s.temperature, s.top_k, s.top_p, s.repetition_penalty, s.max_new_tokens, s.seed,
+            s.feature_k, s.activation_threshold, bool(req.autorun and "prompt" in params))
+
+
+def autorun_generation(autorun, *inputs):
+    if not autorun:
+        return
+    yield from run_generation(*inputs)
+
+
+# ---- the page ---------------------------------------------------------------------
+
+GRAPH_JS = (HERE / "assets" / "graph.js").read_text()
+CSS = (HERE / "assets" / "axon.css").read_text()
+HEAD = f'<script src="/gradio_api/file={PLOTLY_JS}"></script>'
+
+with gr.Blocks(title="AXON") as demo:
+    run_state = gr.State(None)
+    autorun_state = gr.State(False)
+    gr.Markdown("# AXON\nWhat GPT-2 is *thinking* while it writes: SAE features of its residual "
+                "stream, token by token. Hover a token for its features; click a node or row to inspect.")
+    with gr.Row():
+        with gr.Column(scale=3):
+            prompt = gr.Textbox(label="Prompt", value=EXAMPLES[0], lines=2, max_length=LIMITS.max_prompt_chars)
+            gr.Examples(EXAMPLES, inputs=prompt)
+            with gr.Row():
+                run_btn = gr.Button("Generate", variant="primary")
+                stop_btn = gr.Button("Stop", variant="stop")
+                link_btn = gr.Button("Copy link")
+            link_box = gr.Textbox(label="Share link", buttons=["copy"], interactive=False)
+        with gr.Column(scale=2):
+            model = gr.Dropdown(CATALOGUE.models(), value=DEFAULT_MODEL, label="Model")
+            release = gr.Dropdown([r.release for r in CATALOGUE.releases(DEFAULT_MODEL)], value=DEFAULT_RELEASE,
+                                  label="SAE release")
+            sae_id = gr.Dropdown(CATALOGUE.by_release[DEFAULT_RELEASE].sae_ids(), value=DEFAULT_SAE_ID,
+                                 label="SAE id (hook point)")
+            prefetch_btn = gr.Button("Prefetch all labels for this SAE", size="sm")
+            with gr.Accordion("Sampling and features", open=False):
+                temperature = gr.Slider(0, 2, value=DEFAULTS.temperature, step=0.05, label="Temperature (0 = greedy)")
+                top_k = gr.Slider(0, 200, value=DEFAULTS.top_k, step=1, label="Top-k (0 = off)")
+                top_p = gr.Slider(0.05, 1, value=DEFAULTS.top_p, step=0.01, label="Top-p")
+                repetition_penalty = gr.Slider(1, 2, value=DEFAULTS.repetition_penalty, step=0.05,
+                                               label="Repetition penalty")
+                max_tokens = gr.Slider(1, LIMITS.max_new_tokens, value=DEFAULTS.max_new_tokens, step=1,
+                                       label="Max new tokens")
+                seed = gr.Number(value=DEFAULTS.seed, precision=0, label="Seed")
+                feature_k = gr.Slider(1, 64, value=DEFAULTS.feature_k, step=1, label="Features per token")
+                threshold = gr.Slider(0, 10, value=DEFAULTS.activation_threshold, step=0.05,
+                                      label="Activation threshold")
+    status = gr.Markdown(status_line(), elem_id="axon-status")
+    text = gr.HTML('<div class="axon-text"></div>', label="Text")
+    with gr.Row():
+        with gr.Column(scale=3):
+            graph = gr.HTML(value="", html_template='<div class="axon-graph"></div>', js_on_load=GRAPH_JS,
+                            head=HEAD, elem_id="axon-graph-box", label="Feature graph")
+        with gr.Column(scale=2):
+            table = gr.Dataframe(pd.DataFrame(columns=TABLE_COLUMNS), label="Top features (latest token)",
+                                 interactive=False, wrap=True)
+    with gr.Accordion("Inspector", open=True):
+        inspector_head = gr.Markdown("Click a node or a table row to inspect a feature.")
+        with gr.Row():
+            inspector_plot = gr.LinePlot(height=180, label="Activation over the run")
+            neighbours = gr.Dataframe(label="Strongest co-firing neighbours", interactive=False)
+            pushes = gr.Dataframe(label="Tokens it pushed (direct logit attribution)", interactive=False)
+    with gr.Row():
+        json_btn = gr.DownloadButton("Download run (JSON)", interactive=False)
+        html_btn = gr.DownloadButton("Download graph (standalone HTML)", interactive=False)
+    run_json = gr.JSON(visible=False)
+
+    inputs = [prompt, model, release, sae_id, temperature, top_k, top_p, repetition_penalty,
+              max_tokens, seed, feature_k, threshold]
+    outputs = [text, graph, table, status, run_state, run_json, json_btn, html_btn]
+    run_event = run_btn.click(run_generation, inputs, outputs, api_name="generate",
+                              concurrency_id="generate")
+    submit_event = prompt.submit(run_generation, inputs, outputs, api_visibility="private",
+                                 concurrency_id="generate")
+    stop_btn.click(None, None, None, cancels=[run_event, submit_event])
+    link_btn.click(share_link, inputs, link_box, api_visibility="private")
+    model.change(releases_for, model, [release, sae_id], api_visibility="private")
+    release.input(sae_ids_for, release, sae_id, api_visibility="private")
+    sae_id.input(load_choice, [release, sae_id], status, api_visibility="private")
+    prefetch_btn.click(prefetch_labels, [release, sae_id], status, api_visibility="private")
+    inspector_outputs = [inspector_head, inspector_plot, neighbours, pushes, text]
+    table.select(inspect_from_table, run_state, inspector_outputs, api_visibility="private")
+    graph.select(inspect_from_graph, run_state, inspector_outputs, api_visibility="private")
+    load_event = demo.load(from_query, None, inputs + [autorun_state], api_visibility="private")
+    autorun_event = load_event.then(autorun_generation, [autorun_state] + inputs, outputs,
+                                    api_visibility="private", concurrency_id="generate")
+    stop_btn.click(None, None, None, cancels=[autorun_event])
+
+demo.queue(default_concurrency_limit=int(os.environ.get("AXON_CONCURRENCY", "2")), max_size=64)
+
+if __name__ == "__main__":
+    demo.launch(css=CSS, server_name=os.environ.get("AXON_HOST", "127.0.0.1"),
+                server_port=int(os.environ.get("AXON_PORT", "7860")))

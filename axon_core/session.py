@@ -1,0 +1,158 @@
+"""One browser session's run: steps → graph → layout → figure, tables and exports.
+
+All state of what one person sees lives in a :class:`RunSession`; the app keeps
+one per browser session (``gr.State``), so two sessions never share a graph.
+Labels come from a process-wide :class:`~axon_core.labels.LabelService` and are
+only ever *looked up* here (never awaited): a frame shows what is known.
+
+Worked example::
+
+    run = RunSession(meta={"model": "gpt2-small", "release": "gpt2-small-res-jb",
+                           "sae_id": "blocks.8.hook_resid_pre",
+                           "neuronpedia_id": "gpt2-small/8-res-jb"},
+                     settings=GenerationSettings(), labels=None)
+    for step in generate(pair, "The capital of France is", run.settings):
+        run.add(step)
+        if run.frame_due():
+            payload = run.figure_json()      # str: a Plotly figure as JSON
+    run.table()[0]   # {'feature': 1234, 'label': 'Feature 1234', 'activation': 5.1, ...}
+"""
+
+from __future__ import annotations
+
+import html
+import time
+from dataclasses import asdict
+from typing import Any
+
+from .export import run_to_json, standalone_html
+from .figure import figure_dict, to_json
+from .generation import GenerationSettings, TokenStep
+from .graph import GraphState
+from .labels import fallback_label
+from .layout import ForceLayout
+
+NEURONPEDIA_PAGE = "https://www.neuronpedia.org/{np_id}/{index}"
+
+
+class RunSession:
+    """The steps of one run and everything derived from them."""
+
+    def __init__(
+        self,
+        meta: dict[str, Any],
+        settings: GenerationSettings,
+        labels=None,
+        frame_interval: float = 0.2,
+        max_nodes: int = 300,
+    ):
+        self.meta, self.settings, self.labels = dict(meta), settings, labels
+        self.np_id: str | None = meta.get("neuronpedia_id")
+        self.frame_interval, self.max_nodes = frame_interval, max_nodes
+        self.graph = GraphState()
+        self.layout = ForceLayout(seed=0)
+        self.steps: list[TokenStep] = []
+        self.step_seconds: list[float] = []  # wall time per generated token
+        self.notices: list[str] = []
+        self._last_frame = float("-inf")
+        self._last_step_time: float | None = None
+        self._figure: dict | None = None
+        self._figure_nodes = -1
+
+    # ---- feeding ----------------------------------------------------------
+
+    def add(self, step: TokenStep) -> None:
+        now = time.perf_counter()
+        if not step.is_prompt and self._last_step_time is not None:
+            self.step_seconds.append(now - self._last_step_time)
+        self._last_step_time = now
+        self.steps.append(step)
+        self.graph.add_step(step)
+        if step.notice:
+            self.notices.append(step.notice)
+        if self.labels is not None and self.np_id:
+            self.labels.request(self.np_id, [f.index for f in step.features])
+
+    def frame_due(self, now: float | None = None) -> bool:
+        """Whether enough time has passed to send another frame (throttling)."""
+        now = time.perf_counter() if now is None else now
+        if now - self._last_frame >= self.frame_interval:
+            self._last_frame = now
+            return True
+        return False
+
+    # ---- reading ----------------------------------------------------------
+
+    def label(self, index: int) -> str:
+        if self.labels is None:
+            return fallback_label(index)
+        return self.labels.label(self.np_id, index)
+
+    def ms_per_token(self) -> float | None:
+        s = sorted(self.step_seconds)
+        return 1e3 * s[len(s) // 2] if s else None
+
+    def figure(self) -> dict:
+        """The current frame's figure, laid out warm-started from the last one."""
+        snap = self.graph.snapshot(max_nodes=self.max_nodes)
+        positions = self.layout.update(
+            [n.index for n in snap.nodes], [(e.source, e.target, e.weight) for e in snap.edges]
+        )
+        self._figure = figure_dict(snap, positions, self.label)
+        return self._figure
+
+    def figure_json(self) -> str:
+        return to_json(self.figure()).decode()
+
+    def text_html(self, highlight: int | None = None) -> str:
+        """The text so far, one span per token; hovering shows its top features."""
+        parts = []
+        for s in self.steps:
+            top = ", ".join(f"{self.label(f.index)} ({f.activation:.1f})" for f in s.features[:5])
+            prob = f" · p={s.prob:.3f}" if s.prob is not None else ""
+            title = html.escape(f"pos {s.position}{prob} · {top or 'no features'}", quote=True)
+            cls = "tok prompt" if s.is_prompt else "tok gen"
+            if highlight is not None and any(f.index == highlight for f in s.features):
+                cls += " lit"
+            text = html.escape(s.text).replace("\n", "↵<br>")
+            parts.append(f'<span class="{cls}" data-pos="{s.position}" title="{title}">{text}</span>')
+        return f'<div class="axon-text">{"".join(parts)}</div>'
+
+    def table(self, n: int = 20) -> list[dict]:
+        return self.graph.top_features_table(self.label, n=n)
+
+    def inspector(self, index: int, tokenizer_decode=None) -> dict[str, Any] | None:
+        """What the inspector shows for one feature, or None if it is not in this run."""
+        if index not in self.graph:
+            return None
+        node = self.graph.node(index)
+        decode = tokenizer_decode or (lambda t: f"#{t}")
+        url = NEURONPEDIA_PAGE.format(np_id=self.np_id, index=index) if self.np_id else None
+        return {
+            "index": index,
+            "label": self.label(index),
+            "activation": node.activation,
+            "peak": node.peak,
+            "tokens": node.tokens,
+            "history": list(node.history),
+            "neighbours": [
+                {"feature": j, "label": self.label(j), "co_fired": c, "weight": w}
+                for j, c, w in self.graph.neighbours(index)
+            ],
+            "pushes": [{"token": decode(t), "attribution": a} for t, a in self.graph.top_pushes(index)],
+            "url": url,
+        }
+
+    # ---- exports ----------------------------------------------------------
+
+    def export_json(self, versions: dict[str, str] | None = None) -> dict:
+        meta = {**self.meta, "versions": versions or {}, "ms_per_token": self.ms_per_token()}
+        return run_to_json(self.steps, self.settings, meta, self.graph, self.label)
+
+    def export_html(self) -> str:
+        fig = self._figure or self.figure()
+        title = f"AXON · {self.meta.get('release', '')} / {self.meta.get('sae_id', '')}"
+        return standalone_html(fig, title, "".join(s.text for s in self.steps))
+
+    def settings_dict(self) -> dict:
+        return asdict(self.settings)

@@ -1,0 +1,115 @@
+"""A whole run through RunSession: labels in later frames, text, table, inspector, exports."""
+
+import json
+import statistics
+import time
+
+import pytest
+
+from axon_core.export import run_from_json
+from axon_core.generation import GenerationSettings, generate
+from axon_core.labels import LabelService
+from axon_core.session import RunSession
+from neuronpedia_fake import FakeNeuronpedia
+
+NP_ID = "gpt2-small/8-res-jb"
+XSS = "<img src=x onerror=alert(1)>"
+SETTINGS = GenerationSettings(max_new_tokens=20, seed=1, stop_at_eos=False)
+
+
+def _meta(pair):
+    return {"model": "gpt2-small", "release": "gpt2-small-res-jb", "sae_id": pair.hook_name,
+            "neuronpedia_id": NP_ID, "prompt": "The capital of France is"}
+
+
+def _labels_for_all(n):
+    return {(NP_ID, i): (XSS if i % 7 == 0 else f"concept {i}") for i in range(n)}
+
+
+def _run(pair, labels):
+    run = RunSession(_meta(pair), SETTINGS, labels, frame_interval=0.0)
+    t = time.perf_counter()
+    for step in generate(pair, "The capital of France is", SETTINGS):
+        run.add(step)
+        run.table()  # what a frame reads
+        run.text_html()
+    return run, time.perf_counter() - t
+
+
+@pytest.fixture()
+def slow_labels(tmp_path, pair):
+    with FakeNeuronpedia(labels=_labels_for_all(pair.sae.cfg.d_sae)) as fake:
+        fake.mode, fake.delay = "slow", 2.0
+        svc = LabelService(base_url=fake.url, datasets_url=fake.datasets_url,
+                           cache_path=tmp_path / "labels.sqlite", rate_per_s=0)
+        yield svc, fake
+        svc.close()
+
+
+def test_slow_label_server_does_not_slow_generation(pair, slow_labels, tmp_path):
+    svc, fake = slow_labels
+    off = LabelService(enabled=False, cache_path=tmp_path / "off.sqlite")
+    _run(pair, off)  # warm up
+    # Interleave to cancel drift on a noisy machine; compare medians.
+    slow, base = [], []
+    for _ in range(3):
+        base.append(_run(pair, off)[1])
+        slow.append(_run(pair, svc)[1])
+    added = statistics.median(slow) - statistics.median(base)
+    print(f"20-token run: {1e3 * statistics.median(base):.0f} ms without labels, "
+          f"+{1e3 * added:.1f} ms with a 2 s label server")
+    assert added < 0.050
+    assert fake.count("/api/feature/") > 0  # the fetches really happened, in the background
+
+
+def test_labels_arrive_in_later_frames(pair, slow_labels):
+    svc, fake = slow_labels
+    fake.mode = "normal"
+    run, _ = _run(pair, svc)
+    first = run.table()[0]
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and run.table()[0]["label"].startswith("Feature "):
+        time.sleep(0.1)
+    later = run.table()[0]
+    assert later["feature"] == first["feature"]
+    assert not later["label"].startswith("Feature ")  # filled in by a later frame
+
+
+def test_labels_are_text_everywhere(pair, tmp_path):
+    svc = LabelService(enabled=False, cache_path=tmp_path / "l.sqlite")
+    run = RunSession(_meta(pair), SETTINGS, svc, frame_interval=0.0)
+    steps = list(generate(pair, "The capital of France is", SETTINGS))
+    svc.put(NP_ID, {f.index: XSS for s in steps for f in s.features})
+    for s in steps:
+        run.add(s)
+    assert any(r["label"] == XSS for r in run.table())  # raw text: the table renders text
+    page = run.text_html()
+    assert XSS not in page and "&lt;img src=x onerror=alert(1)&gt;" in page
+    fig = run.figure_json()
+    assert "<img" not in fig and "&lt;img" in fig
+    standalone = run.export_html()
+    assert "<img src=x" not in standalone
+
+
+def test_inspector_and_export_round_trip(pair, tmp_path):
+    run = RunSession(_meta(pair), SETTINGS, None, frame_interval=0.0)
+    steps = list(generate(pair, "The capital of France is", SETTINGS))
+    for s in steps:
+        run.add(s)
+    top = run.table()[0]["feature"]
+    info = run.inspector(top, lambda t: pair.model.tokenizer.decode([t]))
+    assert info["url"] == f"https://www.neuronpedia.org/{NP_ID}/{top}"
+    assert len(info["history"]) == info["tokens"] >= 1
+    assert all(n["co_fired"] >= 1 for n in info["neighbours"])
+    assert run.inspector(10**9) is None
+    data = json.loads(json.dumps(run.export_json({"torch": "x"})))
+    back, settings, meta = run_from_json(data)
+    assert back == steps and settings == SETTINGS and meta["neuronpedia_id"] == NP_ID
+    assert run.ms_per_token() is not None
+
+
+def test_frames_are_throttled(pair):
+    run = RunSession(_meta(pair), SETTINGS, None, frame_interval=0.25)
+    assert run.frame_due(now=10.0)
+    assert not run.frame_due(now=10.1)
+    assert run.frame_due(now=10.3)
