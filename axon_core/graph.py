@@ -23,11 +23,11 @@ nothing here is global.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from itertools import combinations
 
+from .edges import npmi
 from .features import FeatureHit
 from .generation import TokenStep
 
@@ -179,18 +179,15 @@ class GraphState:
     def firing_count(self, index: int) -> int:
         return self._nodes[index].tokens if index in self._nodes else 0
 
+    def cofire_count(self, a: int, b: int) -> int:
+        """Tokens on which features ``a`` and ``b`` both fired."""
+        edge = self._edges.get((min(a, b), max(a, b)))
+        return edge.count if edge else 0
+
     def npmi(self, a: int, b: int) -> float:
         """Normalised pointwise mutual information of two features firing on the
         same token, over the tokens seen: -1 (never together) … 1 (always together)."""
-        n = self.tokens_seen
-        pair = self._edges.get((min(a, b), max(a, b)))
-        if not n or pair is None:
-            return -1.0
-        p_ab = pair.count / n
-        if p_ab >= 1.0:
-            return 1.0
-        p_a, p_b = self.firing_count(a) / n, self.firing_count(b) / n
-        return math.log(p_ab / (p_a * p_b)) / -math.log(p_ab)
+        return npmi(self.cofire_count(a, b), self.firing_count(a), self.firing_count(b), self.tokens_seen)
 
     def top_pushes(self, index: int, n: int = 5) -> list[tuple[int, float]]:
         """Tokens this feature pushed hardest toward: (token_id, summed attribution)."""

@@ -1,0 +1,123 @@
+"""Which edges mean something: co-firing scored against chance, or decoder geometry.
+
+Two features "co-fire" when both are active on the same token. Two frequent
+features co-fire often by chance alone, so a raw count says little. We score
+each pair by **normalised pointwise mutual information** over the run's tokens:
+
+    NPMI(a, b) = log(p_ab / (p_a · p_b)) / −log(p_ab)
+
+with p_a, p_b the fractions of tokens each fires on and p_ab the fraction they
+share: 0 means "as often as chance predicts", 1 "always together", −1 "never
+together". Pairs seen together on fewer than ``min_support`` tokens are too
+thin to judge and count as chance.
+
+The second kind, **decoder cosine**, is the cosine similarity of the two
+features' decoder directions (rows of ``W_dec``): how alike the SAE writes them
+into the residual stream, a property of the SAE rather than of this text.
+
+Worked example::
+
+    npmi(count_ab=25, count_a=50, count_b=50, n=100)   # 0.0  (independent)
+    npmi(30, 30, 30, 100)                              # 1.0  (always together)
+    npmi(0, 30, 30, 100)                               # -1.0 (never together)
+    scored = score_edges(graph, snapshot, kind="npmi")  # [(a, b, npmi, count), ...] above chance
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+EDGE_KINDS = ("npmi", "npmi_all", "cooccurrence", "decoder")
+
+
+def npmi(count_ab: int, count_a: int, count_b: int, n: int) -> float:
+    """NPMI of two features from counts over ``n`` tokens, in [−1, 1]."""
+    if n <= 0 or count_ab <= 0:
+        return -1.0
+    p_ab, p_a, p_b = count_ab / n, count_a / n, count_b / n
+    if p_ab >= 1.0:
+        return 1.0
+    value = math.log(p_ab / (p_a * p_b)) / -math.log(p_ab)
+    return max(-1.0, min(1.0, value))
+
+
+@dataclass(frozen=True)
+class ScoredEdge:
+    source: int
+    target: int
+    score: float  # NPMI, co-fire weight, or decoder cosine, by kind
+    count: int  # tokens the two co-fired on (0 for decoder edges that never co-fired)
+
+
+def score_edges(graph, snapshot, kind: str = "npmi", min_support: int = 2,
+                w_dec: torch.Tensor | None = None, max_edges: int = 1500,
+                min_cosine: float = 0.2) -> list[ScoredEdge]:
+    """The edges to draw among ``snapshot``'s nodes, strongest first.
+
+    - ``npmi``: co-firing pairs with NPMI > 0 and at least ``min_support`` shared tokens.
+    - ``npmi_all``: every co-firing pair, scored by NPMI (chance and below included).
+    - ``cooccurrence``: every co-firing pair, scored by its summed co-activation.
+    - ``decoder``: pairs of the snapshot's nodes whose decoder rows have cosine
+      ≥ ``min_cosine`` (needs ``w_dec``), whether or not they co-fired.
+    """
+    if kind not in EDGE_KINDS:
+        raise ValueError(f"unknown edge kind {kind!r}; expected one of {EDGE_KINDS}")
+    if kind == "decoder":
+        return decoder_edges(w_dec, [n.index for n in snapshot.nodes], graph, min_cosine, max_edges)
+    n = graph.tokens_seen
+    out = []
+    for e in graph.edges():
+        if e.source not in graph or e.target not in graph:
+            continue
+        if kind == "cooccurrence":
+            out.append(ScoredEdge(e.source, e.target, e.weight, e.count))
+            continue
+        score = npmi(e.count, graph.firing_count(e.source), graph.firing_count(e.target), n)
+        if kind == "npmi" and (score <= 0.0 or e.count < min_support):
+            continue
+        out.append(ScoredEdge(e.source, e.target, score, e.count))
+    keep = {node.index for node in snapshot.nodes}
+    out = [e for e in out if e.source in keep and e.target in keep]
+    out.sort(key=lambda e: (-e.score, -e.count, e.source, e.target))
+    return out[:max_edges]
+
+
+def decoder_cosines(w_dec: torch.Tensor, indices: list[int]) -> torch.Tensor:
+    """Cosine similarity matrix of the decoder rows of ``indices``."""
+    rows = w_dec[torch.tensor(indices, dtype=torch.long, device=w_dec.device)].float()
+    rows = rows / rows.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    return rows @ rows.T
+
+
+def decoder_edges(w_dec, indices: list[int], graph=None, min_cosine: float = 0.2,
+                  max_edges: int = 1500) -> list[ScoredEdge]:
+    """Pairs among ``indices`` whose decoder directions have cosine ≥ ``min_cosine``."""
+    if w_dec is None or len(indices) < 2:
+        return []
+    with torch.no_grad():
+        cos = decoder_cosines(w_dec, indices)
+        upper = torch.triu(torch.ones_like(cos, dtype=torch.bool), diagonal=1)
+        ii, jj = torch.nonzero((cos >= min_cosine) & upper, as_tuple=True)
+        vals = cos[ii, jj]
+        order = vals.argsort(descending=True)[:max_edges]
+    out = []
+    for k in order.tolist():
+        a, b = sorted((indices[int(ii[k])], indices[int(jj[k])]))
+        count = graph.cofire_count(a, b) if graph is not None else 0
+        out.append(ScoredEdge(a, b, float(vals[k]), count))
+    return out
+
+
+def npmi_neighbours(graph, index: int, n: int = 8, min_support: int = 1) -> list[tuple[int, float, int]]:
+    """A feature's strongest co-firing neighbours by NPMI: (index, npmi, count)."""
+    rows = []
+    total = graph.tokens_seen
+    for other, count, _ in graph.neighbours(index, n=10**9):
+        if count < min_support:
+            continue
+        rows.append((other, npmi(count, graph.firing_count(index), graph.firing_count(other), total), count))
+    rows.sort(key=lambda r: (-r[1], -r[2], r[0]))
+    return rows[:n]
