@@ -226,7 +226,7 @@ def inspect(run: RunSession | None, index):
             f" · peak {info['peak']:.2f} · fired on {info['tokens']} tokens{link}")
     history = pd.DataFrame(info["history"], columns=["position", "activation"])
     plot = gr.LinePlot(history, x="position", y="activation", height=180)
-    neighbours = pd.DataFrame(info["neighbours"], columns=["feature", "label", "co_fired", "weight"]).round(3)
+    neighbours = pd.DataFrame(info["neighbours"], columns=["feature", "label", "npmi", "co_fired"]).round(3)
     pushes = pd.DataFrame(info["pushes"], columns=["token", "attribution"]).round(3)
     return head, plot, neighbours, pushes, run.text_html(highlight=index)
 

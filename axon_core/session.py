@@ -22,15 +22,17 @@ from __future__ import annotations
 
 import html
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
+from .edges import npmi_neighbours, score_edges
 from .export import run_to_json, standalone_html
 from .figure import figure_dict, to_json
 from .generation import GenerationSettings, TokenStep
-from .graph import GraphState
+from .graph import EdgeView, GraphState
 from .labels import fallback_label
 from .layout import ForceLayout
+from .timeline import timeline_figure
 
 NEURONPEDIA_PAGE = "https://www.neuronpedia.org/{np_id}/{index}"
 
@@ -45,10 +47,14 @@ class RunSession:
         labels=None,
         frame_interval: float = 0.2,
         max_nodes: int = 300,
+        w_dec=None,
+        edge_kind: str = "npmi",
     ):
         self.meta, self.settings, self.labels = dict(meta), settings, labels
         self.np_id: str | None = meta.get("neuronpedia_id")
         self.frame_interval, self.max_nodes = frame_interval, max_nodes
+        self.w_dec, self.edge_kind = w_dec, edge_kind  # edge_kind: see edges.EDGE_KINDS
+        self.highlight: int | None = None  # a token position whose features the graph rings
         self.graph = GraphState()
         self.layout = ForceLayout(seed=0)
         self.steps: list[TokenStep] = []
@@ -92,17 +98,41 @@ class RunSession:
         s = sorted(self.step_seconds)
         return 1e3 * s[len(s) // 2] if s else None
 
-    def figure(self) -> dict:
-        """The current frame's figure, laid out warm-started from the last one."""
+    def figure(self, relayout: bool = True) -> dict:
+        """The current frame's figure, laid out warm-started from the last one.
+
+        Positions always follow co-firing strength (so switching the edge kind
+        does not move nodes); the edges drawn are those of ``edge_kind``, and the
+        ringed nodes are the latest token's features, or the highlighted token's.
+        """
         snap = self.graph.snapshot(max_nodes=self.max_nodes)
-        positions = self.layout.update(
-            [n.index for n in snap.nodes], [(e.source, e.target, e.weight) for e in snap.edges]
+        if relayout or not self.layout.positions:
+            self.layout.update([n.index for n in snap.nodes], [(e.source, e.target, e.weight) for e in snap.edges])
+        positions = self.layout.positions
+        scored = score_edges(self.graph, snap, self.edge_kind, w_dec=self.w_dec)
+        shift = 1.0 if self.edge_kind == "npmi_all" else 0.0  # NPMI in [-1, 1] → width in [0, 2]
+        drawn = replace(
+            snap,
+            edges=tuple(EdgeView(e.source, e.target, e.count, e.score + shift) for e in scored),
+            active=self.token_features(self.highlight) if self.highlight is not None else snap.active,
         )
-        self._figure = figure_dict(snap, positions, self.label)
+        self._figure = figure_dict(drawn, positions, self.label)
         return self._figure
 
-    def figure_json(self) -> str:
-        return to_json(self.figure()).decode()
+    def token_features(self, position: int) -> frozenset[int]:
+        return frozenset(f.index for s in self.steps if s.position == position for f in s.features)
+
+    def edge_counts(self) -> dict[str, int]:
+        """How many co-firing pairs there are and how many the NPMI filter keeps."""
+        snap = self.graph.snapshot(max_nodes=10**9, max_edges=10**9)
+        kept = score_edges(self.graph, snap, "npmi", max_edges=10**9)
+        return {"co_firing_pairs": len(self.graph.edges()), "npmi_kept": len(kept)}
+
+    def timeline(self) -> dict:
+        return timeline_figure(self.steps, self.label, highlight_position=self.highlight)
+
+    def figure_json(self, relayout: bool = True) -> str:
+        return to_json(self.figure(relayout)).decode()
 
     def text_html(self, highlight: int | None = None) -> str:
         """The text so far, one span per token; hovering shows its top features."""
@@ -136,8 +166,8 @@ class RunSession:
             "tokens": node.tokens,
             "history": list(node.history),
             "neighbours": [
-                {"feature": j, "label": self.label(j), "co_fired": c, "weight": w}
-                for j, c, w in self.graph.neighbours(index)
+                {"feature": j, "label": self.label(j), "npmi": v, "co_fired": c}
+                for j, v, c in npmi_neighbours(self.graph, index)
             ],
             "pushes": [{"token": decode(t), "attribution": a} for t, a in self.graph.top_pushes(index)],
             "url": url,

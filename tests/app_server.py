@@ -1,0 +1,90 @@
+"""Start ``python app.py`` as a real server for end-to-end tests.
+
+The app runs on the tiny offline hub (``AXON_OFFLINE_HUB``), with Neuronpedia
+pointed at a :class:`~neuronpedia_fake.FakeNeuronpedia` and a private label
+cache, on a free port of 127.0.0.1::
+
+    with AppServer(hub_dir, neuronpedia=fake) as app:
+        Client(app.url) ...
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class AppServer:
+    def __init__(self, hub: Path, neuronpedia=None, env: dict | None = None, log_dir: Path | None = None,
+                 startup_timeout: float = 180.0):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.hub, self.neuronpedia, self.startup_timeout = Path(hub), neuronpedia, startup_timeout
+        self.log_path = (log_dir or Path(os.environ.get("TMPDIR", "/tmp"))) / f"axon-app-{self.port}.log"
+        self.extra_env = env or {}
+        self.proc: subprocess.Popen | None = None
+
+    def environment(self) -> dict:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HF_HUB")}
+        env.update(
+            AXON_OFFLINE_HUB=str(self.hub), AXON_PORT=str(self.port), AXON_HOST="127.0.0.1",
+            AXON_LABEL_CACHE=str(self.log_path.with_suffix(".labels.sqlite")),
+            GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1",
+        )
+        if self.neuronpedia is not None:
+            env["AXON_NEURONPEDIA_URL"] = self.neuronpedia.url
+            env["AXON_NEURONPEDIA_DATASETS_URL"] = self.neuronpedia.datasets_url
+        env.update(self.extra_env)
+        return env
+
+    def start(self) -> "AppServer":
+        self.log = open(self.log_path, "w")
+        self.proc = subprocess.Popen([sys.executable, str(ROOT / "app.py")], cwd=ROOT, env=self.environment(),
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"app exited with {self.proc.returncode}:\n{self.log_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(self.url, timeout=2) as r:
+                    if r.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"app did not start in {self.startup_timeout:.0f} s:\n{self.log_text()[-3000:]}")
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text()
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        if getattr(self, "log", None):
+            self.log.close()
+
+    def __enter__(self) -> "AppServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
