@@ -26,6 +26,9 @@ import pandas as pd  # noqa: E402
 import plotly  # noqa: E402
 import spaces  # noqa: E402
 
+from axon_core.edges import EDGE_KINDS  # noqa: E402
+from axon_core.figure import to_json  # noqa: E402
+from axon_core.steering import compare_runs, steering_edit  # noqa: E402
 from axon_core.catalogue import DEFAULT_MODEL, DEFAULT_RELEASE, DEFAULT_SAE_ID, load_catalogue  # noqa: E402
 from axon_core.generation import GenerationSettings, PromptError, generate  # noqa: E402
 from axon_core.labels import LabelService  # noqa: E402
@@ -97,42 +100,75 @@ def table_frame(run: RunSession | None) -> pd.DataFrame:
 
 
 def _request_from_inputs(prompt, model, release, sae_id, temperature, top_k, top_p,
-                         repetition_penalty, max_tokens, seed, feature_k, threshold):
+                         repetition_penalty, max_tokens, seed, feature_k, threshold, steer=""):
     """Every input through the same validator as share links: clamped, never raising."""
     raw = {
         "prompt": prompt, "model": model, "release": release, "sae_id": sae_id,
         "temperature": temperature, "top_k": top_k, "top_p": top_p,
         "repetition_penalty": repetition_penalty, "max_tokens": max_tokens, "seed": seed,
-        "feature_k": feature_k, "threshold": threshold,
+        "feature_k": feature_k, "threshold": threshold, "steer": steer,
     }
     return parse_query({k: "" if v is None else str(v) for k, v in raw.items()}, LIMITS)
 
 
-def _frame(run, extra=None, final=False):
-    """One UI update: text, graph, table, status, state, and on the last frame the exports."""
+def _frame(run, extra=None, final=False, compare=None):
+    """One UI update: text, graph, table, status, state; on the last frame also the
+    exports, the timeline and (for a steered run) the side-by-side comparison."""
     out = [run.text_html(), run.figure_json(), table_frame(run), status_line(run, extra), run]
     if final:
         folder = Path(tempfile.mkdtemp(prefix="axon-run-"))
-        (folder / "axon-run.json").write_text(json.dumps(run.export_json(versions())))
+        exported = run.export_json(versions())
+        (folder / "axon-run.json").write_text(json.dumps(exported))
         (folder / "axon-graph.html").write_text(run.export_html())
-        out += [run.export_json(versions()), gr.update(value=str(folder / "axon-run.json"), interactive=True),
-                gr.update(value=str(folder / "axon-graph.html"), interactive=True)]
+        out += [exported, gr.update(value=str(folder / "axon-run.json"), interactive=True),
+                gr.update(value=str(folder / "axon-graph.html"), interactive=True),
+                to_json(run.timeline()).decode(), compare if compare is not None else ""]
     else:
-        out += [gr.skip(), gr.skip(), gr.skip()]
+        out += [gr.skip()] * 5
     return out
 
 
 def _failure(message: str, run=None):
     gr.Warning(message)
-    return [gr.skip(), gr.skip(), gr.skip(), status_line(run, message), run, gr.skip(), gr.skip(), gr.skip()]
+    return [gr.skip(), gr.skip(), gr.skip(), status_line(run, message), run] + [gr.skip()] * 5
+
+
+def comparison_html(plain: RunSession, steered: RunSession) -> str:
+    """Both texts side by side, the first diverging token marked, and what changed in the graph."""
+    cmp = compare_runs(plain.steps, steered.steps)
+
+    def text(run):
+        spans = []
+        for s in run.steps:
+            cls = "tok prompt" if s.is_prompt else "tok gen"
+            if cmp.first_divergence is not None and s.position == cmp.first_divergence:
+                cls += " diverge"
+            spans.append(f'<span class="{cls}">{html.escape(s.text)}</span>')
+        return "".join(spans)
+
+    def feats(rows):
+        return ", ".join(f"#{i} {html.escape(plain.label(i))} ({d:+.1f})" for i, d in rows) or "none"
+
+    where = ("identical texts" if cmp.first_divergence is None
+             else f"first divergence at position {cmp.first_divergence} (after {cmp.shared_tokens} shared new tokens)")
+    spec = ", ".join(f"#{f} {c:+.2f}" for f, c in steered.meta.get("steer", ()))
+    return (f'<div class="axon-compare"><p><b>Steering</b> {html.escape(spec)} · {where}</p>'
+            f'<div class="cols"><div><h4>plain</h4><div class="axon-text">{text(plain)}</div></div>'
+            f'<div><h4>steered</h4><div class="axon-text">{text(steered)}</div></div></div>'
+            f"<p>stronger when steered: {feats(cmp.gained)}<br>weaker: {feats(cmp.lost)}</p></div>")
 
 
 @spaces.GPU(duration=120)
 def run_generation(prompt, model, release, sae_id, temperature, top_k, top_p, repetition_penalty,
-                   max_tokens, seed, feature_k, threshold, progress=gr.Progress()):
-    """Generate from ``prompt`` and stream text, graph, table and status per frame."""
+                   max_tokens, seed, feature_k, threshold, steer="", edge_kind="npmi",
+                   progress=gr.Progress()):
+    """Generate from ``prompt`` and stream text, graph, table and status per frame.
+
+    With ``steer`` ("feature:coefficient, ..."), the plain run is made first and
+    the steered one streamed, then both are compared side by side.
+    """
     req, notices = _request_from_inputs(prompt, model, release, sae_id, temperature, top_k, top_p,
-                                        repetition_penalty, max_tokens, seed, feature_k, threshold)
+                                        repetition_penalty, max_tokens, seed, feature_k, threshold, steer)
     if notices:
         gr.Info("; ".join(notices)[:300])
     try:
@@ -144,24 +180,32 @@ def run_generation(prompt, model, release, sae_id, temperature, top_k, top_p, re
     meta = {"model": pair.choice.model, "release": pair.choice.release, "sae_id": pair.choice.sae_id,
             "hook_name": pair.hook_name, "neuronpedia_id": pair.neuronpedia_id, "device": pair.device,
             "prompt": req.prompt}
-    run = RunSession(meta, req.settings, LABELS)
+    kind = edge_kind if edge_kind in EDGE_KINDS else "npmi"
+    run = RunSession({**meta, "steer": req.steer}, req.settings, LABELS, w_dec=pair.sae.W_dec, edge_kind=kind)
     started = time.monotonic()
+    plain = None
     try:
-        for step in generate(pair, req.prompt, req.settings):
+        edit = steering_edit(pair.sae, req.steer) if req.steer else None
+        if req.steer:
+            plain = RunSession(meta, req.settings, LABELS)
+            for step in generate(pair, req.prompt, req.settings):
+                plain.add(step)
+        for step in generate(pair, req.prompt, req.settings, edit=edit):
             run.add(step)
             if time.monotonic() - started > MAX_RUN_SECONDS:
                 run.notices.append(f"stopped: runs are limited to {MAX_RUN_SECONDS:.0f} s")
                 break
             if run.frame_due():
                 yield _frame(run)
-    except PromptError as err:
+    except (PromptError, ValueError) as err:  # ValueError: a steering spec this SAE cannot take
         yield _failure(str(err), run)
         return
     except Exception as err:  # noqa: BLE001 - a person sees a message, the log the trace
         log.exception("generation failed")
         yield _failure(f"Generation failed ({type(err).__name__}); the app is still running.", run)
         return
-    yield _frame(run, extra=run.notices[-1] if run.notices else None, final=True)
+    compare = comparison_html(plain, run) if plain is not None else None
+    yield _frame(run, extra=run.notices[-1] if run.notices else None, final=True, compare=compare)
 
 
 # ---- picker ---------------------------------------------------------------------
@@ -210,7 +254,8 @@ def prefetch_labels(release, sae_id, progress=gr.Progress()):
 
 
 def inspect(run: RunSession | None, index):
-    empty = ("Click a node or a table row to inspect a feature.", None, pd.DataFrame(), pd.DataFrame(), gr.skip())
+    empty = ("Click a node or a table row to inspect a feature.", None, pd.DataFrame(), pd.DataFrame(), gr.skip(),
+             gr.skip())
     if run is None or index is None:
         return empty
     try:
@@ -228,7 +273,7 @@ def inspect(run: RunSession | None, index):
     plot = gr.LinePlot(history, x="position", y="activation", height=180)
     neighbours = pd.DataFrame(info["neighbours"], columns=["feature", "label", "npmi", "co_fired"]).round(3)
     pushes = pd.DataFrame(info["pushes"], columns=["token", "attribution"]).round(3)
-    return head, plot, neighbours, pushes, run.text_html(highlight=index)
+    return head, plot, neighbours, pushes, run.text_html(highlight=index), index
 
 
 def inspect_from_table(run, evt: gr.SelectData):
@@ -244,9 +289,9 @@ def inspect_from_graph(run, evt: gr.SelectData):
 
 
 def share_link(prompt, model, release, sae_id, temperature, top_k, top_p, repetition_penalty,
-               max_tokens, seed, feature_k, threshold, request: gr.Request):
+               max_tokens, seed, feature_k, threshold, steer, request: gr.Request):
     req, _ = _request_from_inputs(prompt, model, release, sae_id, temperature, top_k, top_p,
-                                  repetition_penalty, max_tokens, seed, feature_k, threshold)
+                                  repetition_penalty, max_tokens, seed, feature_k, threshold, steer)
     req = dataclasses.replace(req, autorun=True)
     host = request.headers.get("x-forwarded-host") or request.headers.get("host") if request else None
     scheme = (request.headers.get("x-forwarded-proto") if request else None) or "http"
@@ -272,7 +317,44 @@ def from_query(request: gr.Request):
     release_choices = [r.release for r in CATALOGUE.releases(model)]
     return (prompt, model, gr.update(choices=release_choices, value=release), gr.update(choices=ids, value=sae_id),
             s.temperature, s.top_k, s.top_p, s.repetition_penalty, s.max_new_tokens, s.seed,
-            s.feature_k, s.activation_threshold, bool(req.autorun and "prompt" in params))
+            s.feature_k, s.activation_threshold, format_steer(req.steer),
+            bool(req.autorun and "prompt" in params))
+
+
+def format_steer(spec) -> str:
+    return ", ".join(f"{f}:{c:g}" for f, c in spec)
+
+
+def add_steer(run: RunSession | None, feature, strength, current):
+    """Append "feature:coefficient" to the steering box; the strength is in units of
+    the feature's peak activation in the current run (1 unit if it has none)."""
+    try:
+        feature = int(feature)
+    except (TypeError, ValueError):
+        gr.Warning("Pick a feature first (click a node or a table row).")
+        return current
+    peak = run.graph.node(feature).peak if run is not None and feature in run.graph else 1.0
+    entry = f"{feature}:{float(strength) * peak:.4g}"
+    return f"{current.strip()}, {entry}" if current and current.strip() else entry
+
+
+def redraw(run: RunSession | None, kind):
+    if run is None or kind not in EDGE_KINDS:
+        return gr.skip()
+    run.edge_kind = kind
+    return run.figure_json(relayout=False)
+
+
+def highlight_token(run: RunSession | None, evt: gr.SelectData):
+    """A click on a token (in the text or the timeline) rings its features in the graph."""
+    try:
+        position = int(evt.value if evt.value is not None else evt.index)
+    except (TypeError, ValueError):
+        return gr.skip(), gr.skip()
+    if run is None:
+        return gr.skip(), gr.skip()
+    run.highlight = None if run.highlight == position else position
+    return run.figure_json(relayout=False), to_json(run.timeline()).decode()
 
 
 def autorun_generation(autorun, *inputs):
@@ -284,6 +366,9 @@ def autorun_generation(autorun, *inputs):
 # ---- the page ---------------------------------------------------------------------
 
 GRAPH_JS = (HERE / "assets" / "graph.js").read_text()
+TEXT_JS = (HERE / "assets" / "text.js").read_text()
+EDGE_CHOICES = [("above chance (NPMI > 0)", "npmi"), ("all co-firing, by NPMI", "npmi_all"),
+                ("co-activation strength", "cooccurrence"), ("decoder cosine (SAE geometry)", "decoder")]
 CSS = (HERE / "assets" / "axon.css").read_text()
 HEAD = f'<script src="/gradio_api/file={PLOTLY_JS}"></script>'
 
@@ -321,12 +406,13 @@ with gr.Blocks(title="AXON") as demo:
                 threshold = gr.Slider(0, 10, value=DEFAULTS.activation_threshold, step=0.05,
                                       label="Activation threshold")
     status = gr.Markdown(status_line(), elem_id="axon-status")
-    text = gr.HTML('<div class="axon-text"></div>', label="Text")
+    text = gr.HTML('<div class="axon-text"></div>', label="Text", js_on_load=TEXT_JS)
     with gr.Row():
         with gr.Column(scale=3):
-            graph = gr.HTML(value="", html_template='<div class="axon-graph"></div>', js_on_load=GRAPH_JS,
+            graph = gr.HTML(value="", html_template='<div class="axon-plot axon-graph"></div>', js_on_load=GRAPH_JS,
                             head=HEAD, elem_id="axon-graph-box", label="Feature graph")
         with gr.Column(scale=2):
+            edge_kind = gr.Radio(EDGE_CHOICES, value="npmi", label="Edges")
             table = gr.Dataframe(pd.DataFrame(columns=TABLE_COLUMNS), label="Top features (latest token)",
                                  interactive=False, wrap=True)
     with gr.Accordion("Inspector", open=True):
@@ -335,28 +421,50 @@ with gr.Blocks(title="AXON") as demo:
             inspector_plot = gr.LinePlot(height=180, label="Activation over the run")
             neighbours = gr.Dataframe(label="Strongest co-firing neighbours", interactive=False)
             pushes = gr.Dataframe(label="Tokens it pushed (direct logit attribution)", interactive=False)
+        with gr.Row():
+            steer_feature = gr.Number(label="Feature to steer", precision=0)
+            steer_strength = gr.Slider(-10, 10, value=4, step=0.5,
+                                       label="Strength (× its peak activation in this run)")
+            add_steer_btn = gr.Button("Add to steering", size="sm")
+        with gr.Row():
+            steer_box = gr.Textbox(label="Steering (feature:coefficient, …; coefficients in activation units)",
+                                   placeholder="e.g. 1234:8.5, 88:-3", scale=3)
+            steer_btn = gr.Button("Steer (same prompt and seed)", variant="primary", scale=1)
+            clear_steer_btn = gr.Button("Clear steering", size="sm", scale=1)
+        compare = gr.HTML("", label="Plain vs steered")
+    with gr.Accordion("Timeline: tokens × strongest features (click a token to ring its features)", open=True):
+        timeline = gr.HTML(value="", html_template='<div class="axon-plot axon-timeline"></div>',
+                           js_on_load=GRAPH_JS, head=HEAD, label="Timeline")
     with gr.Row():
         json_btn = gr.DownloadButton("Download run (JSON)", interactive=False)
         html_btn = gr.DownloadButton("Download graph (standalone HTML)", interactive=False)
     run_json = gr.JSON(visible=False)
 
     inputs = [prompt, model, release, sae_id, temperature, top_k, top_p, repetition_penalty,
-              max_tokens, seed, feature_k, threshold]
-    outputs = [text, graph, table, status, run_state, run_json, json_btn, html_btn]
+              max_tokens, seed, feature_k, threshold, steer_box, edge_kind]
+    outputs = [text, graph, table, status, run_state, run_json, json_btn, html_btn, timeline, compare]
     run_event = run_btn.click(run_generation, inputs, outputs, api_name="generate",
                               concurrency_id="generate")
     submit_event = prompt.submit(run_generation, inputs, outputs, api_visibility="private",
                                  concurrency_id="generate")
-    stop_btn.click(None, None, None, cancels=[run_event, submit_event])
-    link_btn.click(share_link, inputs, link_box, api_visibility="private")
+    steer_event = steer_btn.click(run_generation, inputs, outputs, api_visibility="private",
+                                  concurrency_id="generate")
+    stop_btn.click(None, None, None, cancels=[run_event, submit_event, steer_event])
+    add_steer_btn.click(add_steer, [run_state, steer_feature, steer_strength, steer_box], steer_box,
+                        api_visibility="private")
+    clear_steer_btn.click(lambda: "", None, steer_box, api_visibility="private")
+    edge_kind.change(redraw, [run_state, edge_kind], graph, api_visibility="private")
+    text.select(highlight_token, run_state, [graph, timeline], api_visibility="private")
+    timeline.select(highlight_token, run_state, [graph, timeline], api_visibility="private")
+    link_btn.click(share_link, inputs[:13], link_box, api_visibility="private")
     model.change(releases_for, model, [release, sae_id], api_visibility="private")
     release.input(sae_ids_for, release, sae_id, api_visibility="private")
     sae_id.input(load_choice, [release, sae_id], status, api_visibility="private")
     prefetch_btn.click(prefetch_labels, [release, sae_id], status, api_visibility="private")
-    inspector_outputs = [inspector_head, inspector_plot, neighbours, pushes, text]
+    inspector_outputs = [inspector_head, inspector_plot, neighbours, pushes, text, steer_feature]
     table.select(inspect_from_table, run_state, inspector_outputs, api_visibility="private")
     graph.select(inspect_from_graph, run_state, inspector_outputs, api_visibility="private")
-    load_event = demo.load(from_query, None, inputs + [autorun_state], api_visibility="private")
+    load_event = demo.load(from_query, None, inputs[:13] + [autorun_state], api_visibility="private")
     autorun_event = load_event.then(autorun_generation, [autorun_state] + inputs, outputs,
                                     api_visibility="private", concurrency_id="generate")
     stop_btn.click(None, None, None, cancels=[autorun_event])
