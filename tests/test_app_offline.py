@@ -1,0 +1,35 @@
+"""`python app.py` with no network and nothing cached starts and says what it could not download."""
+
+import urllib.request
+
+import pytest
+
+from app_server import AppServer
+
+
+@pytest.mark.parametrize("how", ["no network", "empty offline hub"])
+def test_app_starts_offline_and_explains(tmp_path, how):
+    empty = tmp_path / "empty-cache"
+    empty.mkdir()
+    if how == "no network":
+        # No AXON_OFFLINE_HUB: the app probes the Hub, finds it unreachable and goes offline.
+        env = {"AXON_OFFLINE_HUB": "", "HF_HUB_CACHE": str(empty)}
+    else:
+        env = {}
+    with AppServer(empty, env=env, log_dir=tmp_path) as app:
+        page = urllib.request.urlopen(app.url, timeout=10).read().decode()
+        assert "AXON" in page
+        from gradio_client import Client
+
+        client = Client(app.url, verbose=False)
+        out = client.predict("The capital of France is", "gpt2-small", "gpt2-small-res-jb",
+                             "blocks.8.hook_resid_pre", 0.8, 50, 0.95, 1.1, 5, 0, 12, 0.1, "", "npmi",
+                             api_name="/generate")
+        status = out[3]
+        assert "Could not download SAE gpt2-small-res-jb / blocks.8.hook_resid_pre" in status
+        assert "Traceback" not in status and "Traceback" not in app.log_text()
+        if how == "no network":
+            assert "Hugging Face Hub is unreachable" in status
+        else:
+            assert "holds no offline hub" in status
+        assert app.proc.poll() is None  # still serving
