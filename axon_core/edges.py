@@ -25,23 +25,33 @@ Worked example::
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 EDGE_KINDS = ("npmi", "npmi_all", "cooccurrence", "decoder")
 
 
+def npmi_array(count_ab: np.ndarray, count_a: np.ndarray, count_b: np.ndarray, n: int) -> np.ndarray:
+    """NPMI of many pairs at once from counts over ``n`` tokens, each in [−1, 1]."""
+    count_ab = np.asarray(count_ab, np.float64)
+    out = np.full(count_ab.shape, -1.0)
+    if n <= 0:
+        return out
+    p_ab = count_ab / n
+    p_a, p_b = np.asarray(count_a, np.float64) / n, np.asarray(count_b, np.float64) / n
+    some = (p_ab > 0) & (p_ab < 1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        value = np.log(p_ab[some] / (p_a[some] * p_b[some])) / -np.log(p_ab[some])
+    out[some] = np.clip(value, -1.0, 1.0)
+    out[p_ab >= 1] = 1.0
+    return out
+
+
 def npmi(count_ab: int, count_a: int, count_b: int, n: int) -> float:
     """NPMI of two features from counts over ``n`` tokens, in [−1, 1]."""
-    if n <= 0 or count_ab <= 0:
-        return -1.0
-    p_ab, p_a, p_b = count_ab / n, count_a / n, count_b / n
-    if p_ab >= 1.0:
-        return 1.0
-    value = math.log(p_ab / (p_a * p_b)) / -math.log(p_ab)
-    return max(-1.0, min(1.0, value))
+    return float(npmi_array(np.array([count_ab]), np.array([count_a]), np.array([count_b]), n)[0])
 
 
 @dataclass(frozen=True)
@@ -67,22 +77,18 @@ def score_edges(graph, snapshot, kind: str = "npmi", min_support: int = 2,
         raise ValueError(f"unknown edge kind {kind!r}; expected one of {EDGE_KINDS}")
     if kind == "decoder":
         return decoder_edges(w_dec, [n.index for n in snapshot.nodes], graph, min_cosine, max_edges)
-    n = graph.tokens_seen
-    out = []
-    for e in graph.edges():
-        if e.source not in graph or e.target not in graph:
-            continue
-        if kind == "cooccurrence":
-            out.append(ScoredEdge(e.source, e.target, e.weight, e.count))
-            continue
-        score = npmi(e.count, graph.firing_count(e.source), graph.firing_count(e.target), n)
-        if kind == "npmi" and (score <= 0.0 or e.count < min_support):
-            continue
-        out.append(ScoredEdge(e.source, e.target, score, e.count))
-    keep = {node.index for node in snapshot.nodes}
-    out = [e for e in out if e.source in keep and e.target in keep]
-    out.sort(key=lambda e: (-e.score, -e.count, e.source, e.target))
-    return out[:max_edges]
+    a, b, count, weight = graph.edge_columns([node.index for node in snapshot.nodes])
+    if kind == "cooccurrence":
+        score = weight
+    else:
+        score = npmi_array(count, graph.firing_counts(a), graph.firing_counts(b), graph.tokens_seen)
+        if kind == "npmi":
+            keep = (score > 0.0) & (count >= min_support)
+            a, b, count, score = a[keep], b[keep], count[keep], score[keep]
+    order = np.lexsort((b, a, -count, -score))[:max_edges]
+    return [ScoredEdge(int(x), int(y), float(v), int(c))
+            for x, y, v, c in zip(a[order].tolist(), b[order].tolist(), score[order].tolist(),
+                                  count[order].tolist())]
 
 
 def decoder_cosines(w_dec: torch.Tensor, indices: list[int]) -> torch.Tensor:

@@ -27,6 +27,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from itertools import combinations
 
+import numpy as np
+
 from .edges import npmi
 from .features import FeatureHit
 from .generation import TokenStep
@@ -94,10 +96,56 @@ class _Node:
     pushes: list[tuple[int, float]] = field(default_factory=list)  # (next_token_id, attribution)
 
 
-@dataclass
-class _Edge:
-    count: int = 0
-    weight: float = 0.0
+class EdgeTable:
+    """Co-firing pairs as parallel numpy arrays (grown by doubling), so a frame
+    can filter and rank tens of thousands of edges without a Python loop.
+
+    Row r is the pair ``(a[r], b[r])`` with ``a < b``; ``count[r]`` tokens they
+    co-fired on and ``weight[r]`` the summed ``min`` of their activations.
+    """
+
+    def __init__(self) -> None:
+        self.row: dict[tuple[int, int], int] = {}
+        self.n = 0
+        self.a = np.zeros(256, np.int64)
+        self.b = np.zeros(256, np.int64)
+        self.count = np.zeros(256, np.int64)
+        self.weight = np.zeros(256, np.float64)
+
+    def add(self, a: int, b: int, weight: float) -> bool:
+        """Count one co-firing of ``a < b``; True if the pair is new."""
+        r = self.row.get((a, b))
+        new = r is None
+        if new:
+            if self.n == len(self.a):
+                for name in ("a", "b", "count", "weight"):
+                    old = getattr(self, name)
+                    setattr(self, name, np.concatenate([old, np.zeros_like(old)]))
+            r = self.row[(a, b)] = self.n
+            self.a[r], self.b[r] = a, b
+            self.n += 1
+        self.count[r] += 1
+        self.weight[r] += weight
+        return new
+
+    def columns(self, among: np.ndarray | None = None):
+        """(a, b, count, weight) of every pair, or of pairs with both ends in ``among``."""
+        a, b, count, weight = self.a[: self.n], self.b[: self.n], self.count[: self.n], self.weight[: self.n]
+        if among is not None:
+            keep = np.isin(a, among) & np.isin(b, among)
+            a, b, count, weight = a[keep], b[keep], count[keep], weight[keep]
+        return a, b, count, weight
+
+
+def rank(score: np.ndarray, count: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row order: highest score first, then most co-firings, then by (a, b)."""
+    return np.lexsort((b, a, -count, -score))
+
+
+def edge_views(a, b, count, weight, order) -> list[EdgeView]:
+    return [EdgeView(int(x), int(y), int(c), float(w))
+            for x, y, c, w in zip(a[order].tolist(), b[order].tolist(), count[order].tolist(),
+                                  weight[order].tolist())]
 
 
 class GraphState:
@@ -110,7 +158,8 @@ class GraphState:
     def reset(self) -> None:
         """Forget everything (a new run)."""
         self._nodes: dict[int, _Node] = {}
-        self._edges: dict[tuple[int, int], _Edge] = {}
+        self._edges = EdgeTable()
+        self._firing = np.zeros(1024, np.int64)  # tokens fired on, by feature index
         self._adjacent: dict[int, set[int]] = {}
         self.tokens_seen = 0
         self.position: int | None = None
@@ -127,13 +176,9 @@ class GraphState:
         for hit in hits.values():
             self._fire(hit, step, now)
         for a, b in combinations(sorted(hits), 2):
-            edge = self._edges.get((a, b))
-            if edge is None:
-                edge = self._edges[(a, b)] = _Edge()
+            if self._edges.add(a, b, min(hits[a].activation, hits[b].activation)):
                 self._adjacent.setdefault(a, set()).add(b)
                 self._adjacent.setdefault(b, set()).add(a)
-            edge.count += 1
-            edge.weight += min(hits[a].activation, hits[b].activation)
         self.tokens_seen = now + 1
         self.position = step.position
         self.active = frozenset(hits)
@@ -147,6 +192,9 @@ class GraphState:
         node.last_activation, node.last_step, node.last_position = act, now, pos
         node.peak = max(node.peak, act)
         node.tokens += 1
+        if hit.index >= len(self._firing):
+            self._firing = np.concatenate([self._firing, np.zeros(2 * hit.index + 2 - len(self._firing), np.int64)])
+        self._firing[hit.index] = node.tokens
         node.attribution = hit.attribution
         node.history.append((pos, act))
         if hit.attribution is not None and step.next_token_id is not None:
@@ -172,17 +220,25 @@ class GraphState:
 
     def edges(self) -> list[EdgeView]:
         """Every edge, strongest first (no cap)."""
-        views = [EdgeView(a, b, e.count, e.weight) for (a, b), e in self._edges.items()]
-        views.sort(key=lambda e: (-e.weight, -e.count, e.source, e.target))
-        return views
+        a, b, count, weight = self._edges.columns()
+        return edge_views(a, b, count, weight, rank(weight, count, a, b))
+
+    def edge_columns(self, among=None):
+        """Every co-firing pair as numpy columns (a, b, count, weight), optionally
+        only those with both ends in ``among`` (feature indices)."""
+        return self._edges.columns(None if among is None else np.fromiter(among, np.int64))
+
+    def firing_counts(self, indices: np.ndarray) -> np.ndarray:
+        """Tokens each feature of ``indices`` fired on (vectorised firing_count)."""
+        return self._firing[indices]
 
     def firing_count(self, index: int) -> int:
         return self._nodes[index].tokens if index in self._nodes else 0
 
     def cofire_count(self, a: int, b: int) -> int:
         """Tokens on which features ``a`` and ``b`` both fired."""
-        edge = self._edges.get((min(a, b), max(a, b)))
-        return edge.count if edge else 0
+        r = self._edges.row.get((min(a, b), max(a, b)))
+        return int(self._edges.count[r]) if r is not None else 0
 
     def npmi(self, a: int, b: int) -> float:
         """Normalised pointwise mutual information of two features firing on the
@@ -203,9 +259,10 @@ class GraphState:
     def neighbours(self, index: int, n: int = 8) -> list[tuple[int, int, float]]:
         """The ``n`` features co-firing most with ``index``: (index, count, weight)."""
         rows = []
+        table = self._edges
         for other in self._adjacent.get(index, ()):
-            e = self._edges[(min(index, other), max(index, other))]
-            rows.append((other, e.count, e.weight))
+            r = table.row[(min(index, other), max(index, other))]
+            rows.append((other, int(table.count[r]), float(table.weight[r])))
         rows.sort(key=lambda r: (-r[2], -r[1], r[0]))
         return rows[:n]
 
@@ -216,11 +273,9 @@ class GraphState:
                         key=lambda n: (n.index not in self.active, -n.peak, n.index))
         kept = {n.index for n in ranked[:max_nodes]}
         nodes = tuple(self.node(i) for i in self._nodes if i in kept)  # appearance order
-        edges = [EdgeView(a, b, e.count, e.weight) for (a, b), e in self._edges.items()
-                 if a in kept and b in kept]
-        edges.sort(key=lambda e: (-e.weight, -e.count, e.source, e.target))
-        return GraphSnapshot(nodes, tuple(edges[:max_edges]), self.position, self.active,
-                             self.tokens_seen)
+        a, b, count, weight = self.edge_columns(kept)
+        edges = edge_views(a, b, count, weight, rank(weight, count, a, b)[:max_edges])
+        return GraphSnapshot(nodes, tuple(edges), self.position, self.active, self.tokens_seen)
 
     def top_features_table(self, label_of: LabelSource, n: int = 20) -> list[dict]:
         """Rows for a table, features on the latest token first (by activation),
