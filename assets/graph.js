@@ -6,7 +6,7 @@
 // select event.
 const div = element.querySelector(".axon-plot");
 const isGraph = div.classList.contains("axon-graph");
-let drawing = false, pending = false;
+let drawing = false, queued = false, shown = null;
 window.__axonFrames = window.__axonFrames || 0;
 
 function bindClicks() {
@@ -21,25 +21,32 @@ function bindClicks() {
 }
 
 function draw() {
-  if (!window.Plotly || !props.value) return;
+  queued = false;
+  if (drawing) return;  // the running draw reschedules itself when it ends
+  const value = props.value;
+  if (!value || value === shown) return;
+  if (!window.Plotly) { setTimeout(schedule, 100); return; }  // plotly.min.js still loading
   let fig;
-  try { fig = JSON.parse(props.value); } catch (e) { return; }
-  drawing = true; const __t=performance.now(); window.__dbg.push([Math.round(__t), "draw", props.value.length]);
+  try { fig = JSON.parse(value); } catch (e) { shown = value; return; }
+  drawing = true;
+  shown = value;
   window.Plotly.react(div, fig.data, fig.layout, { displaylogo: false, responsive: true })
     .then(() => {
       if (isGraph) window.__axonFrames += 1;
       bindClicks();
     })
+    .catch((e) => console.error("AXON: Plotly.react failed", e))
     .finally(() => {
       drawing = false;
-      if (pending) { pending = false; requestAnimationFrame(draw); }
+      if (props.value !== shown) schedule();
     });
 }
 
-// Throttle: while a frame is being drawn, keep only the newest one.
+// Throttle: at most one draw queued or running, and it always takes the newest
+// value, so frames arriving during a draw are skipped, and none is drawn twice.
 function schedule() {
-  (window.__dbg = window.__dbg || []).push([Math.round(performance.now()), "watch", (props.value||"").length, drawing]);
-  if (drawing) { pending = true; return; }
+  if (drawing || queued) return;
+  queued = true;
   requestAnimationFrame(draw);
 }
 

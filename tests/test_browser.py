@@ -1,0 +1,403 @@
+"""AXON in a real browser: Debian's Chromium driven by Playwright against ``python app.py``.
+
+One app server for the module (tiny offline hub, fake Neuronpedia on 127.0.0.1),
+one page for the live-graph checks, fresh pages for the share link. WebGL runs
+in software (SwiftShader), so every wait is generous.
+
+What is checked:
+
+1. streaming: the 3D graph's node count (the ``features`` trace) grows over
+   the frames of a run and ``window.__axonFrames`` counts them;
+2. ONE plot element for the whole session, never re-created;
+3. the camera survives frames and a new run (``Plotly.react``, constant uirevision);
+4. a share link with ``autorun=1`` reproduces the same text in two fresh pages
+   and through ``gradio_client``'s ``/generate``;
+5. Neuronpedia labels are text: a label that is an ``<img onerror>`` shows
+   literally in the table and inspector, escaped in the hover text, runs nothing;
+6. a click on a table row, and a real click on a node of the WebGL scene, fill
+   the inspector;
+7. a screenshot of the whole page goes to ``out/browser/axon.png``.
+"""
+
+from __future__ import annotations
+
+import html.parser
+import shutil
+import urllib.parse
+
+import pytest
+
+from app_server import ROOT, AppServer
+from neuronpedia_fake import FakeNeuronpedia
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+if CHROMIUM is None:
+    pytest.skip("Debian's chromium is not installed (apt-get install chromium); browser tests skipped",
+                allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (Python) is not installed")
+
+NP_ID = "gpt2-small/8-res-jb"
+XSS = "<img src=x onerror=window.__xss=1>"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+SHOT = ROOT / "out" / "browser" / "axon.png"
+LONG = 120_000  # ms: a wait that covers a cold WebGL start on a busy CPU
+
+# Fewer features per token than the default, so the graph keeps growing for the
+# whole run instead of reaching its 300-node cap after a few tokens.
+LIVE_QUERY = {"prompt": "placeholder", "max_tokens": 160, "feature_k": 3, "seed": 1}
+LIVE_PROMPTS = ["The capital of France is", "In 1969, the first person to walk on the Moon was"]
+SHARE = {"prompt": "She opened the letter and", "seed": 5, "max_tokens": 12, "temperature": 1, "autorun": 1}
+
+# Records every drawn frame of the 3D graph (not the timeline, which shares graph.js):
+# the features trace's node count and the payload size, per run.
+RECORD_FRAMES = """() => {
+  if (window.__axonSamples) return;
+  window.__axonSamples = [];
+  window.__axonRun = 0;
+  const react = window.Plotly.react;
+  window.Plotly.react = function (gd, data, layout, config) {
+    const bytes = JSON.stringify({data, layout}).length;
+    return react.call(this, gd, data, layout, config).then((r) => {
+      if (gd.classList && gd.classList.contains('axon-graph')) {
+        const nodes = gd._fullData.filter(t => t.name === 'features').map(t => t._length)[0];
+        window.__axonSamples.push({run: window.__axonRun, nodes, bytes, t: Math.round(performance.now())});
+      }
+      return r;
+    });
+  };
+}"""
+BUSY = "document.querySelectorAll('.generating, .pending').length"
+STATUS = "document.querySelector('#axon-status').innerText"
+EYE = "(() => { const e = document.querySelector('.axon-graph')._fullLayout.scene.camera.eye;" \
+      " return {x: e.x, y: e.y, z: e.z}; })()"
+
+
+# ---- fixtures ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def neuronpedia():
+    labels = {(NP_ID, i): XSS if i % 5 == 0 else f"concept {i}" for i in range(1024)}
+    with FakeNeuronpedia(labels=labels) as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def app(offline_hub, neuronpedia, tmp_path_factory):
+    # A high client-side rate cap: the fake answers at once, and the labels of a
+    # run should be known by its last frame.
+    with AppServer(offline_hub, neuronpedia=neuronpedia, log_dir=tmp_path_factory.mktemp("app"),
+                   env={"AXON_NEURONPEDIA_RATE": "500"}) as server:
+        yield server
+        assert "Traceback" not in server.log_text(), server.log_text()[-3000:]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+class Watched:
+    """A page with its dialogs and uncaught errors recorded."""
+
+    def __init__(self, browser, url: str):
+        self.context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        self.page = self.context.new_page()
+        self.page.set_default_timeout(LONG)
+        self.dialogs: list[str] = []
+        self.tables: list[list[list[str]]] = []  # the features table after each run
+        self.errors: list[str] = []
+        self.page.on("dialog", lambda d: (self.dialogs.append(d.message), d.dismiss()))
+        self.page.on("pageerror", lambda e: self.errors.append(str(e)))
+        self.page.goto(url)
+        self.page.wait_for_function("window.Plotly && window.__axonFrames !== undefined")
+
+    def close(self):
+        self.context.close()
+
+
+@pytest.fixture(scope="module")
+def live(app, browser):
+    """The page of tests 1-3 and 5-7; it keeps its state from test to test."""
+    w = Watched(browser, app.url + "?" + urllib.parse.urlencode(LIVE_QUERY))
+    page = w.page
+    # demo.load fills the inputs from the query: wait for it, so that it cannot
+    # overwrite what is typed next.
+    page.wait_for_function("document.querySelector('textarea').value === 'placeholder'")
+    page.wait_for_function(f"{BUSY} === 0")
+    page.evaluate(RECORD_FRAMES)
+    yield w
+    w.close()
+
+
+def generate(page, prompt: str, run: int) -> None:
+    """Type ``prompt``, click Generate and wait until the run has streamed its last frame."""
+    page.locator("textarea").first.fill(prompt)
+    before = page.evaluate(f"window.__axonRun = {run}, [{STATUS}, window.__axonFrames]")
+    page.get_by_role("button", name="Generate", exact=True).click()
+    # Done: nothing pending or streaming, a new status line, and at least one frame drawn.
+    page.wait_for_function(f"([status, frames]) => {BUSY} === 0 && {STATUS} !== status"
+                           " && window.__axonFrames > frames", arg=before)
+
+
+def samples(page, run: int) -> list[dict]:
+    return [s for s in page.evaluate("window.__axonSamples") if s["run"] == run]
+
+
+class _Tokens(html.parser.HTMLParser):
+    """The text of each ``.tok`` span of the app's text HTML (as the browser's textContent)."""
+
+    def __init__(self):
+        super().__init__()
+        self.tokens: list[str] = []
+        self._depth = 0
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "span" and "tok" in (dict(attrs).get("class") or "").split():
+            self.tokens.append("")
+            self._depth = 1
+        elif self._depth and tag == "span":
+            self._depth += 1
+
+    def handle_endtag(self, tag):
+        if self._depth and tag == "span":
+            self._depth -= 1
+
+    def handle_data(self, data):
+        if self._depth:
+            self.tokens[-1] += data
+
+
+def page_tokens(page) -> list[str]:
+    return page.eval_on_selector_all(".axon-text .tok", "els => els.map(e => e.textContent)")
+
+
+# ---- 1-3: streaming into one plot element, camera kept ---------------------------------
+
+
+def test_graph_streams_into_one_element_and_keeps_the_camera(live):
+    page = live.page
+    assert page.locator(".axon-graph").count() == 1
+    frames0 = page.evaluate("window.__axonFrames")
+
+    generate(page, LIVE_PROMPTS[0], run=1)
+    first = samples(page, 1)
+    frames1 = page.evaluate("window.__axonFrames")
+    counts1 = [s["nodes"] for s in first]
+    print(f"\nrun 1: {len(first)} frames drawn, nodes per frame {counts1}, "
+          f"payload {min(s['bytes'] for s in first)}-{max(s['bytes'] for s in first)} bytes")
+    assert frames1 - frames0 >= len(first) >= 2
+    assert page_tokens(page)[0].strip() == "The"  # the typed prompt was used (not the placeholder)
+    page.evaluate("document.querySelector('.axon-graph').__axonMark = 1")
+    live.tables.append(table_rows(page))
+
+    # 3. Orbit with the mouse: a real drag across the WebGL scene.
+    eye0 = page.evaluate(EYE)
+    # The whole drag must stay on the canvas and inside the viewport (a mouseup
+    # outside the canvas never reaches Plotly, and the camera is not saved).
+    page.evaluate("document.querySelector('.axon-graph').scrollIntoView({block: 'center'})")
+    box = page.locator(".axon-graph").bounding_box()
+    assert box["y"] >= 0 and box["y"] + box["height"] <= page.viewport_size["height"], box
+    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(cx, cy)
+    page.mouse.down()
+    for i in range(1, 11):
+        page.mouse.move(cx + 16 * i, cy + 5 * i)
+        page.wait_for_timeout(30)
+    page.mouse.up()
+    page.wait_for_timeout(500)
+    eye1 = page.evaluate(EYE)
+    moved = max(abs(eye1[k] - eye0[k]) for k in "xyz")
+    print(f"camera eye before drag {eye0}, after {eye1}")
+    assert moved > 1e-3, "the mouse drag did not orbit the 3D scene"
+
+    # A second run streams into the same element; the camera must not move.
+    generate(page, LIVE_PROMPTS[1], run=2)
+    second = samples(page, 2)
+    counts2 = [s["nodes"] for s in second]
+    print(f"run 2: {len(second)} frames drawn, nodes per frame {counts2}")
+    eye2 = page.evaluate(EYE)
+    traces = page.evaluate("document.querySelector('.axon-graph')._fullData.map(t => [t.name, t._length])")
+    print(f"last frame's traces (name, points): {traces}")
+    live.tables.append(table_rows(page))
+    assert page.evaluate("window.__axonFrames") - frames1 >= len(second) >= 2
+    assert max(abs(eye2[k] - eye1[k]) for k in "xyz") < 1e-6, (eye1, eye2)
+
+    # 1. The node count grows across frames, in each run.
+    for counts in (counts1, counts2):
+        distinct = sorted(set(counts))
+        assert len(distinct) >= 3, counts
+        assert counts == sorted(counts) and counts[-1] > counts[0], counts
+
+    # 2. Still the very element marked after run 1, and the only one.
+    assert page.evaluate("document.querySelectorAll('.axon-graph').length") == 1
+    assert page.evaluate("document.querySelector('.axon-graph').__axonMark") == 1
+    assert not live.errors, live.errors
+
+
+# ---- 5-7: labels are text, inspector, screenshot ----------------------------------------
+
+
+TABLE = '[role=grid][aria-label="Top features (latest token)"]'
+# Gradio's Dataframe renders only the rows in view: scroll through it to read them all.
+READ_TABLE = """async (grid) => {
+  const box = document.querySelector(grid), view = box.querySelector('.virtual-table-viewport');
+  const rows = {};
+  for (let top = 0; ; top += 200) {
+    view.scrollTop = top;
+    await new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)));
+    for (const tr of box.querySelectorAll('[role=row][data-index]'))
+      rows[tr.dataset.index] = [...tr.querySelectorAll('[role=gridcell]')].map(td => td.innerText.trim());
+    if (view.scrollTop + view.clientHeight >= view.scrollHeight || top > 20000) break;
+  }
+  view.scrollTop = 0;
+  return Object.keys(rows).sort((a, b) => a - b).map(k => rows[k]);
+}"""
+
+
+# Screen position of each node of the features trace: its data coordinates through
+# the gl3d scene's model, view and projection matrices (column-major).
+PROJECT_NODES = """() => {
+  const gd = document.querySelector('.axon-graph'), scene = gd._fullLayout.scene._scene;
+  const cam = scene.glplot.cameraParams, scale = scene.dataScale;
+  const rect = scene.glplot.canvas.getBoundingClientRect();
+  const mul = (m, v) => [0, 1, 2, 3].map(r => m[r] * v[0] + m[4 + r] * v[1] + m[8 + r] * v[2] + m[12 + r] * v[3]);
+  const tr = gd._fullData.find(t => t.name === 'features');
+  const nodes = [];
+  for (let i = 0; i < tr._length; i++) {
+    const v = mul(cam.projection, mul(cam.view, mul(cam.model, [tr.x[i] * scale[0], tr.y[i] * scale[1], tr.z[i] * scale[2], 1])));
+    const x = rect.left + (v[0] / v[3] + 1) / 2 * rect.width, y = rect.top + (1 - v[1] / v[3]) / 2 * rect.height;
+    nodes.push({id: tr.customdata[i], size: tr.marker.size[i], x, y,
+                visible: x > rect.left + 5 && x < rect.right - 5 && y > rect.top + 5 && y < rect.bottom - 5
+                         && y < window.innerHeight});
+  }
+  return nodes;
+}"""
+
+
+def table_rows(page) -> list[list[str]]:
+    return page.evaluate(READ_TABLE, TABLE)
+
+
+def test_labels_are_text_and_the_inspector_opens(live, neuronpedia):
+    page = live.page
+    assert neuronpedia.count(f"/api/feature/{NP_ID}/") > 0
+    # The table of each run holds the labels known by its last frame (the fake
+    # answers at once); 20 rows a run, a fifth of all features are hostile.
+    seen = [r for rows in live.tables for r in rows]
+    assert seen and all(len(r) == 6 and r[0].isdigit() for r in seen), live.tables
+    print(f"tables: {[len(rows) for rows in live.tables]} rows, "
+          f"{sum(r[1] == XSS for r in seen)} labelled {XSS!r}, e.g. {seen[:2]}")
+    for feature, label, *_ in seen:  # labels arrive as text (or not yet: the fallback)
+        assert label in (XSS if int(feature) % 5 == 0 else f"concept {feature}", f"Feature {feature}"), label
+    assert any(r[1] == XSS for r in seen), seen
+    rows = table_rows(page)
+    assert rows == live.tables[-1]
+    hostile = [r for r in rows if r[1] == XSS] or rows[:1]
+    assert page.locator(f"{TABLE} img").count() == 0
+
+    hover = page.evaluate("""() => document.querySelector('.axon-graph')._fullData
+        .filter(t => t.name === 'features').flatMap(t => t.hovertext)""")
+    assert any("&lt;img src=x onerror=window.__xss=1&gt;" in h for h in hover)
+    assert not any("<img" in h for h in hover)
+
+    # 6. A click on a table row fills the inspector (a hostile row if there is one).
+    feature = hostile[0][0]
+    row = rows.index(hostile[0])
+    page.evaluate("([grid, row]) => { const view = document.querySelector(grid + ' .virtual-table-viewport');"
+                  " view.scrollTop = Math.max(0, 37 * row - 100); }", [TABLE, row])
+    page.locator(f'{TABLE} [role=row][data-index="{row}"] [role=gridcell]').first.click()
+    page.wait_for_function("n => document.body.innerText.includes('feature #' + n)", arg=feature)
+    print(f"clicked table row {row}: {hostile[0]}")
+
+    #    And a click on a node: one of the hostile features, found on screen by
+    #    projecting its coordinates with the scene's camera, then confirmed by hover.
+    page.evaluate("document.querySelector('.axon-graph').scrollIntoView({block: 'center'})")
+    page.evaluate("""() => { window.__axonHover = null; document.querySelector('.axon-graph')
+        .on('plotly_hover', (e) => { window.__axonHover = e.points[0].customdata; }); }""")
+    candidates = [n for n in page.evaluate(PROJECT_NODES) if n["id"] % 5 == 0 and n["visible"]]
+    node = None
+    for n in sorted(candidates, key=lambda n: -n["size"])[:12]:
+        page.mouse.move(n["x"], n["y"])
+        try:
+            page.wait_for_function("id => window.__axonHover === id", arg=n["id"], timeout=3000)
+        except sync_api.TimeoutError:
+            continue
+        node = n
+        break
+    assert node is not None, f"no hostile node could be hovered among {len(candidates)}"
+    # Plotly picks a gl3d click in its render loop while the button is down: hold it a moment.
+    page.mouse.down()
+    page.wait_for_timeout(300)
+    page.mouse.up()
+    page.wait_for_function("n => document.body.innerText.includes('feature #' + n)", arg=node["id"])
+    print(f"clicked node #{node['id']} at ({node['x']:.0f}, {node['y']:.0f})")
+    # Its label heads the inspector (Markdown), as text.
+    assert page.locator("h3", has_text="<img src=x").first.inner_text().strip() == XSS
+
+    page.wait_for_timeout(500)
+    assert page.evaluate("typeof window.__xss") == "undefined"
+    assert not live.dialogs, live.dialogs
+    assert not live.errors, live.errors
+
+    # The edge-kind switch redraws the last run into the same element, camera kept.
+    # (This run has few features per token, so few pairs co-fire often enough for
+    # the default NPMI edges; co-activation strength draws every co-firing pair.)
+    frames, eye = page.evaluate("window.__axonFrames"), page.evaluate(EYE)
+    page.get_by_label("co-activation strength").check()
+    page.wait_for_function("n => window.__axonFrames > n", arg=frames)
+    page.wait_for_function(f"{BUSY} === 0")
+    traces = page.evaluate("document.querySelector('.axon-graph')._fullData.map(t => [t.name, t._length])")
+    print(f"co-activation edges (name, points): {traces}")
+    assert sum(n for name, n in traces if name.startswith("edges")) > 0, traces
+    assert page.evaluate("document.querySelector('.axon-graph').__axonMark") == 1
+    assert page.evaluate(EYE) == eye
+
+    # 7. The whole page after a run.
+    SHOT.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOT), full_page=True)
+    print(f"screenshot: {SHOT}")
+
+
+# ---- 4: share link -------------------------------------------------------------------------
+
+
+def test_share_link_runs_by_itself_and_reproduces(app, browser):
+    url = app.url + "?" + urllib.parse.urlencode(SHARE)
+    texts = []
+    for _ in range(2):
+        w = Watched(browser, url)
+        try:
+            page = w.page
+            # Nothing is clicked: the link starts the run; wait for its last frame.
+            page.wait_for_function("document.querySelectorAll('.axon-text .tok.gen').length > 0")
+            page.wait_for_function(f"{BUSY} === 0")
+            page.wait_for_function("window.__axonFrames > 0")
+            tokens = page_tokens(page)
+            generated = page.locator(".axon-text .tok.gen").count()
+            assert page.evaluate("typeof window.__xss") == "undefined"
+            assert not w.dialogs and not w.errors, (w.dialogs, w.errors)
+        finally:
+            w.close()
+        assert "".join(tokens).startswith(SHARE["prompt"])
+        assert 1 <= generated <= SHARE["max_tokens"]
+        texts.append(tokens)
+    print(f"\nshare link: {len(texts[0])} tokens ({generated} new): {''.join(texts[0])!r}")
+    assert texts[0] == texts[1]
+
+    from gradio_client import Client
+
+    from axon_core.generation import GenerationSettings
+
+    d = GenerationSettings()  # what a link leaves out, as the UI's defaults
+    out = Client(app.url, verbose=False).predict(
+        SHARE["prompt"], "gpt2-small", "gpt2-small-res-jb", "blocks.8.hook_resid_pre",
+        SHARE["temperature"], d.top_k, d.top_p, d.repetition_penalty, SHARE["max_tokens"], SHARE["seed"],
+        d.feature_k, d.activation_threshold, "", "npmi", api_name="/generate")
+    parser = _Tokens()
+    parser.feed(out[0])
+    assert parser.tokens == texts[0]
