@@ -139,8 +139,11 @@ def figure_dict(snapshot: GraphSnapshot, positions: Mapping[Hashable, tuple],
     half = _extent(coords)
     axis_range = [-half, half]
     scene = {name: {**_axis(), "range": axis_range} for name in ("xaxis", "yaxis", "zaxis")}
+    # The opening camera sits closer than Plotly's default (1.25, 1.25, 1.25) so the
+    # graph fills its canvas; once a person moves it, uirevision keeps theirs.
     scene.update(aspectmode="cube", bgcolor=BACKGROUND, uirevision="axon",
-                 dragmode="orbit", hovermode="closest")
+                 dragmode="orbit", hovermode="closest",
+                 camera={"eye": {"x": 0.95, "y": 0.95, "z": 0.7}})
     layout = {
         "paper_bgcolor": BACKGROUND, "plot_bgcolor": BACKGROUND,
         "font": {"color": "#d8dcf0"}, "margin": {"l": 0, "r": 0, "t": 0, "b": 0},

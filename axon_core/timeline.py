@@ -39,7 +39,7 @@ def timeline_figure(steps: Sequence[TokenStep], label_of: Callable[[int], str], 
             if f.index in row:
                 z[row[f.index]][c] = round(f.activation, 3)
     ticks = [hover_label(repr(s.text)[:14]) for s in steps]  # token text is untrusted too
-    names = [f"#{f} {hover_label(label_of(f))}"[:48] for f in features]
+    names = [f"#{f} {hover_label(label_of(f)[:28])}" for f in features]  # cut, then escape
     text = [[f"{names[r]}<br>token {hover_label(steps[c].text)!s} (pos {steps[c].position})"
              f"<br>activation {z[r][c]:.2f}" for c in range(len(steps))] for r in range(len(features))]
     heat = {
@@ -56,7 +56,7 @@ def timeline_figure(steps: Sequence[TokenStep], label_of: Callable[[int], str], 
                            "x1": cols[0] + 0.5, "y0": 0, "y1": 1, "line": {"color": "#7df9ff", "width": 2}})
     layout = {
         "paper_bgcolor": BACKGROUND, "plot_bgcolor": BACKGROUND, "font": {"color": "#d8dcf0", "size": 10},
-        "margin": {"l": 160, "r": 10, "t": 10, "b": 70}, "height": max(220, 14 * len(features) + 90),
+        "margin": {"l": 220, "r": 10, "t": 10, "b": 70}, "height": max(220, 14 * len(features) + 90),
         "xaxis": {"tickmode": "array", "tickvals": list(range(len(steps))), "ticktext": ticks,
                   "tickangle": -60, "showgrid": False},
         "yaxis": {"tickmode": "array", "tickvals": list(range(len(features))), "ticktext": names,
