@@ -17,6 +17,13 @@ What is checked:
 6. a click on a table row, and a real click on a node of the WebGL scene, fill
    the inspector;
 7. a screenshot of the whole page goes to ``out/browser/axon.png``.
+8. a click on a generated token rings that token's features in the 3D graph
+   (the ``active`` trace), the same features as the run JSON from ``/generate``;
+9. steering end to end: a table row fills "Feature to steer", strength 10 and
+   "Add to steering" write ``N:coef``, "Steer" shows the side-by-side panel,
+   whose plain text is the unsteered run's and which marks the first divergence;
+10. the share link of a steered run (``steer=``) reruns it by itself in a fresh
+   page, with the same comparison panel.
 """
 
 from __future__ import annotations
@@ -401,3 +408,155 @@ def test_share_link_runs_by_itself_and_reproduces(app, browser):
     parser = _Tokens()
     parser.feed(out[0])
     assert parser.tokens == texts[0]
+
+
+# ---- 8-10: steering end to end, a steered share link, a token click rings its features ----------
+
+STEER_QUERY = {"prompt": "The letter said that", "max_tokens": 12, "seed": 3, "autorun": 1}
+STRENGTH = "Strength (× its peak activation in this run)"
+STEERING = "Steering (feature:coefficient, …; coefficients in activation units)"
+ACTIVE = "document.querySelector('.axon-graph')._fullData.find(t => t.name === 'active').customdata"
+DRAWN = "document.querySelector('.axon-graph')._fullData.find(t => t.name === 'features').customdata"
+# The comparison panel: its note, and each column's tokens, diverging ones marked.
+COMPARE = """() => {
+  const box = document.querySelector('.axon-compare');
+  return {note: box.querySelector('p').innerText,
+          columns: [...box.querySelectorAll('.cols .axon-text')].map(col => [...col.querySelectorAll('.tok')]
+            .map(t => ({text: t.textContent, diverge: t.classList.contains('diverge')})))};
+}"""
+
+
+@pytest.fixture(scope="module")
+def steer_page(app, browser):
+    """A page whose link has run a short plain generation by itself; its tokens are recorded."""
+    w = Watched(browser, app.url + "?" + urllib.parse.urlencode(STEER_QUERY))
+    page = w.page
+    wait_for_autorun(page)
+    w.plain = main_tokens(page)
+    yield w
+    w.close()
+
+
+def main_tokens(page) -> list[str]:
+    """The tokens of the main text (the first ``.axon-text``; the comparison panel has two more)."""
+    return page.locator(".axon-text").first.evaluate(
+        "el => [...el.querySelectorAll('.tok')].map(e => e.textContent)")
+
+
+def wait_for_autorun(page) -> None:
+    page.wait_for_function("document.querySelectorAll('.axon-text .tok.gen').length > 0")
+    page.wait_for_function(f"{BUSY} === 0")
+    page.wait_for_function("window.__axonFrames > 0")
+
+
+def comparison(page) -> dict:
+    """The panel's plain and steered texts and where they diverge, checked for consistency."""
+    panel = page.evaluate(COMPARE)
+    assert len(panel["columns"]) == 2, panel
+    marks = [sum(t["diverge"] for t in col) for col in panel["columns"]]
+    if "first divergence at position" in panel["note"]:
+        assert marks == [1, 1], panel
+    else:
+        assert "identical texts" in panel["note"] and marks == [0, 0], panel
+    # The main text shows a newline as "↵" (and a <br>); the panel as the newline itself.
+    plain, steered = ("".join(t["text"] for t in col).replace("\n", "↵") for col in panel["columns"])
+    return {"note": panel["note"], "plain": plain, "steered": steered, "diverged": marks == [1, 1]}
+
+
+def steer_and_compare(page, spec: str | None = None) -> dict:
+    """Click Steer (with ``spec`` typed into the steering box first, if given) and read the panel."""
+    if spec is not None:
+        page.get_by_label(STEERING).fill(spec)
+    panel = "(document.querySelector('.axon-compare') || {}).innerText"
+    before = page.evaluate(f"[{panel}, window.__axonFrames]")
+    page.get_by_role("button", name="Steer (same prompt and seed)").click()
+    # The panel comes with the run's last frame (a new spec, a new panel).
+    page.wait_for_function(f"([text, frames]) => {BUSY} === 0 && window.__axonFrames > frames"
+                           f" && {panel} && {panel} !== text", arg=before)
+    return comparison(page)
+
+
+def test_clicking_a_token_rings_its_features(steer_page, app):
+    page = steer_page.page
+    before = page.evaluate(ACTIVE)
+    tok = page.locator(".axon-text").first.locator(".tok.gen").first
+    position = int(tok.get_attribute("data-pos"))
+    tok.click()
+    page.wait_for_function(f"before => JSON.stringify({ACTIVE}) !== JSON.stringify(before)", arg=before)
+    page.wait_for_function(f"{BUSY} === 0")
+    after, drawn = page.evaluate(ACTIVE), page.evaluate(DRAWN)
+
+    # The same run through the API: that token's features, of those drawn (the graph keeps 300 nodes at most).
+    from gradio_client import Client
+
+    from axon_core.generation import GenerationSettings
+
+    d = GenerationSettings()
+    out = Client(app.url, verbose=False, download_files=False).predict(
+        STEER_QUERY["prompt"], "gpt2-small", "gpt2-small-res-jb", "blocks.8.hook_resid_pre",
+        d.temperature, d.top_k, d.top_p, d.repetition_penalty, STEER_QUERY["max_tokens"], STEER_QUERY["seed"],
+        d.feature_k, d.activation_threshold, "", "npmi", api_name="/generate")
+    run = out[4]
+    assert [t["text"] for t in run["tokens"]] == [t.replace("↵", "\n") for t in steer_page.plain]
+    token = next(t for t in run["tokens"] if t["position"] == position)
+    expected = {f["index"] for f in token["features"]} & set(drawn)
+    last = {f["index"] for f in run["tokens"][-1]["features"]} & set(drawn)
+    print(f"\nclicked token {position} {token['text']!r}: rings {len(before)} -> {len(after)} features "
+          f"({sorted(after)[:8]}...)")
+    assert set(before) == last  # the latest token's, before the click
+    assert after and set(after) == expected != set(before)
+    assert not steer_page.errors, steer_page.errors
+
+
+def test_steering_compares_side_by_side_and_shares(steer_page, app, browser):
+    page = steer_page.page
+    # A table row opens the inspector, which fills "Feature to steer".
+    row = table_rows(page)[0]
+    page.locator(f'{TABLE} [role=row][data-index="0"] [role=gridcell]').first.click()
+    page.wait_for_function("n => document.body.innerText.includes('feature #' + n)", arg=row[0])
+    assert page.get_by_label("Feature to steer").input_value() == row[0]
+
+    strength = page.get_by_label(f"number input for {STRENGTH}")
+    strength.fill("10")
+    strength.press("Tab")
+    page.wait_for_function("s => document.querySelector(`input[type=range][aria-label='range slider for ${s}']`)"
+                           ".value === '10'", arg=STRENGTH)
+    page.get_by_role("button", name="Add to steering").click()
+    box = page.get_by_label(STEERING)
+    page.wait_for_function("el => /^\\d+:-?[\\d.e+]+$/.test(el.value)", arg=box.element_handle())
+    spec = box.input_value()
+    feature, coef = spec.split(":")
+    assert feature == row[0] and float(coef) == pytest.approx(10 * float(row[3]), rel=1e-3), (spec, row)
+
+    panel = steer_and_compare(page)
+    print(f"\nsteer {spec}: {panel['note']!r}")
+    if not panel["diverged"]:  # not expected on the random-weight model: once more, stronger
+        spec = f"{feature}:{min(100.0, 10 * float(coef)):g}"
+        panel = steer_and_compare(page, spec)
+        print(f"steer {spec}: {panel['note']!r}")
+    assert panel["plain"] == "".join(steer_page.plain)
+    assert panel["diverged"], panel
+    assert panel["steered"] != panel["plain"]
+    print(f"plain:   {panel['plain']!r}\nsteered: {panel['steered']!r}")
+
+    # The link carries the steering; opened in a fresh page it runs the steered generation by itself.
+    page.get_by_role("button", name="Copy link").click()
+    # (Its label also holds the copy button, so it is found by its caption.)
+    link = page.locator("label", has=page.get_by_text("Share link", exact=True)).locator("textarea")
+    page.wait_for_function("el => el.value.includes('steer=')", arg=link.element_handle())
+    url = link.input_value()
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)
+    assert [s.split(":")[0] for s in query["steer"]] == [feature], query  # the coefficient as clamped
+    assert query.get("autorun") == ["1"], query
+    print(f"share link: {url}")
+    w = Watched(browser, url)
+    try:
+        wait_for_autorun(w.page)
+        w.page.wait_for_selector(".axon-compare")
+        shared = comparison(w.page)
+        assert shared == panel, (shared, panel)
+        assert "".join(main_tokens(w.page)) == panel["steered"]  # the main text is the steered run's
+        assert not w.dialogs and not w.errors, (w.dialogs, w.errors)
+    finally:
+        w.close()
+    assert not steer_page.errors, steer_page.errors
