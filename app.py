@@ -11,12 +11,18 @@ from axon_core.hub import configure_hub
 
 HUB_NOTICE = configure_hub()  # before anything imports huggingface_hub
 
+import atexit  # noqa: E402
 import dataclasses  # noqa: E402
+import functools  # noqa: E402
 import html  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
+import math  # noqa: E402
 import os  # noqa: E402
+import shutil  # noqa: E402
+import signal  # noqa: E402
 import tempfile  # noqa: E402
+import threading  # noqa: E402
 import time  # noqa: E402
 from importlib import metadata  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -40,8 +46,28 @@ log = logging.getLogger("axon")
 HERE = Path(__file__).resolve().parent
 PLOTLY_JS = Path(plotly.__file__).resolve().parent / "package_data" / "plotly.min.js"
 gr.set_static_paths([str(PLOTLY_JS)])
-LIMITS = Limits.from_env()
-MAX_RUN_SECONDS = float(os.environ.get("AXON_MAX_RUN_SECONDS", "180"))
+
+
+def _env_number(name: str, default: float, low: float, cast=float):
+    """A number from the environment, at least ``low``; anything else keeps ``default``."""
+    raw = os.environ.get(name)
+    try:
+        value = cast(raw) if raw not in (None, "") else default
+    except (TypeError, ValueError, OverflowError):
+        log.warning("%s=%r is not a number; using %s", name, raw, default)
+        return default
+    return value if not math.isnan(value) and value >= low else default
+
+
+# Links and API calls are clamped to the sliders' own ranges, so whatever they
+# ask for is a value the page can show (and Generate then accepts).
+LIMITS = dataclasses.replace(Limits.from_env(), top_k=(0, 200), activation_threshold=(0.0, 10.0))
+MAX_RUN_SECONDS = _env_number("AXON_MAX_RUN_SECONDS", 180.0, 1.0)
+ZERO_GPU = os.environ.get("SPACES_ZERO_GPU", "").lower() in ("1", "true")
+# Runs generating at once (ZeroGPU: one at a time on the GPU), and runs waiting.
+CONCURRENCY = _env_number("AXON_CONCURRENCY", 1 if ZERO_GPU else 2, 1, int)
+QUEUE_SIZE = _env_number("AXON_QUEUE_SIZE", 64, 1, int)
+EXPORT_MAX_AGE = 3600.0  # downloads are kept this long (seconds)
 DEFAULTS = GenerationSettings()
 EXAMPLES = [
     "The capital of France is",
@@ -62,9 +88,14 @@ except LoadError as err:
     STARTUP_ERROR = str(err)
 
 
-def versions() -> dict[str, str]:
+@functools.cache  # read once: each lookup scans site-packages (~30 ms a run otherwise)
+def _versions() -> tuple[tuple[str, str], ...]:
     names = ["torch", "transformer-lens", "sae-lens", "gradio", "plotly"]
-    return {n: metadata.version(n) for n in names}
+    return tuple((n, metadata.version(n)) for n in names)
+
+
+def versions() -> dict[str, str]:
+    return dict(_versions())
 
 
 # ---- status and tables ------------------------------------------------------
@@ -80,8 +111,12 @@ def status_line(run: RunSession | None = None, extra: str | None = None) -> str:
             parts.append(f"{ms:.0f} ms/token")
         parts.append(f"{len(run.steps)} tokens · {len(run.graph)} features")
     labels = LABELS.status()
-    if labels.get("last_error"):
+    if labels.get("paused_for"):
+        parts.append(f"labels: Neuronpedia rate limit, paused {labels['paused_for']:.0f} s")
+    elif labels.get("reachable") is False:  # the latest fetch failed (not: one ever did)
         parts.append("labels: Neuronpedia unreachable, showing feature numbers")
+    if not labels.get("persistent", True):
+        parts.append("labels: the label cache cannot be written, labels are kept in memory only")
     for note in (HUB_NOTICE, STARTUP_ERROR, extra):
         if note:
             parts.append(html.escape(note))
@@ -114,22 +149,49 @@ def _request_from_inputs(prompt, model, release, sae_id, temperature, top_k, top
 def _frame(run, extra=None, final=False, compare=None):
     """One UI update: text, graph, table, status, state; on the last frame also the
     exports, the timeline and (for a steered run) the side-by-side comparison."""
+    files = None
+    if final:
+        exported = run.export_json(versions())
+        files = _write_exports(run, exported)
+        if files is None:
+            extra = "; ".join(filter(None, [extra, "downloads unavailable: the disk cannot be written"]))
     out = [run.text_html(), run.figure_json(), table_frame(run), status_line(run, extra), run]
     if final:
-        folder = Path(tempfile.mkdtemp(prefix="axon-run-"))
-        exported = run.export_json(versions())
-        (folder / "axon-run.json").write_text(json.dumps(exported))
-        (folder / "axon-graph.html").write_text(run.export_html())
-        out += [exported, gr.update(value=str(folder / "axon-run.json"), interactive=True),
-                gr.update(value=str(folder / "axon-graph.html"), interactive=True),
-                to_json(run.timeline()).decode(), compare if compare is not None else ""]
+        downloads = ([gr.update(value=str(f), interactive=True) for f in files] if files
+                     else [gr.update(value=None, interactive=False)] * 2)
+        out += [exported, *downloads, to_json(run.timeline()).decode(), compare if compare is not None else ""]
     else:
         out += [gr.skip()] * 5
     return out
 
 
+def _write_exports(run, exported) -> tuple[Path, Path] | None:
+    """The run's two downloads, in a fresh folder under one export directory whose
+    folders older than EXPORT_MAX_AGE are removed first (so a long-lived Space does
+    not fill its disk, ~5 MB a run); None where the disk cannot be written."""
+    try:
+        root = Path(tempfile.gettempdir()) / f"axon-exports-{os.getpid()}"
+        if not root.is_dir():
+            root.mkdir(parents=True, exist_ok=True)
+            atexit.register(shutil.rmtree, root, True)  # gone with the process
+        now = time.time()
+        for old in root.iterdir():
+            try:
+                if now - old.stat().st_mtime > EXPORT_MAX_AGE:
+                    shutil.rmtree(old, ignore_errors=True)
+            except OSError:  # removed meanwhile by another session's run
+                pass
+        folder = Path(tempfile.mkdtemp(prefix="run-", dir=root))
+        (folder / "axon-run.json").write_text(json.dumps(exported))
+        (folder / "axon-graph.html").write_text(run.export_html())
+    except OSError as err:
+        log.warning("could not write the run's downloads: %s", err)
+        return None
+    return folder / "axon-run.json", folder / "axon-graph.html"
+
+
 def _failure(message: str, run=None):
-    gr.Warning(message)
+    gr.Warning(html.escape(message))
     return [gr.skip(), gr.skip(), gr.skip(), status_line(run, message), run] + [gr.skip()] * 5
 
 
@@ -170,17 +232,20 @@ def run_generation(prompt, model, release, sae_id, temperature, top_k, top_p, re
     req, notices = _request_from_inputs(prompt, model, release, sae_id, temperature, top_k, top_p,
                                         repetition_penalty, max_tokens, seed, feature_k, threshold, steer)
     if notices:
-        gr.Info("; ".join(notices)[:300])
+        gr.Info(html.escape("; ".join(notices)[:300]))
     try:
         pair = PAIRS.get(req.release or DEFAULT_RELEASE, req.sae_id or DEFAULT_SAE_ID,
                          progress=lambda frac, msg: progress(frac, desc=msg))
     except LoadError as err:
         yield _failure(str(err))
         return
+    if req.model and req.model != pair.choice.model:
+        notices.append(f"model {req.model[:40]} does not go with release {pair.choice.release}: "
+                       f"ran {pair.choice.model}")
     meta = {"model": pair.choice.model, "release": pair.choice.release, "sae_id": pair.choice.sae_id,
             "hook_name": pair.hook_name, "neuronpedia_id": pair.neuronpedia_id, "device": pair.device,
             "prompt": req.prompt}
-    kind = edge_kind if edge_kind in EDGE_KINDS else "npmi"
+    kind = edge_kind if isinstance(edge_kind, str) and edge_kind in EDGE_KINDS else "npmi"
     run = RunSession({**meta, "steer": req.steer}, req.settings, LABELS, w_dec=pair.sae.W_dec, edge_kind=kind)
     started = time.monotonic()
     plain = None
@@ -198,14 +263,15 @@ def run_generation(prompt, model, release, sae_id, temperature, top_k, top_p, re
             if run.frame_due():
                 yield _frame(run)
     except (PromptError, ValueError) as err:  # ValueError: a steering spec this SAE cannot take
-        yield _failure(str(err), run)
+        yield _failure("; ".join([str(err)] + notices), run)
         return
     except Exception as err:  # noqa: BLE001 - a person sees a message, the log the trace
         log.exception("generation failed")
         yield _failure(f"Generation failed ({type(err).__name__}); the app is still running.", run)
         return
     compare = comparison_html(plain, run) if plain is not None else None
-    yield _frame(run, extra=run.notices[-1] if run.notices else None, final=True, compare=compare)
+    # What was clamped or ignored in the inputs, and why the run ended early, if it did.
+    yield _frame(run, extra="; ".join(notices + run.notices[-1:]) or None, final=True, compare=compare)
 
 
 # ---- picker ---------------------------------------------------------------------
@@ -262,7 +328,10 @@ def inspect(run: RunSession | None, index):
         index = int(index)
     except (TypeError, ValueError):
         return empty
-    pair_model = PAIRS.get(run.meta["release"], run.meta["sae_id"]).model
+    try:  # the run's SAE may have left the cache since, and not load again (offline, memory)
+        pair_model = PAIRS.get(run.meta["release"], run.meta["sae_id"]).model
+    except LoadError as err:
+        return (html.escape(str(err)),) + empty[1:]
     info = run.inspector(index, lambda t: pair_model.tokenizer.decode([t]))
     if info is None:
         return empty
@@ -303,16 +372,27 @@ def from_query(request: gr.Request):
     params = dict(request.query_params) if request else {}
     req, notices = parse_query(params, LIMITS)
     s = req.settings
-    model = req.model if req.model in CATALOGUE.models() else DEFAULT_MODEL
-    release = req.release if req.release in CATALOGUE.by_release else DEFAULT_RELEASE
+    # The release decides the model (the dropdowns must agree, or Generate refuses them):
+    # a valid release wins, else the first release of a valid model, else the defaults.
+    if req.release in CATALOGUE.by_release:
+        release = req.release
+        model = CATALOGUE.by_release[release].model
+    elif req.model in CATALOGUE.models():
+        model = req.model
+        release = CATALOGUE.releases(model)[0].release
+    else:
+        model, release = DEFAULT_MODEL, DEFAULT_RELEASE
     ids = CATALOGUE.by_release[release].sae_ids()
     sae_id = req.sae_id if req.sae_id in ids else (DEFAULT_SAE_ID if DEFAULT_SAE_ID in ids else ids[0])
-    for key, given, used in (("model", req.model, model), ("release", req.release, release),
-                             ("sae_id", req.sae_id, sae_id)):
-        if given and given != used:
-            notices.append(f"{key} not in the catalogue, using {used}")
+    if req.model and req.model != model:
+        notices.append(f"model {req.model} does not go with release {release}, using {model}"
+                       if req.model in CATALOGUE.models() else f"model not in the catalogue, using {model}")
+    if req.release and req.release != release:
+        notices.append(f"release not in the catalogue, using {release}")
+    if req.sae_id and req.sae_id != sae_id:
+        notices.append(f"sae_id not in release {release}, using {sae_id}")
     if notices:
-        gr.Info("Link: " + "; ".join(notices)[:300])
+        gr.Info(html.escape("Link: " + "; ".join(notices)[:300]))  # a link's text is not markup
     prompt = req.prompt if "prompt" in params else EXAMPLES[0]
     release_choices = [r.release for r in CATALOGUE.releases(model)]
     return (prompt, model, gr.update(choices=release_choices, value=release), gr.update(choices=ids, value=sae_id),
@@ -357,10 +437,59 @@ def highlight_token(run: RunSession | None, evt: gr.SelectData):
     return run.figure_json(relayout=False), to_json(run.timeline()).decode()
 
 
-def autorun_generation(autorun, *inputs):
+class SessionRuns:
+    """At most one generating run per browser session: a session's new run
+    supersedes its previous one, which stops at its next frame. So one session
+    never holds more than one of the queue's CONCURRENCY workers, and none holds
+    it longer than MAX_RUN_SECONDS a run; QUEUE_SIZE bounds who waits."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._current: dict[str, object] = {}
+
+    def start(self, key: str | None) -> object:
+        ticket = object()
+        if key:
+            with self._lock:
+                self._current[key] = ticket
+        return ticket
+
+    def superseded(self, key: str | None, ticket: object) -> bool:
+        return bool(key) and self._current.get(key) is not ticket
+
+    def finish(self, key: str | None, ticket: object) -> None:
+        if key:
+            with self._lock:
+                if self._current.get(key) is ticket:
+                    del self._current[key]
+
+    def __len__(self) -> int:
+        return len(self._current)
+
+
+SESSION_RUNS = SessionRuns()
+
+
+def generate_for_session(request: gr.Request, progress=gr.Progress(), *inputs):
+    """The Generate, Enter and Steer events: :func:`run_generation` for this
+    browser session, which it keeps to one run at a time (see :class:`SessionRuns`)."""
+    key = getattr(request, "session_hash", None)
+    ticket = SESSION_RUNS.start(key)
+    frames = run_generation(*inputs, progress=progress)
+    try:
+        for frame in frames:
+            if SESSION_RUNS.superseded(key, ticket):
+                return
+            yield frame
+    finally:
+        frames.close()  # Stop (or a superseding run) ends the generator at once
+        SESSION_RUNS.finish(key, ticket)
+
+
+def autorun_generation(request: gr.Request, autorun, *inputs):
     if not autorun:
         return
-    yield from run_generation(*inputs)
+    yield from generate_for_session(request, gr.Progress(), *inputs)
 
 
 # ---- the page ---------------------------------------------------------------------
@@ -372,7 +501,8 @@ EDGE_CHOICES = [("above chance (NPMI > 0)", "npmi"), ("all co-firing, by NPMI", 
 CSS = (HERE / "assets" / "axon.css").read_text()
 HEAD = f'<script src="/gradio_api/file={PLOTLY_JS}"></script>'
 
-with gr.Blocks(title="AXON") as demo:
+# delete_cache: Gradio's copies of the downloads go after an hour too.
+with gr.Blocks(title="AXON", delete_cache=(int(EXPORT_MAX_AGE), int(EXPORT_MAX_AGE))) as demo:
     run_state = gr.State(None)
     autorun_state = gr.State(False)
     gr.Markdown("# AXON\nWhat GPT-2 is *thinking* while it writes: SAE features of its residual "
@@ -396,7 +526,7 @@ with gr.Blocks(title="AXON") as demo:
             with gr.Accordion("Sampling and features", open=False):
                 temperature = gr.Slider(0, 2, value=DEFAULTS.temperature, step=0.05, label="Temperature (0 = greedy)")
                 top_k = gr.Slider(0, 200, value=DEFAULTS.top_k, step=1, label="Top-k (0 = off)")
-                top_p = gr.Slider(0.05, 1, value=DEFAULTS.top_p, step=0.01, label="Top-p")
+                top_p = gr.Slider(0, 1, value=DEFAULTS.top_p, step=0.01, label="Top-p")
                 repetition_penalty = gr.Slider(1, 2, value=DEFAULTS.repetition_penalty, step=0.05,
                                                label="Repetition penalty")
                 max_tokens = gr.Slider(1, LIMITS.max_new_tokens, value=DEFAULTS.max_new_tokens, step=1,
@@ -443,12 +573,15 @@ with gr.Blocks(title="AXON") as demo:
     inputs = [prompt, model, release, sae_id, temperature, top_k, top_p, repetition_penalty,
               max_tokens, seed, feature_k, threshold, steer_box, edge_kind]
     outputs = [text, graph, table, status, run_state, run_json, json_btn, html_btn, timeline, compare]
-    run_event = run_btn.click(run_generation, inputs, outputs, api_name="generate",
-                              concurrency_id="generate")
-    submit_event = prompt.submit(run_generation, inputs, outputs, api_visibility="private",
-                                 concurrency_id="generate")
-    steer_event = steer_btn.click(run_generation, inputs, outputs, api_visibility="private",
-                                  concurrency_id="generate")
+    # preprocess=False: every input reaches _request_from_inputs as sent, which clamps
+    # or ignores it with a notice, so no API value (a string for a number, a value
+    # not in a dropdown) ends in a bare error.
+    run_event = run_btn.click(generate_for_session, inputs, outputs, api_name="generate",
+                              concurrency_id="generate", preprocess=False)
+    submit_event = prompt.submit(generate_for_session, inputs, outputs, api_visibility="private",
+                                 concurrency_id="generate", preprocess=False)
+    steer_event = steer_btn.click(generate_for_session, inputs, outputs, api_visibility="private",
+                                  concurrency_id="generate", preprocess=False)
     stop_btn.click(None, None, None, cancels=[run_event, submit_event, steer_event])
     add_steer_btn.click(add_steer, [run_state, steer_feature, steer_strength, steer_box], steer_box,
                         api_visibility="private")
@@ -469,8 +602,16 @@ with gr.Blocks(title="AXON") as demo:
                                     api_visibility="private", concurrency_id="generate")
     stop_btn.click(None, None, None, cancels=[autorun_event])
 
-demo.queue(default_concurrency_limit=int(os.environ.get("AXON_CONCURRENCY", "2")), max_size=64)
+demo.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE)
+
+
+def _stop_on_sigterm(signum, frame):
+    raise KeyboardInterrupt  # Gradio's main-thread loop then closes the server cleanly
+
 
 if __name__ == "__main__":
+    # SIGTERM (a Space restarting, a test stopping the server) shuts down like Ctrl-C,
+    # so Gradio deletes its cached downloads (delete_cache) and atexit this process's exports.
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     demo.launch(css=CSS, server_name=os.environ.get("AXON_HOST", "127.0.0.1"),
                 server_port=int(os.environ.get("AXON_PORT", "7860")))

@@ -16,17 +16,27 @@ step's own ``position`` (what the model holds while reading this token, so
 token chosen from this position (the next prompt token, or the sampled one).
 ``prob`` is the probability the model gave this token when it was sampled.
 The BOS token is fed to the model but not reported.
+
+Prompts are tokenized exactly as TransformerLens does: ``<|endoftext|>`` typed
+literally becomes GPT-2's special token 50256 (a document boundary, shown as
+``<|endoftext|>``), and only a *generated* one ends the run (``stop_at_eos``).
+A prompt longer than the context window is refused with its real length, never
+truncated. A temperature below ``1e-6`` (or NaN) samples greedily, as 0 does;
+a top_p below ``1e-6`` keeps only the most likely token, as ``1e-6`` does.
 """
 
 from __future__ import annotations
 
+import contextlib
+import threading
+import weakref
 from dataclasses import dataclass, field
 from typing import Iterator
 
 import torch
 
 from .features import FeatureHit, direct_logit_attribution, top_features
-from .residuals import make_stepper
+from .residuals import FastStepper, make_stepper
 from .sampling import Choice, sample_next
 
 
@@ -62,6 +72,27 @@ class TokenStep:
     extra: dict = field(default_factory=dict)
 
 
+MIN_TEMPERATURE = 1e-6  # below this (or NaN) sampling is greedy
+MIN_TOP_P = 1e-6  # a smaller top_p (float32 rounds 1e-320 to 0) keeps the top token, as this does
+
+_LOCKS_GUARD = threading.Lock()
+_MODEL_LOCKS: "weakref.WeakKeyDictionary[object, threading.Lock]" = weakref.WeakKeyDictionary()
+
+
+def _forward_lock(model, stepper):
+    """What one forward step must hold. :class:`FastStepper` keeps all its state
+    in the stepper, so concurrent runs need nothing; TransformerLens's stepper
+    adds hooks to the shared model for the duration of a forward, so concurrent
+    runs on one model take turns, one forward at a time."""
+    if isinstance(stepper, FastStepper):
+        return contextlib.nullcontext()
+    with _LOCKS_GUARD:
+        lock = _MODEL_LOCKS.get(model)
+        if lock is None:
+            lock = _MODEL_LOCKS[model] = threading.Lock()
+    return lock
+
+
 class PromptError(ValueError):
     """A prompt that cannot be run; ``str(err)`` is for people."""
 
@@ -70,7 +101,11 @@ def encode_prompt(model, prompt: str, prepend_bos: bool = True) -> torch.Tensor:
     """The prompt's token ids (with BOS first when the SAE was trained so)."""
     if not isinstance(prompt, str) or not prompt.strip():
         raise PromptError("The prompt is empty: type some text to continue.")
-    tokens = model.to_tokens(prompt, prepend_bos=prepend_bos)[0]
+    try:  # truncate=False: a long prompt is refused with its real length, never cut silently
+        tokens = model.to_tokens(prompt, prepend_bos=prepend_bos, truncate=False)[0]
+    except (TypeError, ValueError, UnicodeError) as err:  # e.g. lone surrogates from a raw API call
+        raise PromptError(f"The prompt could not be tokenized ({type(err).__name__}): "
+                          "remove unusual characters and try again.") from None
     n_ctx = model.cfg.n_ctx
     if tokens.shape[0] >= n_ctx:
         raise PromptError(
@@ -125,13 +160,18 @@ def generate(pair, prompt: str, settings: GenerationSettings, edit=None) -> Iter
     cut_short = budget < settings.max_new_tokens
     eos = getattr(model.tokenizer, "eos_token_id", None)
     stepper = make_stepper(model, pair.hook_name, edit, pair.fast_weights)
+    lock = _forward_lock(model, stepper)
     rng = torch.Generator().manual_seed(int(settings.seed))
     history = tokens.tolist()
     setup = _attribution_setup(pair)
 
+    # logits / T overflows float32 for a tiny T (1e-320 is a valid link value): sample greedily.
+    temperature = settings.temperature if settings.temperature >= MIN_TEMPERATURE else 0.0
+    top_p = settings.top_p if settings.top_p >= MIN_TOP_P else MIN_TOP_P
+
     def choose(logits) -> Choice:
         return sample_next(
-            logits, history, settings.temperature, settings.top_k, settings.top_p,
+            logits, history, temperature, settings.top_k, top_p,
             settings.repetition_penalty, rng,
         )
 
@@ -139,7 +179,8 @@ def generate(pair, prompt: str, settings: GenerationSettings, edit=None) -> Iter
         return model.tokenizer.decode([tok])
 
     context_notice = f"stopped: the model's context window of {n_ctx} tokens is full"
-    out = stepper.step(tokens)
+    with lock:
+        out = stepper.step(tokens)
     feats = _features(pair, out.acts, settings)
     nxt = choose(out.last_logits) if budget else None
     first = 1 if prepend_bos else 0
@@ -154,7 +195,8 @@ def generate(pair, prompt: str, settings: GenerationSettings, edit=None) -> Iter
     for i in range(budget):
         cur = nxt
         history.append(cur.token_id)
-        out = stepper.step(torch.tensor([cur.token_id], device=pair.device))
+        with lock:
+            out = stepper.step(torch.tensor([cur.token_id], device=pair.device))
         at_eos = settings.stop_at_eos and cur.token_id == eos
         last = i == budget - 1 or at_eos
         nxt = None if last else choose(out.last_logits)

@@ -15,9 +15,12 @@ Worked example::
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 from cachetools import LRUCache
@@ -50,13 +53,59 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def _cgroup_free_bytes(root: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """Memory left under this container's cgroup limit (a Space's real limit;
+    psutil sees the host's), or None where there is no limit."""
+    for limit_f, usage_f, stat_f in (("memory.max", "memory.current", "memory.stat"),
+                                     ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes",
+                                      "memory/memory.stat")):
+        try:
+            limit = (root / limit_f).read_text().strip()
+            usage = int((root / usage_f).read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if not limit.isdigit() or int(limit) >= 2**60:
+            return None
+        reclaimable = 0  # the page cache the kernel drops before it runs out
+        try:
+            for line in (root / stat_f).read_text().splitlines():
+                key, _, value = line.partition(" ")
+                if key in ("inactive_file", "total_inactive_file"):
+                    reclaimable = int(value)
+        except (OSError, ValueError):
+            pass
+        return max(0, int(limit) - usage + reclaimable)
+    return None
+
+
 def _available_memory_bytes() -> int | None:
+    """Free memory: the smaller of the host's and the container's (cgroup) budget."""
+    free = []
     try:
         import psutil
 
-        return int(psutil.virtual_memory().available)
+        free.append(int(psutil.virtual_memory().available))
     except Exception:
-        return None
+        pass
+    cgroup = _cgroup_free_bytes()
+    if cgroup is not None:
+        free.append(cgroup)
+    return min(free) if free else None
+
+
+# Parameter counts of models whose names do not say them; the rest are read from
+# the name ("gemma-2-27b", "Llama-3.1-8B", "pythia-70m-deduped", "qwen3-0.6b").
+_KNOWN_PARAMS = {"gpt2-small": 124_000_000, "gpt2": 124_000_000}
+_SIZE_IN_NAME = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?)([bm])(?![a-z0-9])", re.IGNORECASE)
+
+
+def model_parameters(name: str) -> int | None:
+    """The model's parameter count as its name gives it, or None if unknown."""
+    if name in _KNOWN_PARAMS:
+        return _KNOWN_PARAMS[name]
+    sizes = [float(n) * (1e9 if unit.lower() == "b" else 1e6)
+             for n, unit in _SIZE_IN_NAME.findall(name.rsplit("/", 1)[-1])]
+    return int(max(sizes)) if sizes else None
 
 
 def _explain(what: str, err: BaseException) -> LoadError:
@@ -73,11 +122,25 @@ def _explain(what: str, err: BaseException) -> LoadError:
         return LoadError(f"Could not download {what}: {why}.")
     if name in ("ConnectError", "ConnectionError", "ConnectTimeout", "ReadTimeout", "TimeoutError"):
         return LoadError(f"Could not download {what}: the Hugging Face Hub is unreachable ({text}).")
+    if name in _INTERRUPTED or "consistency check failed" in text.lower():
+        return LoadError(f"Could not download {what}: the download was interrupted ({text}). "
+                         "Try again: the files already downloaded are kept.")
+    code = getattr(err, "errno", None) if isinstance(err, OSError) else None
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return LoadError(f"Could not download {what}: the disk is full ({text}).")
+    if code in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR):
+        cache = os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME") or "the Hugging Face cache"
+        return LoadError(f"Could not download {what}: cannot write to {cache} ({text}).")
     if name in ("RepositoryNotFoundError", "EntryNotFoundError", "RevisionNotFoundError"):
         return LoadError(f"Could not find {what} on the Hugging Face Hub ({text}).")
     if isinstance(err, MemoryError) or "out of memory" in text.lower():
         return LoadError(f"{what} does not fit in this machine's memory.")
     return LoadError(f"Could not load {what}: {name}: {text}")
+
+
+_INTERRUPTED = ("RemoteProtocolError", "ReadError", "ChunkedEncodingError", "IncompleteRead",
+                "ProtocolError", "ContentTooShortError", "ConnectionResetError", "ConnectionAbortedError",
+                "RemoteDisconnected", "BrokenPipeError")
 
 
 class PairCache:
@@ -124,14 +187,26 @@ class PairCache:
             return LoadedPair(entry[0], sae, choice, meta.hook_name, self.device, entry[1])
 
     def _check_size(self, choice: SaeChoice) -> None:
-        if not (choice.d_sae and choice.d_in):
+        """Refuse, before any download, an SAE or a model that would not fit in memory."""
+        with self._lock:
+            sae_loaded = (choice.release, choice.sae_id) in self._saes
+            model_loaded = any(key[0] == choice.model for key in self._models.keys())
+        free = None if sae_loaded and model_loaded else _available_memory_bytes()
+        if free is None:
             return
-        need = choice.d_sae * choice.d_in * 2 * 4  # W_enc + W_dec, fp32
-        free = _available_memory_bytes()
-        if free is not None and need > free // 2:
+        if not sae_loaded and choice.d_sae and choice.d_in:
+            need = choice.d_sae * choice.d_in * 2 * 4  # W_enc + W_dec, fp32
+            if need > free // 2:
+                raise LoadError(
+                    f"SAE {choice.release} / {choice.sae_id} needs about {need / 2**30:.1f} GiB "
+                    f"and only {free / 2**30:.1f} GiB is free: choose a smaller SAE."
+                )
+        params = None if model_loaded else model_parameters(choice.model)
+        if params is not None and params * 4 > free // 2:  # fp32 weights; loading briefly holds two copies
             raise LoadError(
-                f"SAE {choice.release} / {choice.sae_id} needs about {need / 2**30:.1f} GiB "
-                f"and only {free / 2**30:.1f} GiB is free: choose a smaller SAE."
+                f"model {choice.model} needs about {params * 4 / 2**30:.1f} GiB "
+                f"({params / 1e9:.2g}B parameters in float32) and only {free / 2**30:.1f} GiB is free: "
+                "choose an SAE of a smaller model."
             )
 
     def _load_sae(self, choice: SaeChoice):

@@ -217,9 +217,14 @@ def _value(params: Any, key: str, notices: list[str]) -> str | None:
 
 def _parse_number(text: str) -> float | int | None:
     """An int or float from text; None when it is not a number (NaN counts
-    as not a number; ±inf is a number, to be clamped)."""
+    as not a number; ±inf is a number, to be clamped, and so is an integer
+    too long to read, e.g. 120 digits)."""
     text = text.strip()
-    if not text or len(text) > _MAX_NUMBER_CHARS:
+    if not text:
+        return None
+    if len(text) > _MAX_NUMBER_CHARS:
+        if _INT_RE.fullmatch(text):
+            return -math.inf if text.startswith("-") else math.inf
         return None
     if _INT_RE.fullmatch(text):
         return int(text)

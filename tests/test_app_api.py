@@ -1,0 +1,439 @@
+"""The app as a public Space sees it: one real `python app.py` server, driven
+through gradio_client (and raw HTTP), with hostile inputs, several sessions at
+once, Stop pressed 50 times, Neuronpedia failing, and every streamed number
+recomputed from scratch.
+
+The server (one per module) runs on the tiny offline hub with
+``AXON_CONCURRENCY=4``, ``AXON_MAX_NEW_TOKENS=128``, ``AXON_MAX_PROMPT_CHARS=500``,
+an unwritable label cache and a fake Neuronpedia whose mode the tests switch.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+import urllib.request
+
+import psutil
+import pytest
+import torch
+
+from app_server import AppServer
+from neuronpedia_fake import FakeNeuronpedia
+
+gradio_client = pytest.importorskip("gradio_client")
+Client = gradio_client.Client
+
+NP_ID = "gpt2-small/8-res-jb"
+MAX_NEW_TOKENS, MAX_PROMPT_CHARS = 128, 500
+BASE = {
+    "prompt": "The capital of France is", "model": "gpt2-small", "release": "gpt2-small-res-jb",
+    "sae_id": "blocks.8.hook_resid_pre", "temperature": 0.8, "top_k": 50, "top_p": 0.95,
+    "repetition_penalty": 1.1, "max_tokens": 1, "seed": 0, "feature_k": 12, "threshold": 0.1,
+    "steer": "", "edge_kind": "npmi",
+}
+ORDER = list(BASE)
+STATUS, RUN = 3, 4  # indices of the status line and the run JSON in predict()'s result
+
+
+def args(**over):
+    return [over.get(k, BASE[k]) for k in ORDER]
+
+
+def call(client, **over):
+    return client.predict(*args(**over), api_name="/generate")
+
+
+def new_client(app) -> Client:
+    return Client(app.url, verbose=False, download_files=False)
+
+
+def tokens_of(run: dict) -> list:
+    """What the model did: every token with its features, activations and attributions."""
+    return [(t["position"], t["token_id"], t["next_token_id"],
+             [(f["index"], f["activation"], f["attribution"]) for f in t["features"]]) for t in run["tokens"]]
+
+
+def assert_same_run(got: dict, want: dict, tol: float = 1e-4) -> None:
+    """Same tokens, same features; activations and attributions equal up to float
+    rounding (with several torch threads, runs computing at once may split a sum
+    differently: ~1e-6 relative). This server runs one thread per run, so they are exact."""
+    a, b = tokens_of(got), tokens_of(want)
+    assert [(p, t, n, [i for i, _, _ in fs]) for p, t, n, fs in a] == [(p, t, n, [i for i, _, _ in fs]) for p, t, n, fs in b]
+    for (_, _, _, fa), (_, _, _, fb) in zip(a, b):
+        for (_, x, u), (_, y, v) in zip(fa, fb):
+            assert abs(x - y) <= tol and (u is None) == (v is None) and (u is None or abs(u - v) <= tol)
+
+
+@pytest.fixture(scope="module")
+def neuronpedia():
+    labels = {(NP_ID, i): f"label {i}" for i in range(0, 1024, 3)}
+    with FakeNeuronpedia(labels=labels) as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def app(offline_hub, neuronpedia, tmp_path_factory):
+    logs = tmp_path_factory.mktemp("app-api")
+    blocker = logs / "not-a-directory"
+    blocker.write_text("a file where the label cache's folder should be")
+    env = {
+        "AXON_LABEL_CACHE": str(blocker / "labels.sqlite"),  # unwritable, even for root
+        "AXON_CONCURRENCY": "4", "AXON_MAX_NEW_TOKENS": str(MAX_NEW_TOKENS),
+        "AXON_MAX_PROMPT_CHARS": str(MAX_PROMPT_CHARS),
+        # One torch thread per run: on a busy 2-core machine, 4 runs x 2 threads spin-wait.
+        "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+    }
+    with AppServer(offline_hub, neuronpedia=neuronpedia, env=env, log_dir=logs) as server:
+        yield server
+        log = server.log_text()
+    assert "Traceback" not in log, log[-4000:]
+
+
+@pytest.fixture(scope="module")
+def client(app):
+    return new_client(app)
+
+
+# ---------------------------------------------------------------- 1. input
+
+HOSTILE = {
+    "prompt": ["", " ", "\n\t\r  ", None, "x" * 10_000, "a\x00b\x07c\x1b[31m d\x7f", "🧠🔥✨ emoji",
+               "שלום עולם", "مرحبا بالعالم", "\u202eevil\u202c text", "<|endoftext|>", 12345, ["a", "list"],
+               {"a": "dict"}, True, "<script>alert(1)</script>", "**bold** [link](http://example.com)",
+               "💥" * 400, "\u200b\u200b", "Ω" * 600],
+    "model": [None, "", "nope", "gemma-2-2b", 5, ["gpt2-small"], "gpt2-small\x00", "m" * 500],
+    "release": [None, "", "nope", " gpt2-small-res-jb ", 7, "r" * 1000, "../../etc/passwd",
+                "gpt2-small-attn-out-v5-32k", ["gpt2-small-res-jb"]],
+    "sae_id": [None, "", "blocks.5.hook_resid_pre", "blocks.99.hook_resid_pre", "nope", 3,
+               "blocks.2.hook_resid_pre", "<img src=x onerror=alert(1)>"],
+    "temperature": [-1, 0, 1e-320, 2.0000001, 100, 1e308, "abc", "", None, [1], "0x10", True, "nan",
+                    "-inf", "1e999", {"t": 1}],
+    "top_k": [-5, 0, 200, 201, 10**6, 1.5, "7", "x", None, 10**30],
+    "top_p": [0, -0.5, 1e-9, 0.01, 1, 1.5, "nan", None, "abc", 1e-320],
+    "repetition_penalty": [0, -1, 0.5, 2, 3, 1e300, "nan", None],
+    "max_tokens": [0, -1, 1, MAX_NEW_TOKENS, MAX_NEW_TOKENS + 1, 10**9, 1e12, 2.7, "3", "many", None],
+    "seed": [-1, 0, 2**31 - 1, 2**31, 2**63, 10**40, 1.5, "x", None, "nan", -10**20],
+    "feature_k": [0, -3, 1, 64, 65, 10**6, 2.5, "x", None],
+    "threshold": [-1, 0, 10, 10.5, 1e300, "x", None, "nan", 1e-320],
+    "steer": ["", None, "1:2", "abc:def", "99999999:5", "1:nan,2:inf", "1:1," * 20, "5:1e308", ",,,", 7,
+              "0:-100", "1023:5", "1:2:3"],
+    "edge_kind": ["npmi", "npmi_all", "cooccurrence", "decoder", "nope", None, 3, [1], ""],
+}
+# What the status line must then say (a clamped value, or the reason for a refusal).
+EXPECT = {
+    ("prompt", ""): "prompt is empty", ("prompt", " "): "prompt is empty", ("prompt", None): "prompt is empty",
+    ("prompt", "x" * 10_000): f"prompt truncated to {MAX_PROMPT_CHARS} characters",
+    ("prompt", "a\x00b\x07c\x1b[31m d\x7f"): "removed 4 control characters",
+    ("prompt", "💥" * 400): "tokens long; this model reads at most 256",
+    ("model", "nope"): "does not go with release", ("release", "nope"): "Unknown SAE",
+    ("release", "gpt2-small-attn-out-v5-32k"): "has no SAE",
+    ("sae_id", "blocks.5.hook_resid_pre"): "Could not download SAE", ("sae_id", "nope"): "Unknown SAE",
+    ("temperature", -1): "temperature -1 clamped to 0", ("temperature", "abc"): "is not a number",
+    ("temperature", 100): "clamped to 2", ("top_k", 201): "top_k 201 clamped to 200",
+    ("top_p", 0): "top_p 0 clamped to 0.01", ("repetition_penalty", 0): "clamped to 1",
+    ("max_tokens", 10**9): f"clamped to {MAX_NEW_TOKENS}", ("max_tokens", 0): "max_tokens 0 clamped to 1",
+    ("seed", -1): "seed -1 clamped to 0", ("seed", "x"): "is not a number", ("feature_k", 65): "clamped to 64",
+    ("threshold", 10.5): "threshold 10.5 clamped to 10", ("steer", "abc:def"): "skipped bad entry",
+    ("steer", "99999999:5"): "not in this SAE",
+}
+FAILURE_WORDS = ("Traceback", "Generation failed", "Error(", "exception")
+
+
+def hostile_cases(n_random: int = 40) -> list[dict]:
+    cases = [{key: value} for key, values in HOSTILE.items() for value in values]
+    rng = random.Random(20240601)
+    for _ in range(n_random):
+        keys = rng.sample(ORDER, rng.randint(2, 5))
+        cases.append({k: rng.choice(HOSTILE[k]) for k in keys})
+    return cases
+
+
+def _call_all(app, cases: list[dict], sessions: int) -> list:
+    """Every case through /generate, from ``sessions`` gradio_client sessions at once."""
+    outs: list = [None] * len(cases)
+    todo = list(range(len(cases)))
+    lock = threading.Lock()
+
+    def worker():
+        c = new_client(app)
+        while True:
+            with lock:
+                if not todo:
+                    return
+                i = todo.pop()
+            try:
+                outs[i] = call(c, **cases[i])
+            except Exception as err:  # noqa: BLE001 - asserted by the caller
+                outs[i] = err
+
+    threads = [threading.Thread(target=worker) for _ in range(sessions)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=600)
+    return outs
+
+
+def is_run(value) -> bool:
+    return isinstance(value, dict) and value.get("schema") == "axon-run/1"
+
+
+def test_hostile_inputs_get_a_message_or_a_clamped_value(app, client):
+    """A few hundred hostile calls through gradio_client: each returns a status
+    line saying what was clamped or refused, never a bare error or a trace."""
+    cases = hostile_cases()
+    outs = _call_all(app, cases, sessions=1)  # on 2 cores, more sessions only add contention
+    counts: dict[str, int] = {}
+    for case, out in zip(cases, outs):
+        for key in case:
+            counts[key] = counts.get(key, 0) + 1
+        assert not isinstance(out, Exception), (case, out)  # e.g. a bare Gradio error
+        status = out[STATUS]
+        assert isinstance(status, str) and status.startswith("**cpu**"), (case, status)
+        assert not any(w in status for w in FAILURE_WORDS), (case, status)
+        if len(case) == 1:
+            (key, value), = case.items()
+            for (k, v), words in EXPECT.items():
+                if k == key and type(v) is type(value) and v == value:
+                    assert words in status, (case, status)
+        run = out[RUN]
+        if is_run(run):  # a finished run: what the settings were clamped to is what ran
+            s = run["settings"]
+            assert 1 <= s["max_new_tokens"] <= MAX_NEW_TOKENS and 0 <= s["top_k"] <= 200
+            assert 0 < s["top_p"] <= 1 and 0 <= s["activation_threshold"] <= 10
+            assert len(run["meta"]["prompt"]) <= MAX_PROMPT_CHARS
+            assert sum(not t["is_prompt"] for t in run["tokens"]) <= s["max_new_tokens"]
+            assert all(len(t["features"]) <= s["feature_k"] for t in run["tokens"])
+    assert app.proc.poll() is None
+    print(f"\nhostile API cases: {len(cases)} calls; per input: {counts}")
+
+
+def test_endoftext_typed_literally_is_the_special_token(client):
+    out = call(client, prompt="Hello<|endoftext|>world", max_tokens=3, temperature=0)
+    run = out[RUN]
+    prompt_tokens = [t for t in run["tokens"] if t["is_prompt"]]
+    assert [t["text"] for t in prompt_tokens] == ["Hello", "<|endoftext|>", "world"]
+    assert prompt_tokens[1]["token_id"] == 50256
+    assert sum(not t["is_prompt"] for t in run["tokens"]) == 3  # a typed one does not end the run
+
+
+def test_context_window_is_respected(client):
+    out = call(client, prompt=" a" * 250, max_tokens=MAX_NEW_TOKENS)  # BOS + 250 tokens: room for 5
+    run = out[RUN]
+    assert sum(not t["is_prompt"] for t in run["tokens"]) == 5
+    assert run["tokens"][-1]["position"] == 255
+    assert "context window of 256 tokens is full" in out[STATUS]
+
+
+def _raw_call(app, payload: str) -> list:
+    """POST to the REST API with a hand-written JSON body (NaN and Infinity are
+    not JSON, so gradio_client refuses to send them); the final SSE data line."""
+    req = urllib.request.Request(f"{app.url}gradio_api/call/generate", data=payload.encode(),
+                                 headers={"Content-Type": "application/json"})
+    event_id = json.loads(urllib.request.urlopen(req, timeout=30).read())["event_id"]
+    with urllib.request.urlopen(f"{app.url}gradio_api/call/generate/{event_id}", timeout=60) as resp:
+        body = resp.read().decode()
+    events = [line for line in body.splitlines() if line.startswith("event:")]
+    assert events[-1] == "event: complete", body[-2000:]
+    return json.loads([line for line in body.splitlines() if line.startswith("data:")][-1][5:])
+
+
+@pytest.mark.parametrize("value, words", [("NaN", "is not a number"), ("Infinity", "clamped to 2"),
+                                          ("-Infinity", "clamped to 0"),
+                                          ('"\\ud800 lone surrogate"', "removed 1 control character")])
+def test_raw_json_nan_infinity_and_lone_surrogates(app, value, words):
+    """What gradio_client refuses to send (not JSON, not UTF-8), sent by hand."""
+    if value.startswith('"'):
+        body = json.dumps({"data": args()}).replace('"The capital of France is"', value, 1)
+    else:
+        body = json.dumps({"data": args()}).replace("0.8", value, 1)
+    assert value in body
+    status = [v for v in _raw_call(app, body) if isinstance(v, str) and v.startswith("**cpu**")]
+    assert len(status) == 1 and words in status[0], status
+
+
+# ---------------------------------------------------------------- 3. concurrency
+
+SESSIONS = [("The capital of France is", 11), ("def fibonacci(n):", 12),
+            ("In 1969, the first person to walk on the Moon was", 13), ("She opened the letter and", 14)]
+RUN_SETTINGS = {"max_tokens": 24, "temperature": 0.9, "top_k": 0, "top_p": 1.0, "feature_k": 8}
+SWITCH = {"prompt": "A different SAE, loaded mid-run", "seed": 15, "sae_id": "blocks.2.hook_resid_pre"}
+
+
+def test_sessions_at_once_each_get_their_own_run(app, client):
+    solo = {p: call(client, prompt=p, seed=s, **RUN_SETTINGS)[RUN] for p, s in SESSIONS}
+    results: dict[str, dict] = {}
+    spans: dict[str, tuple[float, float]] = {}
+    clients = [new_client(app) for _ in range(len(SESSIONS) + 1)]
+    started = threading.Event()
+    barrier = threading.Barrier(len(SESSIONS))
+
+    def session(c, over, wait_for_others=False):
+        if wait_for_others:
+            started.wait(30)  # switch the SAE while the others are generating
+        else:
+            barrier.wait(30)
+        job = c.submit(*args(**{**RUN_SETTINGS, **over}), api_name="/generate")
+        first = None
+        while not job.done():
+            if first is None and job.outputs():
+                first = time.monotonic()
+                started.set()
+            time.sleep(0.01)
+        results[over["prompt"]] = job.result()[RUN]
+        spans[over["prompt"]] = (first or time.monotonic(), time.monotonic())
+
+    threads = [threading.Thread(target=session, args=(c, {"prompt": p, "seed": s}))
+               for c, (p, s) in zip(clients, SESSIONS)]
+    threads.append(threading.Thread(target=session, args=(clients[-1], SWITCH, True)))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=240)
+    assert len(results) == len(SESSIONS) + 1
+    for prompt, _ in SESSIONS:
+        run = results[prompt]
+        assert run["meta"]["prompt"] == prompt and run["meta"]["sae_id"] == BASE["sae_id"]
+        assert tokens_of(run) == tokens_of(solo[prompt]), prompt  # same seed -> same run, bit for bit
+        assert_same_run(run, solo[prompt])
+        assert run["edges"] == solo[prompt]["edges"]  # the graph holds this session's tokens only
+        fired = {f["index"] for t in run["tokens"] for f in t["features"]}
+        assert {int(k) for k in run["labels"]} == fired
+    switched = results[SWITCH["prompt"]]
+    assert switched["meta"]["sae_id"] == SWITCH["sae_id"]
+    again = call(client, **{**RUN_SETTINGS, **SWITCH})[RUN]
+    assert tokens_of(switched) == tokens_of(again)
+    # Several sessions really generated at once (AXON_CONCURRENCY=4).
+    overlaps = sum(1 for a in spans.values() for b in spans.values() if a is not b and a[0] < b[1] and b[0] < a[1])
+    assert overlaps >= 2, spans
+    print(f"\nconcurrent sessions: {len(results)} at once (one switching SAE), overlapping pairs: {overlaps // 2}")
+
+
+def test_a_sessions_new_run_supersedes_its_old_one(app):
+    """One session holds at most one run: its next run stops the previous one."""
+    c = new_client(app)
+    first = c.submit(*args(prompt="The first run of this session", max_tokens=MAX_NEW_TOKENS, seed=1),
+                     api_name="/generate")
+    t0 = time.monotonic()
+    while not first.outputs() and time.monotonic() - t0 < 30:
+        time.sleep(0.01)
+    second = call(c, prompt="The second run", max_tokens=4, seed=2)
+    first.result(timeout=60)
+    assert second[RUN]["meta"]["prompt"] == "The second run"
+    first_outputs = first.outputs()
+    assert first_outputs and not any(is_run(o[RUN]) for o in first_outputs)  # stopped before its last frame
+    assert "tokens" in first_outputs[-1][STATUS]
+
+
+# ---------------------------------------------------------------- 4. faults
+
+
+def test_stop_50_times_memory_returns_and_next_run_is_clean(app, client):
+    proc = psutil.Process(app.proc.pid)
+    ref = call(client, prompt="Stop me if you can", seed=7, max_tokens=8)
+    long_run = args(prompt="A long run that is stopped", seed=3, max_tokens=MAX_NEW_TOKENS)
+
+    def stop_once() -> bool:
+        job = client.submit(*long_run, api_name="/generate")
+        t0 = time.monotonic()
+        while not job.outputs() and not job.done() and time.monotonic() - t0 < 30:
+            time.sleep(0.005)
+        mid_run = bool(job.outputs()) and not job.done()
+        job.cancel()
+        return mid_run
+
+    for _ in range(3):  # warm-up: allocator pools and caches reach their working size
+        stop_once()
+    time.sleep(0.5)
+    rss_before = proc.memory_info().rss
+    stopped_mid_run = sum(stop_once() for _ in range(50))
+    time.sleep(1.0)
+    rss_after = proc.memory_info().rss
+    after = call(client, prompt="Stop me if you can", seed=7, max_tokens=8)
+    print(f"\nstop x50: {stopped_mid_run} stopped mid-run; RSS before {rss_before / 2**20:.1f} MiB, "
+          f"after {rss_after / 2**20:.1f} MiB ({(rss_after - rss_before) / 2**20:+.1f} MiB)")
+    assert stopped_mid_run >= 40
+    assert rss_after - rss_before < 150 * 2**20
+    assert tokens_of(after[RUN]) == tokens_of(ref[RUN])
+    assert not any(w in after[STATUS] for w in FAILURE_WORDS)
+    assert app.proc.poll() is None
+
+
+@pytest.mark.parametrize("mode", ["close", "error", "slow", "garbage", "ratelimit"])
+def test_neuronpedia_down_or_slow_runs_still_complete(app, client, neuronpedia, mode):
+    neuronpedia.mode, neuronpedia.delay = mode, 5.0
+    try:
+        t0 = time.monotonic()
+        out = call(client, prompt=f"Neuronpedia is {mode} now, {random.random()}", max_tokens=6, seed=1)
+        took = time.monotonic() - t0
+        assert out[RUN] and sum(not t["is_prompt"] for t in out[RUN]["tokens"]) == 6
+        assert took < neuronpedia.delay  # a label never holds a token up
+        if mode in ("close", "error", "garbage"):
+            deadline = time.monotonic() + 10  # fetches fail in the background; the next frame says so
+            status = out[STATUS]
+            while "Neuronpedia unreachable" not in status and time.monotonic() < deadline:
+                time.sleep(0.3)
+                status = call(client, prompt=f"and again {random.random()}", max_tokens=1)[STATUS]
+            assert "labels: Neuronpedia unreachable, showing feature numbers" in status
+        if mode == "ratelimit":  # a 429 pauses every fetch for Retry-After (30 s)
+            status = call(client, prompt=f"and again {random.random()}", max_tokens=1)[STATUS]
+            deadline = time.monotonic() + 10
+            while "rate limit" not in status and time.monotonic() < deadline:
+                time.sleep(0.3)
+                status = call(client, prompt=f"and again {random.random()}", max_tokens=1)[STATUS]
+            assert "labels: Neuronpedia rate limit, paused" in status
+        assert "label cache cannot be written" in out[STATUS]  # AXON_LABEL_CACHE is not writable
+    finally:
+        neuronpedia.mode = "normal"
+
+
+def test_label_cache_unwritable_status_at_start(app):
+    page = urllib.request.urlopen(app.url, timeout=10).read().decode()
+    assert "AXON" in page
+    config = urllib.request.urlopen(f"{app.url}config", timeout=10).read().decode()
+    assert "label cache cannot be written" in config  # the status line the page opens with
+
+
+# ---------------------------------------------------------------- 5. numbers
+
+
+def test_streamed_numbers_match_plain_transformerlens_and_saelens(app, client, pair):
+    """The run JSON the API returns (another process), recomputed from scratch:
+    one TransformerLens run_with_cache over the final sequence and SAELens's
+    sae.encode (``pair`` holds the HookedTransformer.from_pretrained and
+    SAE.from_pretrained objects of the same checkpoints), no AXON code in the loop."""
+    k, threshold = 8, 0.1
+    run = call(client, prompt="The capital of France is", seed=3, max_tokens=10, temperature=1.0,
+               top_k=0, top_p=1.0, repetition_penalty=1.0, feature_k=k, threshold=threshold)[RUN]
+    model, sae = pair.model, pair.sae
+    assert (run["meta"]["release"], run["meta"]["sae_id"]) == (pair.choice.release, pair.choice.sae_id)
+    tokens = torch.tensor([model.tokenizer.bos_token_id] + [t["token_id"] for t in run["tokens"]])
+    assert model.to_string(tokens[1:6]) == "The capital of France is"
+    with torch.inference_mode():
+        _, cache = model.run_with_cache(tokens[None])
+        acts = sae.encode(cache[sae.cfg.metadata.hook_name][0])
+    scale = cache["ln_final.hook_scale"][0, :, 0]
+    w_dec, w_u = sae.W_dec.detach(), model.W_U.detach()
+    checked = 0
+    for t in run["tokens"]:
+        p = t["position"]
+        vals, idx = acts[p].topk(k)
+        expect = [(int(i), float(v)) for i, v in zip(idx, vals) if v > threshold]
+        got = [(f["index"], f["activation"]) for f in t["features"]]
+        assert [i for i, _ in got] == [i for i, _ in expect], p
+        for (_, a), (_, b) in zip(got, expect):
+            assert abs(a - b) <= 1e-4
+        nxt = t["next_token_id"]
+        assert nxt == (int(tokens[p + 1]) if p + 1 < len(tokens) else None)
+        for f in t["features"]:
+            if nxt is None:
+                assert f["attribution"] is None
+                continue
+            d = w_dec[f["index"]] - w_dec[f["index"]].mean()
+            direct = float(acts[p, f["index"]] * (d / scale[p]) @ w_u[:, nxt])
+            assert abs(f["attribution"] - direct) <= 1e-4
+            checked += 1
+    assert checked > 50
