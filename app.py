@@ -22,7 +22,6 @@ import os  # noqa: E402
 import shutil  # noqa: E402
 import signal  # noqa: E402
 import tempfile  # noqa: E402
-import threading  # noqa: E402
 import time  # noqa: E402
 from importlib import metadata  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -34,13 +33,13 @@ import spaces  # noqa: E402
 
 from axon_core.edges import EDGE_KINDS  # noqa: E402
 from axon_core.figure import to_json  # noqa: E402
-from axon_core.steering import compare_runs, steering_edit  # noqa: E402
+from axon_core.steering import steering_edit  # noqa: E402
 from axon_core.catalogue import DEFAULT_MODEL, DEFAULT_RELEASE, DEFAULT_SAE_ID, load_catalogue  # noqa: E402
 from axon_core.generation import GenerationSettings, PromptError, generate  # noqa: E402
 from axon_core.labels import LabelService  # noqa: E402
 from axon_core.loading import LoadError, PairCache  # noqa: E402
-from axon_core.session import RunSession  # noqa: E402
-from axon_core.share import Limits, RunRequest, base_url_for, build_link, parse_query  # noqa: E402
+from axon_core.session import RunSession, SessionRuns, comparison_html  # noqa: E402
+from axon_core.share import Limits, base_url_for, build_link, parse_query  # noqa: E402
 
 log = logging.getLogger("axon")
 HERE = Path(__file__).resolve().parent
@@ -193,31 +192,6 @@ def _write_exports(run, exported) -> tuple[Path, Path] | None:
 def _failure(message: str, run=None):
     gr.Warning(html.escape(message))
     return [gr.skip(), gr.skip(), gr.skip(), status_line(run, message), run] + [gr.skip()] * 5
-
-
-def comparison_html(plain: RunSession, steered: RunSession) -> str:
-    """Both texts side by side, the first diverging token marked, and what changed in the graph."""
-    cmp = compare_runs(plain.steps, steered.steps)
-
-    def text(run):
-        spans = []
-        for s in run.steps:
-            cls = "tok prompt" if s.is_prompt else "tok gen"
-            if cmp.first_divergence is not None and s.position == cmp.first_divergence:
-                cls += " diverge"
-            spans.append(f'<span class="{cls}">{html.escape(s.text)}</span>')
-        return "".join(spans)
-
-    def feats(rows):
-        return ", ".join(f"#{i} {html.escape(plain.label(i))} ({d:+.1f})" for i, d in rows) or "none"
-
-    where = ("identical texts" if cmp.first_divergence is None
-             else f"first divergence at position {cmp.first_divergence} (after {cmp.shared_tokens} shared new tokens)")
-    spec = ", ".join(f"#{f} {c:+.2f}" for f, c in steered.meta.get("steer", ()))
-    return (f'<div class="axon-compare"><p><b>Steering</b> {html.escape(spec)} · {where}</p>'
-            f'<div class="cols"><div><h4>plain</h4><div class="axon-text">{text(plain)}</div></div>'
-            f'<div><h4>steered</h4><div class="axon-text">{text(steered)}</div></div></div>'
-            f"<p>stronger when steered: {feats(cmp.gained)}<br>weaker: {feats(cmp.lost)}</p></div>")
 
 
 @spaces.GPU(duration=120)
@@ -435,36 +409,6 @@ def highlight_token(run: RunSession | None, evt: gr.SelectData):
         return gr.skip(), gr.skip()
     run.highlight = None if run.highlight == position else position
     return run.figure_json(relayout=False), to_json(run.timeline()).decode()
-
-
-class SessionRuns:
-    """At most one generating run per browser session: a session's new run
-    supersedes its previous one, which stops at its next frame. So one session
-    never holds more than one of the queue's CONCURRENCY workers, and none holds
-    it longer than MAX_RUN_SECONDS a run; QUEUE_SIZE bounds who waits."""
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._current: dict[str, object] = {}
-
-    def start(self, key: str | None) -> object:
-        ticket = object()
-        if key:
-            with self._lock:
-                self._current[key] = ticket
-        return ticket
-
-    def superseded(self, key: str | None, ticket: object) -> bool:
-        return bool(key) and self._current.get(key) is not ticket
-
-    def finish(self, key: str | None, ticket: object) -> None:
-        if key:
-            with self._lock:
-                if self._current.get(key) is ticket:
-                    del self._current[key]
-
-    def __len__(self) -> int:
-        return len(self._current)
 
 
 SESSION_RUNS = SessionRuns()

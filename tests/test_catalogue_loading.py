@@ -5,7 +5,7 @@ import time
 import pytest
 
 from axon_core.catalogue import DEFAULT_MODEL, DEFAULT_RELEASE, DEFAULT_SAE_ID, load_catalogue
-from axon_core.loading import LoadError, PairCache
+from axon_core.loading import LoadError
 
 
 def test_catalogue_lists_res_jb_with_neuronpedia_ids():
