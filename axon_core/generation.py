@@ -30,7 +30,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterator
 
 import torch
@@ -69,7 +69,6 @@ class TokenStep:
     prob: float | None = None  # model probability (T=1) of this token when sampled
     sampled_prob: float | None = None  # probability under the sampling distribution used
     notice: str | None = None  # e.g. "stopped: context window full"
-    extra: dict = field(default_factory=dict)
 
 
 MIN_TEMPERATURE = 1e-6  # below this (or NaN) sampling is greedy

@@ -28,7 +28,7 @@ def run():
         step(2, [(9, 3.0, -0.5)], next_token_id=3797, is_prompt=True, text=" cat"),
         step(3, [(5, 0.3, 0.1), (7, 1.1, 0.2), (9, 0.7, 0.0)], next_token_id=None,
              text=" sat</script>", prob=0.25, sampled_prob=0.3125,
-             notice="stopped: max_new_tokens", extra={"top": [[1, 0.5]]}),
+             notice="stopped: max_new_tokens"),
     ]
     graph = GraphState()
     for s in steps:
