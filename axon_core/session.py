@@ -39,6 +39,13 @@ from .timeline import timeline_figure
 NEURONPEDIA_PAGE = "https://www.neuronpedia.org/{np_id}/{index}"
 
 
+def token_span(step: TokenStep, extra_class: str = "", attrs: str = "") -> str:
+    """One token of a text as an HTML span (escaped; newlines shown as ↵)."""
+    cls = ("tok prompt" if step.is_prompt else "tok gen") + (f" {extra_class}" if extra_class else "")
+    text = html.escape(step.text).replace("\n", "↵<br>")
+    return f'<span class="{cls}"{attrs}>{text}</span>'
+
+
 class RunSession:
     """The steps of one run and everything derived from them."""
 
@@ -65,7 +72,6 @@ class RunSession:
         self._last_frame = float("-inf")
         self._last_step_time: float | None = None
         self._figure: dict | None = None
-        self._figure_nodes = -1
 
     # ---- feeding ----------------------------------------------------------
 
@@ -143,11 +149,8 @@ class RunSession:
             top = ", ".join(f"{self.label(f.index)} ({f.activation:.1f})" for f in s.features[:5])
             prob = f" · p={s.prob:.3f}" if s.prob is not None else ""
             title = html.escape(f"pos {s.position}{prob} · {top or 'no features'}", quote=True)
-            cls = "tok prompt" if s.is_prompt else "tok gen"
-            if highlight is not None and any(f.index == highlight for f in s.features):
-                cls += " lit"
-            text = html.escape(s.text).replace("\n", "↵<br>")
-            parts.append(f'<span class="{cls}" data-pos="{s.position}" title="{title}">{text}</span>')
+            lit = highlight is not None and any(f.index == highlight for f in s.features)
+            parts.append(token_span(s, "lit" if lit else "", f' data-pos="{s.position}" title="{title}"'))
         return f'<div class="axon-text">{"".join(parts)}</div>'
 
     def table(self, n: int = 20) -> list[dict]:
@@ -195,13 +198,8 @@ def comparison_html(plain: RunSession, steered: RunSession) -> str:
     cmp = compare_runs(plain.steps, steered.steps)
 
     def text(run):
-        spans = []
-        for s in run.steps:
-            cls = "tok prompt" if s.is_prompt else "tok gen"
-            if cmp.first_divergence is not None and s.position == cmp.first_divergence:
-                cls += " diverge"
-            spans.append(f'<span class="{cls}">{html.escape(s.text)}</span>')
-        return "".join(spans)
+        return "".join(token_span(s, "diverge" if s.position == cmp.first_divergence else "")
+                       for s in run.steps)
 
     def feats(rows):
         return ", ".join(f"#{i} {html.escape(plain.label(i))} ({d:+.1f})" for i, d in rows) or "none"
