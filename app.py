@@ -557,5 +557,12 @@ if __name__ == "__main__":
     # SIGTERM (a Space restarting, a test stopping the server) shuts down like Ctrl-C,
     # so Gradio deletes its cached downloads (delete_cache) and atexit this process's exports.
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
-    demo.launch(css=CSS, server_name=os.environ.get("AXON_HOST", "127.0.0.1"),
-                server_port=int(os.environ.get("AXON_PORT", "7860")))
+    # Where to listen: AXON_HOST / AXON_PORT if set, else Gradio's own
+    # GRADIO_SERVER_NAME / GRADIO_SERVER_PORT (a Space sets 0.0.0.0:7860 and its
+    # proxy must reach us), else Gradio's defaults, 127.0.0.1:7860 on a laptop.
+    port = os.environ.get("AXON_PORT")
+    # ssr_mode=False: server-side rendering needs Node 24+, which we cannot test
+    # here, and our page's JavaScript (the one Plotly element, js_on_load) is
+    # tested client-side only; so a platform default never changes what runs.
+    demo.launch(css=CSS, server_name=os.environ.get("AXON_HOST") or None,
+                server_port=int(port) if port else None, ssr_mode=False)
