@@ -30,7 +30,9 @@ a 404 or a feature without explanations is remembered as "no label".
 
 Environment: ``AXON_NEURONPEDIA_URL``, ``AXON_NEURONPEDIA_DATASETS_URL``,
 ``NEURONPEDIA_API_KEY`` (sent as ``x-api-key``), ``AXON_LABEL_CACHE`` (SQLite
-file), ``AXON_NEURONPEDIA_RATE`` (client-side cap, requests per second).
+file; default ``labels.sqlite`` in :func:`axon_core.paths.cache_dir`: ``AXON_CACHE_DIR``,
+else ``/data/axon`` on a Space with persistent storage, else the user cache
+directory), ``AXON_NEURONPEDIA_RATE`` (client-side cap, requests per second).
 
 Safety: labels are third-party text and are stored and returned *raw*.
 :func:`safe_text` strips control characters and truncates; HTML escaping is
@@ -62,7 +64,8 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Mapping
 
 import cachetools
-import platformdirs
+
+from .paths import cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -302,7 +305,7 @@ class LabelService:
         self._write_lock = threading.Lock()
         self._writer: sqlite3.Connection | None = None
         if cache_path is None:
-            cache_path = env("AXON_LABEL_CACHE") or Path(platformdirs.user_cache_dir("axon")) / "labels.sqlite"
+            cache_path = env("AXON_LABEL_CACHE") or cache_dir() / "labels.sqlite"
         self.cache_path: Path | None = self._open_store(Path(cache_path))
         if enabled:  # started here so that label() never pays for a thread start
             for n in range(self.max_workers):
@@ -718,7 +721,7 @@ def main(argv: list[str] | None = None) -> int:
     get.add_argument("index", type=int)
     get.add_argument("--refresh", action="store_true", help="ask Neuronpedia even if cached")
     for p in (pf, get):
-        p.add_argument("--cache", help="SQLite cache file (default: $AXON_LABEL_CACHE or the user cache dir)")
+        p.add_argument("--cache", help="SQLite cache file (default: $AXON_LABEL_CACHE, else labels.sqlite in AXON's cache dir)")
     args = parser.parse_args(argv)
 
     with LabelService(cache_path=args.cache) as svc:
