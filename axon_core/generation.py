@@ -69,6 +69,7 @@ class TokenStep:
     prob: float | None = None  # model probability (T=1) of this token when sampled
     sampled_prob: float | None = None  # probability under the sampling distribution used
     notice: str | None = None  # e.g. "stopped: context window full"
+    display: str | None = None  # what to show: whole characters (see GlyphJoiner); None → text
 
 
 MIN_TEMPERATURE = 1e-6  # below this (or NaN) sampling is greedy
@@ -142,6 +143,149 @@ def _hits(pair, feats, next_id, scale, setup) -> tuple[FeatureHit, ...]:
     return tuple(FeatureHit(i, a, t) for i, a, t in zip(idx, acts, attr))
 
 
+class Generation:
+    """One run's token loop as a state machine, so that an engine can step many
+    runs in turns, or several at once through one batched forward.
+
+    ``start()`` runs the prompt pass and returns the prompt's steps; then, while
+    not ``done``, feed ``next_input`` through ``stepper`` (alone, or batched
+    with other runs' steppers) and hand the output to ``advance``, which samples
+    and returns the new token's :class:`TokenStep`. :func:`generate` is exactly
+    that loop for one run. Raises :class:`PromptError` at construction if the
+    prompt cannot run.
+
+    Worked example::
+
+        g = Generation(pair, "The capital of France is", GenerationSettings(max_new_tokens=2))
+        steps = g.start()                       # 5 prompt steps (BOS not reported)
+        while not g.done:
+            out = g.stepper.step(torch.tensor([g.next_input], device=pair.device))
+            steps.append(g.advance(out))        # 2 new tokens
+    """
+
+    def __init__(self, pair, prompt: str, settings: GenerationSettings, edit=None, stepper=None):
+        self.pair, self.settings = pair, settings
+        model = pair.model
+        self.prepend_bos = bool(getattr(pair.sae.cfg.metadata, "prepend_bos", True))
+        self.tokens = encode_prompt(model, prompt, self.prepend_bos).to(pair.device)
+        n, self.n_ctx = self.tokens.shape[0], model.cfg.n_ctx
+        self.budget = max(0, min(settings.max_new_tokens, self.n_ctx - n))
+        self.cut_short = self.budget < settings.max_new_tokens
+        self.eos = getattr(model.tokenizer, "eos_token_id", None)
+        self.stepper = stepper or make_stepper(model, pair.hook_name, edit, pair.fast_weights,
+                                               capacity=n + self.budget)
+        self.lock = _forward_lock(model, self.stepper)
+        self.rng = torch.Generator().manual_seed(int(settings.seed))
+        self.history = self.tokens.tolist()
+        self.setup = _attribution_setup(pair)
+        self.glyphs = GlyphJoiner(model.tokenizer)
+        # logits / T overflows float32 for a tiny T (1e-320 is a valid link value): sample greedily.
+        self.temperature = settings.temperature if settings.temperature >= MIN_TEMPERATURE else 0.0
+        self.top_p = settings.top_p if settings.top_p >= MIN_TOP_P else MIN_TOP_P
+        self.context_notice = f"stopped: the model's context window of {self.n_ctx} tokens is full"
+        self.produced = 0  # new tokens so far
+        self.done = False
+        self._next: Choice | None = None
+
+    def _choose(self, logits) -> Choice:
+        s = self.settings
+        return sample_next(logits, self.history, self.temperature, s.top_k, self.top_p,
+                           s.repetition_penalty, self.rng)
+
+    def _text(self, tok: int) -> str:
+        return self.pair.model.tokenizer.decode([tok])
+
+    def features(self, acts: torch.Tensor) -> list[list[tuple[int, float]]]:
+        """Top features of each row of hook activations (``sae.encode``, top-k, threshold)."""
+        return _features(self.pair, acts, self.settings)
+
+    @torch.inference_mode()
+    def start(self) -> list[TokenStep]:
+        """The prompt pass (one batched forward); returns the prompt's steps."""
+        with self.lock:
+            out = self.stepper.step(self.tokens)
+        feats = self.features(out.acts)
+        self._next = self._choose(out.last_logits) if self.budget else None
+        n, history = self.tokens.shape[0], self.history
+        steps = []
+        for p in range(1 if self.prepend_bos else 0, n):
+            next_id = history[p + 1] if p + 1 < n else (self._next.token_id if self._next else None)
+            last = p == n - 1 and self._next is None
+            steps.append(TokenStep(
+                position=p, token_id=history[p], text=self._text(history[p]), is_prompt=True,
+                features=_hits(self.pair, feats[p], next_id, out.final_scale[p], self.setup),
+                next_token_id=next_id, notice=self.context_notice if last and self.cut_short else None,
+                display=self.glyphs.push(history[p]),
+            ))
+        self.done = self._next is None
+        return steps
+
+    @property
+    def next_input(self) -> int:
+        """The token to feed next (the one sampled last)."""
+        return self._next.token_id
+
+    @torch.inference_mode()
+    def advance(self, out, feats: list[tuple[int, float]] | None = None) -> TokenStep:
+        """Account for the forward of :attr:`next_input` (``out``, a StepOutput of
+        one position); ``feats`` may be given when computed in a batch."""
+        cur, i = self._next, self.produced
+        self.history.append(cur.token_id)
+        self.produced += 1
+        at_eos = self.settings.stop_at_eos and cur.token_id == self.eos
+        last = i == self.budget - 1 or at_eos
+        nxt = None if last else self._choose(out.last_logits)
+        notice = None
+        if at_eos:
+            notice = "stopped at <|endoftext|>"
+        elif last and self.cut_short:
+            notice = self.context_notice
+        if feats is None:
+            feats = self.features(out.acts)[0]
+        self._next, self.done = nxt, last
+        return TokenStep(
+            position=self.tokens.shape[0] + i, token_id=cur.token_id, text=self._text(cur.token_id),
+            is_prompt=False,
+            features=_hits(self.pair, feats, nxt.token_id if nxt else None, out.final_scale[0], self.setup),
+            next_token_id=nxt.token_id if nxt else None,
+            prob=cur.prob, sampled_prob=cur.sampled_prob, notice=notice,
+            display=self.glyphs.push(cur.token_id),
+        )
+
+    @torch.inference_mode()
+    def step(self) -> TokenStep:
+        """One new token through this run's own stepper (unbatched)."""
+        with self.lock:
+            out = self.stepper.step(torch.tensor([self.next_input], device=self.pair.device))
+        return self.advance(out)
+
+
+class GlyphJoiner:
+    """Whole characters for display when one character spans several tokens.
+
+    Byte-level BPE splits an emoji or a CJK character into tokens that decode
+    alone to "\ufffd". Each token keeps its own span; the glyph is shown once,
+    on the token that completes it, and the tokens before it show nothing.
+
+    >>> # ids of "🧠" in GPT-2: two tokens that decode to "\ufffd" each
+    >>> j = GlyphJoiner(tokenizer); [j.push(t) for t in tokenizer.encode("🧠")]
+    ['', '🧠']
+    """
+
+    MAX_PENDING = 8  # a UTF-8 character is at most 4 bytes; give up after this many tokens
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.pending = tokenizer, []
+
+    def push(self, token_id: int) -> str:
+        self.pending.append(int(token_id))
+        text = self.tokenizer.decode(self.pending)
+        if text.endswith("\ufffd") and len(self.pending) < self.MAX_PENDING:
+            return ""  # an incomplete character: wait for the token that completes it
+        self.pending = []
+        return text
+
+
 @torch.inference_mode()
 def generate(pair, prompt: str, settings: GenerationSettings, edit=None) -> Iterator[TokenStep]:
     """Stream the run: the prompt's tokens (one batched pass), then one
@@ -151,65 +295,7 @@ def generate(pair, prompt: str, settings: GenerationSettings, edit=None) -> Iter
     changes the activation at the hook point (steering). Raises
     :class:`PromptError` before yielding anything if the prompt cannot run.
     """
-    model = pair.model
-    prepend_bos = bool(getattr(pair.sae.cfg.metadata, "prepend_bos", True))
-    tokens = encode_prompt(model, prompt, prepend_bos).to(pair.device)
-    n, n_ctx = tokens.shape[0], model.cfg.n_ctx
-    budget = max(0, min(settings.max_new_tokens, n_ctx - n))
-    cut_short = budget < settings.max_new_tokens
-    eos = getattr(model.tokenizer, "eos_token_id", None)
-    stepper = make_stepper(model, pair.hook_name, edit, pair.fast_weights)
-    lock = _forward_lock(model, stepper)
-    rng = torch.Generator().manual_seed(int(settings.seed))
-    history = tokens.tolist()
-    setup = _attribution_setup(pair)
-
-    # logits / T overflows float32 for a tiny T (1e-320 is a valid link value): sample greedily.
-    temperature = settings.temperature if settings.temperature >= MIN_TEMPERATURE else 0.0
-    top_p = settings.top_p if settings.top_p >= MIN_TOP_P else MIN_TOP_P
-
-    def choose(logits) -> Choice:
-        return sample_next(
-            logits, history, temperature, settings.top_k, top_p,
-            settings.repetition_penalty, rng,
-        )
-
-    def text(tok: int) -> str:
-        return model.tokenizer.decode([tok])
-
-    context_notice = f"stopped: the model's context window of {n_ctx} tokens is full"
-    with lock:
-        out = stepper.step(tokens)
-    feats = _features(pair, out.acts, settings)
-    nxt = choose(out.last_logits) if budget else None
-    first = 1 if prepend_bos else 0
-    for p in range(first, n):
-        next_id = history[p + 1] if p + 1 < n else (nxt.token_id if nxt else None)
-        last = p == n - 1 and nxt is None
-        yield TokenStep(
-            position=p, token_id=history[p], text=text(history[p]), is_prompt=True,
-            features=_hits(pair, feats[p], next_id, out.final_scale[p], setup),
-            next_token_id=next_id, notice=context_notice if last and cut_short else None,
-        )
-    for i in range(budget):
-        cur = nxt
-        history.append(cur.token_id)
-        with lock:
-            out = stepper.step(torch.tensor([cur.token_id], device=pair.device))
-        at_eos = settings.stop_at_eos and cur.token_id == eos
-        last = i == budget - 1 or at_eos
-        nxt = None if last else choose(out.last_logits)
-        notice = None
-        if at_eos:
-            notice = "stopped at <|endoftext|>"
-        elif last and cut_short:
-            notice = context_notice
-        yield TokenStep(
-            position=n + i, token_id=cur.token_id, text=text(cur.token_id), is_prompt=False,
-            features=_hits(pair, _features(pair, out.acts, settings)[0],
-                           nxt.token_id if nxt else None, out.final_scale[0], setup),
-            next_token_id=nxt.token_id if nxt else None,
-            prob=cur.prob, sampled_prob=cur.sampled_prob, notice=notice,
-        )
-        if last:
-            return
+    run = Generation(pair, prompt, settings, edit)
+    yield from run.start()
+    while not run.done:
+        yield run.step()

@@ -58,14 +58,16 @@ class StepOutput:
     final_scale: torch.Tensor  # [n_new]: final LayerNorm scale (ones if the model has none)
 
 
-def make_stepper(model: Any, hook_name: str, edit: Edit | None = None, weights: "FastWeights | None" = None):
+def make_stepper(model: Any, hook_name: str, edit: Edit | None = None, weights: "FastWeights | None" = None,
+                 capacity: int | None = None):
     """The fastest exact stepper for ``model`` reading ``hook_name``.
 
     Pass ``weights`` (from :meth:`FastWeights.from_model`, built once per model)
-    to avoid re-laying Q/K/V on every run.
+    to avoid re-laying Q/K/V on every run, and ``capacity`` (positions the run
+    will hold at most) so a short run does not reserve a whole context's KV cache.
     """
     if _HOOK.match(hook_name) and (weights is not None or FastWeights.supports(model)):
-        return FastStepper(weights or FastWeights.from_model(model), hook_name, edit)
+        return FastStepper(weights or FastWeights.from_model(model), hook_name, edit, capacity)
     return TransformerLensStepper(model, hook_name, edit)
 
 
@@ -168,7 +170,8 @@ class FastWeights:
 class FastStepper:
     """KV-cached GPT-2 forward over :class:`FastWeights` that stops reporting at one hook."""
 
-    def __init__(self, weights: FastWeights, hook_name: str, edit: Edit | None = None):
+    def __init__(self, weights: FastWeights, hook_name: str, edit: Edit | None = None,
+                 capacity: int | None = None):
         m = _HOOK.match(hook_name)
         if m is None:
             raise ValueError(f"FastStepper cannot read hook {hook_name!r}")
@@ -177,7 +180,8 @@ class FastStepper:
         self.edit = edit
         n_layers, h, dh = len(weights.blocks), weights.n_heads, weights.d_head
         dtype, device = weights.W_E.dtype, weights.W_E.device
-        self.keys = torch.zeros(n_layers, h, weights.n_ctx, dh, dtype=dtype, device=device)
+        self.capacity = min(weights.n_ctx, capacity) if capacity else weights.n_ctx
+        self.keys = torch.zeros(n_layers, h, self.capacity, dh, dtype=dtype, device=device)
         self.values = torch.zeros_like(self.keys)
         self.length = 0  # positions already in the cache
 
@@ -192,8 +196,9 @@ class FastStepper:
     def step(self, tokens: torch.Tensor) -> StepOutput:
         w, n = self.w, tokens.shape[0]
         start, end = self.length, self.length + n
-        if end > w.n_ctx:
-            raise ValueError(f"sequence of {end} tokens exceeds the model's context of {w.n_ctx}")
+        if end > self.capacity:
+            raise ValueError(f"sequence of {end} tokens exceeds this stepper's capacity of {self.capacity} "
+                             f"(the model's context is {w.n_ctx})")
         h, dh = w.n_heads, w.d_head
         out: dict[str, torch.Tensor] = {}
         x = w.W_E[tokens] + w.W_pos[start:end]
