@@ -299,6 +299,7 @@ class LabelService:
         self._stats = {"fetched": 0, "failures": 0, "reachable": None, "last_error": None}
         self._store_message: str | None = None
         self._mem_batches: set[tuple[str, int]] = set()  # prefetch bookkeeping without a DB
+        self.arrivals = 0  # how many times labels were stored: a view redraws when it changes
 
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
@@ -622,6 +623,7 @@ class LabelService:
         with self._lock:
             for np_id, idx, label, at in rows:
                 self._mem[(np_id, idx)] = (label, at)
+            self.arrivals += 1  # views redraw when this changes
         with self._write_lock:
             if self._writer is None:
                 return
