@@ -6,6 +6,13 @@ cache, on a free port of 127.0.0.1::
 
     with AppServer(hub_dir, neuronpedia=fake) as app:
         Client(app.url) ...
+
+``bind_all=True`` starts it the way a Gradio Space does instead: no
+``AXON_HOST``/``AXON_PORT``, but ``GRADIO_SERVER_NAME=0.0.0.0`` and
+``GRADIO_SERVER_PORT`` (the test still talks to 127.0.0.1 only). In ``env``, a
+value of ``None`` removes that variable from the app's environment.
+``app_dir`` runs ``app.py`` from another folder (a copy of the repository), as
+its working directory. ``started_in`` is the seconds from launch to the first page served.
 """
 
 from __future__ import annotations
@@ -29,8 +36,11 @@ def free_port() -> int:
 
 class AppServer:
     def __init__(self, hub: Path, neuronpedia=None, env: dict | None = None, log_dir: Path | None = None,
-                 startup_timeout: float = 180.0):
+                 startup_timeout: float = 180.0, bind_all: bool = False, app_dir: Path | None = None):
         self.port = free_port()
+        self.bind_all = bind_all
+        self.app_dir = Path(app_dir) if app_dir is not None else ROOT
+        self.started_in: float | None = None
         self.url = f"http://127.0.0.1:{self.port}/"
         self.hub, self.neuronpedia, self.startup_timeout = Path(hub), neuronpedia, startup_timeout
         self.log_path = (log_dir or Path(os.environ.get("TMPDIR", "/tmp"))) / f"axon-app-{self.port}.log"
@@ -40,19 +50,26 @@ class AppServer:
     def environment(self) -> dict:
         env = {k: v for k, v in os.environ.items() if not k.startswith("HF_HUB")}
         env.update(
-            AXON_OFFLINE_HUB=str(self.hub), AXON_PORT=str(self.port), AXON_HOST="127.0.0.1",
+            AXON_OFFLINE_HUB=str(self.hub),
             AXON_LABEL_CACHE=str(self.log_path.with_suffix(".labels.sqlite")),
             GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1",
         )
+        if self.bind_all:  # as a Space: Gradio's own variables, all interfaces
+            for name in ("AXON_HOST", "AXON_PORT"):
+                env.pop(name, None)
+            env.update(GRADIO_SERVER_NAME="0.0.0.0", GRADIO_SERVER_PORT=str(self.port))
+        else:
+            env.update(AXON_PORT=str(self.port), AXON_HOST="127.0.0.1")
         if self.neuronpedia is not None:
             env["AXON_NEURONPEDIA_URL"] = self.neuronpedia.url
             env["AXON_NEURONPEDIA_DATASETS_URL"] = self.neuronpedia.datasets_url
         env.update(self.extra_env)
-        return env
+        return {k: v for k, v in env.items() if v is not None}
 
     def start(self) -> "AppServer":
         self.log = open(self.log_path, "w")
-        self.proc = subprocess.Popen([sys.executable, str(ROOT / "app.py")], cwd=ROOT, env=self.environment(),
+        launched = time.monotonic()
+        self.proc = subprocess.Popen([sys.executable, str(self.app_dir / "app.py")], cwd=self.app_dir, env=self.environment(),
                                      stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
@@ -61,9 +78,10 @@ class AppServer:
             try:
                 with urllib.request.urlopen(self.url, timeout=2) as r:
                     if r.status == 200:
+                        self.started_in = time.monotonic() - launched
                         return self
             except OSError:
-                time.sleep(0.5)
+                time.sleep(0.2)
         self.stop()
         raise RuntimeError(f"app did not start in {self.startup_timeout:.0f} s:\n{self.log_text()[-3000:]}")
 
