@@ -62,6 +62,30 @@ class ScoredEdge:
     count: int  # tokens the two co-fired on (0 for decoder edges that never co-fired)
 
 
+def score_edge_columns(graph, snapshot, kind: str = "npmi", min_support: int = 2,
+                       w_dec: torch.Tensor | None = None, max_edges: int = 1500,
+                       min_cosine: float = 0.2) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`score_edges` as numpy columns (source, target, score, count), strongest first."""
+    if kind not in EDGE_KINDS:
+        raise ValueError(f"unknown edge kind {kind!r}; expected one of {EDGE_KINDS}")
+    if kind == "decoder":
+        rows = decoder_edges(w_dec, snapshot.ids.tolist(), graph, min_cosine, max_edges)
+        return (np.array([e.source for e in rows], np.int64), np.array([e.target for e in rows], np.int64),
+                np.array([e.score for e in rows], np.float64), np.array([e.count for e in rows], np.int64))
+    # a snapshot of an earlier token (scrubbing) keeps only pairs that had co-fired by then
+    earlier = snapshot.position if snapshot.tokens_seen < graph.tokens_seen else None
+    a, b, count, weight = graph._edges.columns(snapshot.ids, by_position=earlier)
+    if kind == "cooccurrence":
+        score = weight
+    else:
+        score = npmi_array(count, graph.firing_counts(a), graph.firing_counts(b), graph.tokens_seen)
+        if kind == "npmi":
+            keep = (score > 0.0) & (count >= min_support)
+            a, b, count, score = a[keep], b[keep], count[keep], score[keep]
+    order = np.lexsort((b, a, -count, -score))[:max_edges]
+    return a[order], b[order], score[order], count[order]
+
+
 def score_edges(graph, snapshot, kind: str = "npmi", min_support: int = 2,
                 w_dec: torch.Tensor | None = None, max_edges: int = 1500,
                 min_cosine: float = 0.2) -> list[ScoredEdge]:
@@ -73,22 +97,9 @@ def score_edges(graph, snapshot, kind: str = "npmi", min_support: int = 2,
     - ``decoder``: pairs of the snapshot's nodes whose decoder rows have cosine
       ≥ ``min_cosine`` (needs ``w_dec``), whether or not they co-fired.
     """
-    if kind not in EDGE_KINDS:
-        raise ValueError(f"unknown edge kind {kind!r}; expected one of {EDGE_KINDS}")
-    if kind == "decoder":
-        return decoder_edges(w_dec, [n.index for n in snapshot.nodes], graph, min_cosine, max_edges)
-    a, b, count, weight = graph.edge_columns([node.index for node in snapshot.nodes])
-    if kind == "cooccurrence":
-        score = weight
-    else:
-        score = npmi_array(count, graph.firing_counts(a), graph.firing_counts(b), graph.tokens_seen)
-        if kind == "npmi":
-            keep = (score > 0.0) & (count >= min_support)
-            a, b, count, score = a[keep], b[keep], count[keep], score[keep]
-    order = np.lexsort((b, a, -count, -score))[:max_edges]
+    a, b, score, count = score_edge_columns(graph, snapshot, kind, min_support, w_dec, max_edges, min_cosine)
     return [ScoredEdge(int(x), int(y), float(v), int(c))
-            for x, y, v, c in zip(a[order].tolist(), b[order].tolist(), score[order].tolist(),
-                                  count[order].tolist())]
+            for x, y, v, c in zip(a.tolist(), b.tolist(), score.tolist(), count.tolist())]
 
 
 def decoder_cosines(w_dec: torch.Tensor, indices: list[int]) -> torch.Tensor:

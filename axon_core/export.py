@@ -43,7 +43,7 @@ def run_to_json(steps: list[TokenStep], settings: GenerationSettings, meta: dict
     tokens = [{
         "position": s.position, "token_id": s.token_id, "text": s.text,
         "is_prompt": s.is_prompt, "next_token_id": s.next_token_id, "prob": s.prob,
-        "sampled_prob": s.sampled_prob, "notice": s.notice,
+        "sampled_prob": s.sampled_prob, "notice": s.notice, "display": s.display,
         "features": [{"index": int(f.index), "activation": float(f.activation),
                       "attribution": _opt_float(f.attribution)} for f in s.features],
     } for s in steps]
@@ -70,7 +70,7 @@ def run_from_json(d: dict[str, Any]) -> tuple[list[TokenStep], GenerationSetting
                                   _opt_float(f.get("attribution"))) for f in t["features"]),
         next_token_id=None if t.get("next_token_id") is None else int(t["next_token_id"]),
         prob=_opt_float(t.get("prob")), sampled_prob=_opt_float(t.get("sampled_prob")),
-        notice=t.get("notice"),
+        notice=t.get("notice"), display=t.get("display"),  # "display": absent in older files
     ) for t in d.get("tokens", [])]
     return steps, settings, dict(d.get("meta", {}))
 

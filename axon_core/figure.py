@@ -7,7 +7,7 @@ Worked example::
                         [(e.source, e.target, e.weight) for e in snap.edges])
     fig = figure_dict(snap, pos, {7124: "mentions of France"})
     [t["name"] for t in fig["data"]]
-    # ['edges weak', 'edges mid', 'edges strong', 'features', 'active']
+    # ['edges weak', 'edges mid', 'edges strong', 'features', 'active', 'labels']
     fig["data"][3]["customdata"]   # [7124, ...] feature index per point (for clicks)
     figure_json(snap, pos, labels)  # b'{"data":[...' via orjson, ~1 ms
 
@@ -17,15 +17,16 @@ mid, strong: thin/faint to thick/bright), segments separated by ``None``.
 Nodes: size grows with sqrt(current activation) from a floor; colour is the
 current activation on a dark-to-bright scale fixed by the snapshot's largest
 peak; features firing on the latest token get a ring (the ``active`` trace,
-which also carries ``customdata``). Labels are untrusted: hover text is
-``html.escape``d, because Plotly renders a subset of HTML in it.
+which also carries ``customdata``) and the strongest eight of them their
+labels as scene text (the ``labels`` trace). Labels are untrusted: hover and
+scene text are made inert (:func:`plotly_text`), because Plotly renders a
+subset of HTML in them.
 Coordinates are rounded to 3 decimals; ``uirevision`` is constant so the
 camera survives updates.
 """
 
 from __future__ import annotations
 
-import html
 import math
 from functools import lru_cache
 from itertools import repeat
@@ -47,15 +48,28 @@ EDGE_STYLES = (  # (name, width, rgba) from weak to strong
 )
 ACTIVE_RING = "#7df9ff"
 MAX_LABEL = 120  # characters of a label shown on hover
+SCENE_LABELS = 8  # features of the newest token named in the scene
+SCENE_LABEL_CHARS = 28  # characters of a label written in the scene
+SCENE_LABEL_COLOUR = "#fff3b0"
 
 
 @lru_cache(maxsize=8192)
-def hover_label(label: str) -> str:
-    """One line of untrusted label text, shortened, then HTML-escaped."""
+def plotly_text(label: str, max_len: int = MAX_LABEL) -> str:
+    """One line of untrusted label text, shortened, made inert for Plotly.
+
+    Plotly draws a subset of HTML in hover and scene text (``<b>``, ``<a href>``,
+    ``<br>``…) and decodes only a few entities (``&lt; &gt; &amp;`` and numeric
+    ones, not ``&quot;``): so ``&``, ``<`` and ``>`` are escaped, which leaves no
+    tag to parse, and quotes stay as they are (they would show as ``&quot;``)."""
     text = " ".join(str(label).split())
-    if len(text) > MAX_LABEL:
-        text = text[: MAX_LABEL - 1] + "…"
-    return html.escape(text, quote=True)
+    if len(text) > max_len:
+        text = text[: max_len - 1] + "…"
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def hover_label(label: str) -> str:
+    """A label for hover text (see :func:`plotly_text`)."""
+    return plotly_text(label)
 
 
 def _axis() -> dict:
@@ -71,62 +85,72 @@ def _extent(coords: np.ndarray) -> float:
     return max(1.0, math.ceil(reach * 1.1 * 2.0) / 2.0)
 
 
-def _edge_traces(snapshot: GraphSnapshot, row: Mapping[Hashable, int],
-                 coords: np.ndarray) -> list[dict]:
+def _segments(coords: np.ndarray, ends: np.ndarray) -> list[list]:
+    """x, y, z lists of line segments between rows ``ends[:, 0]`` and ``ends[:, 1]``,
+    each followed by a gap (None)."""
+    seg = coords[ends]  # edge, end, axis
+    axes = []
+    for c in range(3):
+        flat = np.zeros((len(seg), 3))
+        flat[:, :2] = seg[:, :, c]
+        values = flat.ravel().tolist()
+        values[2::3] = [None] * len(seg)
+        axes.append(values)
+    return axes
+
+
+def _edge_traces(ends: np.ndarray, weight: np.ndarray, coords: np.ndarray) -> list[dict]:
     """Three line traces, weak/mid/strong (thirds of the strongest weight)."""
-    edges = snapshot.edges
-    count = len(edges)
-    ends = np.empty((count, 2), dtype=np.intp)
-    ends[:, 0] = np.fromiter(map(row.get, [e.source for e in edges], repeat(-1)), np.intp, count)
-    ends[:, 1] = np.fromiter(map(row.get, [e.target for e in edges], repeat(-1)), np.intp, count)
-    weight = np.array([e.weight for e in edges], dtype=np.float64)
-    placed = (ends >= 0).all(axis=1)
-    ends, weight = ends[placed], weight[placed]
     top = max(float(weight.max()), 1e-12) if len(weight) else 1.0
     bucket = np.minimum(2, (3.0 * weight / top).astype(int))
     traces = []
     for b, (name, width, colour) in enumerate(EDGE_STYLES):
-        seg = coords[ends[bucket == b]]  # edge, end, axis
-        axes = []
-        for c in range(3):
-            flat = np.zeros((len(seg), 3))
-            flat[:, :2] = seg[:, :, c]
-            values = flat.ravel().tolist()
-            values[2::3] = [None] * len(seg)  # a gap after each segment
-            axes.append(values)
+        x, y, z = _segments(coords, ends[bucket == b])
         traces.append({
-            "type": "scatter3d", "mode": "lines", "name": name,
-            "x": axes[0], "y": axes[1], "z": axes[2],
-            "line": {"width": width, "color": colour},
-            "hoverinfo": "skip", "showlegend": False,
+            "type": "scatter3d", "mode": "lines", "name": name, "x": x, "y": y, "z": z,
+            "line": {"width": width, "color": colour}, "hoverinfo": "skip", "showlegend": False,
         })
     return traces
 
 
-def figure_dict(snapshot: GraphSnapshot, positions: Mapping[Hashable, tuple],
-                label_of: LabelSource) -> dict[str, Any]:
+def _positions(positions: Mapping[Hashable, tuple], ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """(rows of ``ids`` that have a position, their coordinates rounded to 3 decimals)."""
+    have = np.fromiter((i in positions for i in ids), bool, len(ids))
+    rows = np.flatnonzero(have)
+    coords = np.array([positions[ids[r]] for r in rows.tolist()], dtype=np.float64).reshape(-1, 3)
+    return rows, np.round(coords, 3)
+
+
+def figure_dict(snapshot: GraphSnapshot, positions: Mapping[Hashable, tuple], label_of: LabelSource,
+                edges: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+                active: frozenset[int] | None = None, n_labels: int = SCENE_LABELS) -> dict[str, Any]:
     """The Plotly figure (``{"data": [...], "layout": {...}}``) for one frame.
-    Nodes without a position are left out."""
+
+    ``edges`` (source ids, target ids, weights) replaces the snapshot's own;
+    ``active`` the set of ringed features (default: the snapshot's token).
+    The ``n_labels`` strongest features of that token carry their labels as
+    text in the scene. Nodes without a position are left out."""
     label = label_fn(label_of)
-    nodes = [n for n in snapshot.nodes if n.index in positions]
-    coords = np.round(np.array([positions[n.index] for n in nodes], dtype=np.float64)
-                      .reshape(-1, 3), 3)
-    act = np.array([max(n.activation, 0.0) for n in nodes], dtype=np.float64)
-    peak_top = max((n.peak for n in nodes), default=1.0) or 1.0
+    all_ids = snapshot.ids.tolist()
+    rows, coords = _positions(positions, all_ids)
+    ids = [all_ids[r] for r in rows.tolist()]
+    act = np.maximum(snapshot.activation[rows], 0.0)
+    peak, tokens = snapshot.peak[rows], snapshot.tokens[rows]
+    peak_top = float(peak.max()) if len(peak) else 1.0
     size = np.round(np.minimum(4.0 + 5.0 * np.sqrt(act), 30.0), 1)
-    hover = [f"{hover_label(label(n.index))}<br>#{n.index} · now {n.activation:.2f}"
-             f" · peak {n.peak:.2f} · {n.tokens} tok" for n in nodes]
-    ids = [n.index for n in nodes]
+    hover = [f"{hover_label(label(i))}<br>#{i} · now {a:.2f} · peak {p:.2f} · {t} tok"
+             for i, a, p, t in zip(ids, act.tolist(), peak.tolist(), tokens.tolist())]
     node_trace = {
         "type": "scatter3d", "mode": "markers", "name": "features",
         "x": coords[:, 0].tolist(), "y": coords[:, 1].tolist(), "z": coords[:, 2].tolist(),
         "customdata": ids, "hovertext": hover, "hoverinfo": "text",
         "marker": {"size": size.tolist(), "color": np.round(act, 2).tolist(),
-                   "colorscale": COLORSCALE, "cmin": 0.0, "cmax": round(peak_top, 2),
+                   "colorscale": COLORSCALE, "cmin": 0.0, "cmax": round(peak_top or 1.0, 2),
                    "opacity": 0.95, "line": {"width": 0}},
         "showlegend": False,
     }
-    on = [r for r, n in enumerate(nodes) if n.index in snapshot.active]
+    ring = snapshot.active if active is None else active
+    on = [r for r, i in enumerate(ids) if i in ring]
     active_trace = {
         "type": "scatter3d", "mode": "markers", "name": "active",
         "x": coords[on, 0].tolist(), "y": coords[on, 1].tolist(), "z": coords[on, 2].tolist(),
@@ -136,6 +160,24 @@ def figure_dict(snapshot: GraphSnapshot, positions: Mapping[Hashable, tuple],
                    "color": ACTIVE_RING, "line": {"width": 2, "color": ACTIVE_RING}},
         "showlegend": False,
     }
+    # the ringed token's strongest features, named in the scene
+    strength = snapshot.latest[rows] if active is None else act
+    named = sorted(on, key=lambda r: (-float(strength[r]), ids[r]))[:n_labels]
+    label_trace = {
+        "type": "scatter3d", "mode": "text", "name": "labels",
+        "x": coords[named, 0].tolist(), "y": coords[named, 1].tolist(), "z": coords[named, 2].tolist(),
+        "text": [plotly_text(label(ids[r]) or f"#{ids[r]}", SCENE_LABEL_CHARS) for r in named],
+        "customdata": [ids[r] for r in named], "textposition": "top center",
+        "textfont": {"color": SCENE_LABEL_COLOUR, "size": 12}, "hoverinfo": "skip", "showlegend": False,
+    }
+    row = {i: r for r, i in enumerate(ids)}
+    if edges is None:
+        edges = (snapshot.edge_a, snapshot.edge_b, snapshot.edge_weight)
+    src, dst, weight = edges
+    ends = np.empty((len(src), 2), dtype=np.intp)
+    ends[:, 0] = np.fromiter(map(row.get, np.asarray(src).tolist(), repeat(-1)), np.intp, len(src))
+    ends[:, 1] = np.fromiter(map(row.get, np.asarray(dst).tolist(), repeat(-1)), np.intp, len(src))
+    placed = (ends >= 0).all(axis=1)
     half = _extent(coords)
     axis_range = [-half, half]
     scene = {name: {**_axis(), "range": axis_range} for name in ("xaxis", "yaxis", "zaxis")}
@@ -151,8 +193,8 @@ def figure_dict(snapshot: GraphSnapshot, positions: Mapping[Hashable, tuple],
         "hoverlabel": {"bgcolor": "#1b1f3a", "font": {"color": "#ffffff"}},
         "transition": {"duration": 0}, "scene": scene,
     }
-    row = {n.index: r for r, n in enumerate(nodes)}
-    return {"data": [*_edge_traces(snapshot, row, coords), node_trace, active_trace],
+    return {"data": [*_edge_traces(ends[placed], np.asarray(weight, np.float64)[placed], coords),
+                     node_trace, active_trace, label_trace],
             "layout": layout}
 
 

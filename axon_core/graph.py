@@ -24,7 +24,8 @@ nothing here is global.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import cached_property
 from itertools import combinations
 
 import numpy as np
@@ -73,13 +74,51 @@ class EdgeView:
 
 @dataclass(frozen=True)
 class GraphSnapshot:
-    """An immutable, capped view of a :class:`GraphState` for one frame."""
+    """An immutable, capped view of a :class:`GraphState` for one frame, as
+    numpy columns (a frame at 300 nodes / 1,500 edges is built without a
+    Python object per node or edge); ``nodes`` / ``edges`` give per-item views.
 
-    nodes: tuple[NodeView, ...]  # in order of first appearance
-    edges: tuple[EdgeView, ...]  # strongest first
-    position: int | None  # position of the latest token
-    active: frozenset[int]  # features firing on the latest token
+    Node columns are in order of first appearance: ``ids``, ``activation``
+    (brightness now), ``peak``, ``tokens`` (firings), ``latest`` (activation on
+    the snapshot's token, 0 if it did not fire there), ``since`` (tokens since
+    it last fired). Edge columns: ``edge_a < edge_b``, ``edge_count``,
+    ``edge_weight``, strongest first.
+    """
+
+    ids: np.ndarray
+    activation: np.ndarray
+    peak: np.ndarray
+    tokens: np.ndarray
+    latest: np.ndarray
+    since: np.ndarray
+    edge_a: np.ndarray
+    edge_b: np.ndarray
+    edge_count: np.ndarray
+    edge_weight: np.ndarray
+    position: int | None  # position of the latest (or chosen) token
+    active: frozenset[int]  # features firing on that token
     tokens_seen: int = 0
+    graph: "GraphState | None" = field(default=None, compare=False, repr=False)
+
+    @cached_property
+    def nodes(self) -> tuple[NodeView, ...]:
+        g = self.graph
+        return tuple(
+            NodeView(i, float(a), float(p), int(t), g._nodes[i].first_position, g._nodes[i].last_position,
+                     g._nodes[i].attribution, tuple(g._nodes[i].history)) if g is not None and i in g._nodes
+            else NodeView(i, float(a), float(p), int(t), 0, 0, None, ())
+            for i, a, p, t in zip(self.ids.tolist(), self.activation.tolist(), self.peak.tolist(),
+                                  self.tokens.tolist()))
+
+    @cached_property
+    def edges(self) -> tuple[EdgeView, ...]:
+        return tuple(edge_views(self.edge_a, self.edge_b, self.edge_count, self.edge_weight,
+                                np.arange(len(self.edge_a))))
+
+
+def empty_snapshot() -> GraphSnapshot:
+    z, f = np.zeros(0, np.int64), np.zeros(0)
+    return GraphSnapshot(z, f, f, z, f, z, z, z, z, f, None, frozenset(), 0)
 
 
 @dataclass
@@ -111,28 +150,35 @@ class EdgeTable:
         self.b = np.zeros(256, np.int64)
         self.count = np.zeros(256, np.int64)
         self.weight = np.zeros(256, np.float64)
+        self.first = np.zeros(256, np.int64)  # position of the first co-firing
 
-    def add(self, a: int, b: int, weight: float) -> bool:
+    def add(self, a: int, b: int, weight: float, position: int = 0) -> bool:
         """Count one co-firing of ``a < b``; True if the pair is new."""
         r = self.row.get((a, b))
         new = r is None
         if new:
             if self.n == len(self.a):
-                for name in ("a", "b", "count", "weight"):
+                for name in ("a", "b", "count", "weight", "first"):
                     old = getattr(self, name)
                     setattr(self, name, np.concatenate([old, np.zeros_like(old)]))
             r = self.row[(a, b)] = self.n
-            self.a[r], self.b[r] = a, b
+            self.a[r], self.b[r], self.first[r] = a, b, position
             self.n += 1
         self.count[r] += 1
         self.weight[r] += weight
         return new
 
-    def columns(self, among: np.ndarray | None = None):
-        """(a, b, count, weight) of every pair, or of pairs with both ends in ``among``."""
+    def columns(self, among: np.ndarray | None = None, by_position: int | None = None):
+        """(a, b, count, weight) of every pair, or of pairs with both ends in
+        ``among``, or (``by_position``) of pairs that had co-fired by then."""
         a, b, count, weight = self.a[: self.n], self.b[: self.n], self.count[: self.n], self.weight[: self.n]
+        keep = None
         if among is not None:
             keep = np.isin(a, among) & np.isin(b, among)
+        if by_position is not None:
+            early = self.first[: self.n] <= by_position
+            keep = early if keep is None else keep & early
+        if keep is not None:
             a, b, count, weight = a[keep], b[keep], count[keep], weight[keep]
         return a, b, count, weight
 
@@ -148,6 +194,10 @@ def edge_views(a, b, count, weight, order) -> list[EdgeView]:
                                   weight[order].tolist())]
 
 
+_NODE_COLUMNS = (("ids", np.int64), ("last_act", np.float64), ("last_step", np.int64),
+                 ("peak", np.float64), ("tokens", np.int64))
+
+
 class GraphState:
     """The growing feature graph of one run; feed it with :meth:`add_step`."""
 
@@ -160,8 +210,12 @@ class GraphState:
         self._nodes: dict[int, _Node] = {}
         self._edges = EdgeTable()
         self._firing = np.zeros(1024, np.int64)  # tokens fired on, by feature index
+        # node columns, one row per node in order of first appearance (for snapshots)
+        self._row: dict[int, int] = {}
+        self._cols = {name: np.zeros(64, dtype) for name, dtype in _NODE_COLUMNS}
         self._adjacent: dict[int, set[int]] = {}
         self.tokens_seen = 0
+        self._positions: list[int] = []
         self.position: int | None = None
         self.active: frozenset[int] = frozenset()
         self._latest: dict[int, float] = {}  # activation on the latest token
@@ -176,11 +230,12 @@ class GraphState:
         for hit in hits.values():
             self._fire(hit, step, now)
         for a, b in combinations(sorted(hits), 2):
-            if self._edges.add(a, b, min(hits[a].activation, hits[b].activation)):
+            if self._edges.add(a, b, min(hits[a].activation, hits[b].activation), step.position):
                 self._adjacent.setdefault(a, set()).add(b)
                 self._adjacent.setdefault(b, set()).add(a)
         self.tokens_seen = now + 1
         self.position = step.position
+        self._positions.append(step.position)
         self.active = frozenset(hits)
         self._latest = {i: h.activation for i, h in hits.items()}
 
@@ -197,6 +252,14 @@ class GraphState:
         self._firing[hit.index] = node.tokens
         node.attribution = hit.attribution
         node.history.append((pos, act))
+        r = self._row.get(hit.index)
+        if r is None:
+            r = self._row[hit.index] = len(self._row)
+            if r == len(self._cols["ids"]):
+                self._cols = {k: np.concatenate([v, np.zeros_like(v)]) for k, v in self._cols.items()}
+            self._cols["ids"][r] = hit.index
+        c = self._cols
+        c["last_act"][r], c["last_step"][r], c["peak"][r], c["tokens"][r] = act, now, node.peak, node.tokens
         if hit.attribution is not None and step.next_token_id is not None:
             node.pushes.append((step.next_token_id, float(hit.attribution)))
 
@@ -269,13 +332,51 @@ class GraphState:
     def snapshot(self, max_nodes: int = 300, max_edges: int = 1500) -> GraphSnapshot:
         """The strongest ``max_nodes`` nodes by peak (features firing on the latest
         token always kept first) and the ``max_edges`` strongest edges among them."""
-        ranked = sorted(self._nodes.values(),
-                        key=lambda n: (n.index not in self.active, -n.peak, n.index))
-        kept = {n.index for n in ranked[:max_nodes]}
-        nodes = tuple(self.node(i) for i in self._nodes if i in kept)  # appearance order
-        a, b, count, weight = self.edge_columns(kept)
-        edges = edge_views(a, b, count, weight, rank(weight, count, a, b)[:max_edges])
-        return GraphSnapshot(nodes, tuple(edges), self.position, self.active, self.tokens_seen)
+        n = len(self._row)
+        c = {k: v[:n] for k, v in self._cols.items()}
+        ids = c["ids"]
+        active = np.fromiter(self.active, np.int64, len(self.active))
+        if n > max_nodes:  # keep: active first, then by peak, then by index
+            order = np.lexsort((ids, -c["peak"], ~np.isin(ids, active)))
+            keep = np.sort(order[:max_nodes])  # back in appearance order
+            c = {k: v[keep] for k, v in c.items()}
+            ids = c["ids"]
+        since = self.tokens_seen - 1 - c["last_step"]
+        activation = c["last_act"] * self.decay ** since.astype(np.float64)
+        latest = np.where(since == 0, c["last_act"], 0.0)
+        a, b, count, weight = self._edges.columns(ids if n > max_nodes else None)
+        order = rank(weight, count, a, b)[:max_edges]
+        return GraphSnapshot(ids.copy(), activation, c["peak"].copy(), c["tokens"].copy(), latest, since,
+                             a[order], b[order], count[order], weight[order],
+                             self.position, self.active, self.tokens_seen, self)
+
+    def snapshot_at(self, position: int, among=None, max_edges: int = 1500) -> GraphSnapshot:
+        """The graph as it was right after the token at ``position``: nodes not
+        yet seen are left out; brightness, peaks and firing counts as they were
+        then; the active set is that token's features; edges are the pairs that
+        had co-fired by then (weights and counts are the whole run's). ``among``
+        restricts the nodes (e.g. to those on screen). For scrubbing: a Python
+        loop over nodes, not meant for every live frame."""
+        rows = []
+        for node in self._nodes.values():
+            if among is not None and node.index not in among:
+                continue
+            past = [(p, a) for p, a in node.history if p <= position]
+            if not past:
+                continue
+            last_p, last_a = past[-1]
+            rows.append((node.index, last_a * self.decay ** (position - last_p), max(a for _, a in past),
+                         len(past), last_a if last_p == position else 0.0, position - last_p))
+        if not rows:
+            return replace(empty_snapshot(), position=position)
+        ids, act, peak, tokens, latest, since = (np.array(col) for col in zip(*rows))
+        ids, tokens, since = ids.astype(np.int64), tokens.astype(np.int64), since.astype(np.int64)
+        a, b, count, weight = self._edges.columns(ids, by_position=position)
+        order = rank(weight, count, a, b)[:max_edges]
+        active = frozenset(int(i) for i in ids[latest > 0])
+        seen = sum(1 for p in self._positions if p <= position)
+        return GraphSnapshot(ids, act.astype(np.float64), peak.astype(np.float64), tokens, latest.astype(np.float64),
+                             since, a[order], b[order], count[order], weight[order], position, active, seen, self)
 
     def top_features_table(self, label_of: LabelSource, n: int = 20) -> list[dict]:
         """Rows for a table, features on the latest token first (by activation),

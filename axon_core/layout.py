@@ -72,6 +72,12 @@ class ForceLayout:
         self._row, self._xyz = row, pos
         return dict(zip(ids, map(tuple, pos.tolist())))
 
+    def update_arrays(self, node_ids: np.ndarray, src: np.ndarray, dst: np.ndarray,
+                      weight: np.ndarray) -> None:
+        """:meth:`update` from numpy columns (node ids; edge ends and weights),
+        without building a tuple per edge; read :attr:`positions` after."""
+        self.update(node_ids.tolist(), zip(src.tolist(), dst.tolist(), weight.tolist()))
+
     @staticmethod
     def _edge_arrays(row: dict[Hashable, int], edges: list) -> tuple[np.ndarray, ...]:
         """(source rows, target rows, weights scaled to (0, 1]) of the usable edges."""

@@ -5,32 +5,37 @@ one per browser session (``gr.State``), so two sessions never share a graph.
 Labels come from a process-wide :class:`~axon_core.labels.LabelService` and are
 only ever *looked up* here (never awaited): a frame shows what is known.
 
-Worked example::
+The engine computes a run; a session only views it, sampling the latest
+state at its own cadence (frames never slow the token loop)::
 
+    live = engine.submit(pair, "The capital of France is", settings)
     run = RunSession(meta={"model": "gpt2-small", "release": "gpt2-small-res-jb",
                            "sae_id": "blocks.8.hook_resid_pre",
                            "neuronpedia_id": "gpt2-small/8-res-jb"},
-                     settings=GenerationSettings(), labels=None)
-    for step in generate(pair, "The capital of France is", run.settings):
-        run.add(step)
-        if run.frame_due():
+                     settings=settings, labels=None)
+    run.follow(live)
+    while not run.caught_up:
+        live.wait(len(run.steps), timeout=0.1)
+        if run.sync():
             payload = run.figure_json()      # str: a Plotly figure as JSON
     run.table()[0]   # {'feature': 1234, 'label': 'Feature 1234', 'activation': 5.1, ...}
+    run.scrub(3); run.figure_json()          # the graph as it was at token 3
 """
 
 from __future__ import annotations
 
+import bisect
 import html
 import threading
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from typing import Any
 
-from .edges import npmi_neighbours, score_edges
+from .edges import npmi_neighbours, score_edge_columns, score_edges
 from .export import run_to_json, standalone_html
 from .figure import figure_dict, to_json
 from .generation import GenerationSettings, TokenStep
-from .graph import EdgeView, GraphState
+from .graph import GraphState
 from .labels import fallback_label
 from .layout import ForceLayout
 from .steering import compare_runs
@@ -40,21 +45,32 @@ NEURONPEDIA_PAGE = "https://www.neuronpedia.org/{np_id}/{index}"
 
 
 def token_span(step: TokenStep, extra_class: str = "", attrs: str = "") -> str:
-    """One token of a text as an HTML span (escaped; newlines shown as ↵)."""
-    cls = ("tok prompt" if step.is_prompt else "tok gen") + (f" {extra_class}" if extra_class else "")
-    text = html.escape(step.text).replace("\n", "↵<br>")
+    """One token of a text as an HTML span (escaped; newlines shown as ↵). A token
+    that only begins a character split across tokens shows nothing; the token
+    that completes it shows the whole character (see GlyphJoiner)."""
+    shown = step.text if step.display is None else step.display
+    cls = ("tok prompt" if step.is_prompt else "tok gen") + ("" if shown else " part")
+    cls += f" {extra_class}" if extra_class else ""
+    text = html.escape(shown).replace("\n", "↵<br>")
     return f'<span class="{cls}"{attrs}>{text}</span>'
 
 
 class RunSession:
-    """The steps of one run and everything derived from them."""
+    """What one browser session sees of one run: the steps it has been shown,
+    and the graph, layout, tables and exports derived from them.
+
+    It *views* a run that the engine steps (:meth:`follow`, then :meth:`sync` at
+    the view's own cadence), or is fed steps directly (:meth:`add`). A replayed
+    run is revealed at the pace it was computed. ``at`` (a token position, or
+    None for "live") shows the graph as it was at that token.
+    """
 
     def __init__(
         self,
         meta: dict[str, Any],
         settings: GenerationSettings,
         labels=None,
-        frame_interval: float = 0.2,
+        frame_interval: float = 0.1,
         max_nodes: int = 300,
         w_dec=None,
         edge_kind: str = "npmi",
@@ -64,26 +80,71 @@ class RunSession:
         self.frame_interval, self.max_nodes = frame_interval, max_nodes
         self.w_dec, self.edge_kind = w_dec, edge_kind  # edge_kind: see edges.EDGE_KINDS
         self.highlight: int | None = None  # a token position whose features the graph rings
+        self.at: int | None = None  # scrubbed to this token position (None: follow the run)
         self.graph = GraphState()
         self.layout = ForceLayout(seed=0)
         self.steps: list[TokenStep] = []
-        self.step_seconds: list[float] = []  # wall time per generated token
+        self.step_seconds: list[float] = []  # wall time per generated token (when fed directly)
         self.notices: list[str] = []
+        self.live = None  # the engine's LiveRun this session views
+        self.lock = threading.RLock()  # the view loop and a scrub / click may touch it at once
+        self._reveal_from: float | None = None
         self._last_frame = float("-inf")
         self._last_step_time: float | None = None
         self._figure: dict | None = None
+        self._labels_seen = -1
 
     # ---- feeding ----------------------------------------------------------
 
+    def follow(self, live, now: float | None = None) -> None:
+        """View ``live`` (an engine LiveRun). Steps already computed when a view
+        attaches to a run in flight show at once; a finished run (a replay) is
+        revealed at the pace it was computed."""
+        self.live = live
+        now = time.monotonic() if now is None else now
+        ahead = live.offsets[-1] if live.offsets and not live.finished else 0.0
+        self._reveal_from = now - ahead
+
+    def sync(self, now: float | None = None) -> int:
+        """Take the steps of the followed run that are due; returns how many."""
+        live = self.live
+        if live is None:
+            return 0
+        now = time.monotonic() if now is None else now
+        due = len(live.steps)
+        if live.finished:  # paced replay
+            elapsed = now - self._reveal_from
+            due = bisect.bisect_right(live.offsets, elapsed, lo=len(self.steps), hi=due)
+        with self.lock:
+            new = live.steps[len(self.steps): due]
+            for step in new:
+                self.add(step)
+        return len(new)
+
+    @property
+    def caught_up(self) -> bool:
+        """The followed run has ended and every step of it has been shown."""
+        live = self.live
+        return live is None or (live.finished and len(self.steps) >= len(live.steps))
+
+    def next_due(self, now: float | None = None) -> float:
+        """Seconds until the next step of a paced replay is due (0 if one is)."""
+        live = self.live
+        if live is None or not live.finished or len(self.steps) >= len(live.steps):
+            return 0.0
+        now = time.monotonic() if now is None else now
+        return max(0.0, live.offsets[len(self.steps)] - (now - self._reveal_from))
+
     def add(self, step: TokenStep) -> None:
-        now = time.perf_counter()
-        if not step.is_prompt and self._last_step_time is not None:
-            self.step_seconds.append(now - self._last_step_time)
-        self._last_step_time = now
-        self.steps.append(step)
-        self.graph.add_step(step)
-        if step.notice:
-            self.notices.append(step.notice)
+        with self.lock:
+            now = time.perf_counter()
+            if not step.is_prompt and self._last_step_time is not None:
+                self.step_seconds.append(now - self._last_step_time)
+            self._last_step_time = now
+            self.steps.append(step)
+            self.graph.add_step(step)
+            if step.notice:
+                self.notices.append(step.notice)
         if self.labels is not None and self.np_id:
             self.labels.request(self.np_id, [f.index for f in step.features])
 
@@ -95,6 +156,13 @@ class RunSession:
             return True
         return False
 
+    def labels_changed(self) -> bool:
+        """Whether labels arrived since the last call (a frame should show them)."""
+        seen = getattr(self.labels, "arrivals", 0)
+        changed = seen != self._labels_seen
+        self._labels_seen = seen
+        return changed
+
     # ---- reading ----------------------------------------------------------
 
     def label(self, index: int) -> str:
@@ -103,29 +171,48 @@ class RunSession:
         return self.labels.label(self.np_id, index)
 
     def ms_per_token(self) -> float | None:
+        """The engine's median time per new token of this run (ms), or, when
+        fed directly, the wall time between added tokens."""
+        if self.live is not None:
+            return self.live.ms_per_token()
         s = sorted(self.step_seconds)
         return 1e3 * s[len(s) // 2] if s else None
+
+    @property
+    def last_position(self) -> int | None:
+        return self.steps[-1].position if self.steps else None
+
+    def scrub(self, position: int | None) -> None:
+        """Show the graph at token ``position`` (None, or the newest token: follow the run)."""
+        with self.lock:
+            if position is None or not self.steps or int(position) >= self.steps[-1].position:
+                self.at = None  # the newest token: follow the run
+                return
+            self.at = max(int(position), self.steps[0].position)
 
     def figure(self, relayout: bool = True) -> dict:
         """The current frame's figure, laid out warm-started from the last one.
 
         Positions always follow co-firing strength (so switching the edge kind
-        does not move nodes); the edges drawn are those of ``edge_kind``, and the
-        ringed nodes are the latest token's features, or the highlighted token's.
+        does not move nodes) and stay put while scrubbed; the edges drawn are
+        those of ``edge_kind``; the ringed (and named) nodes are the newest
+        token's features, the scrubbed token's, or the highlighted token's.
         """
-        snap = self.graph.snapshot(max_nodes=self.max_nodes)
-        if relayout or not self.layout.positions:
-            self.layout.update([n.index for n in snap.nodes], [(e.source, e.target, e.weight) for e in snap.edges])
-        positions = self.layout.positions
-        scored = score_edges(self.graph, snap, self.edge_kind, w_dec=self.w_dec)
-        shift = 1.0 if self.edge_kind == "npmi_all" else 0.0  # NPMI in [-1, 1] → width in [0, 2]
-        drawn = replace(
-            snap,
-            edges=tuple(EdgeView(e.source, e.target, e.count, e.score + shift) for e in scored),
-            active=self.token_features(self.highlight) if self.highlight is not None else snap.active,
-        )
-        self._figure = figure_dict(drawn, positions, self.label)
-        return self._figure
+        with self.lock:
+            scrubbed = self.at is not None
+            if relayout and not scrubbed or not self.layout.positions:
+                snap = self.graph.snapshot(max_nodes=self.max_nodes)
+                self.layout.update_arrays(snap.ids, snap.edge_a, snap.edge_b, snap.edge_weight)
+            positions = self.layout.positions
+            if scrubbed:
+                snap = self.graph.snapshot_at(self.at, among=positions)
+            elif not relayout:
+                snap = self.graph.snapshot(max_nodes=self.max_nodes)
+            a, b, score, _ = score_edge_columns(self.graph, snap, self.edge_kind, w_dec=self.w_dec)
+            shift = 1.0 if self.edge_kind == "npmi_all" else 0.0  # NPMI in [-1, 1] → width in [0, 2]
+            active = self.token_features(self.highlight) if self.highlight is not None else None
+            self._figure = figure_dict(snap, positions, self.label, edges=(a, b, score + shift), active=active)
+            return self._figure
 
     def token_features(self, position: int) -> frozenset[int]:
         return frozenset(f.index for s in self.steps if s.position == position for f in s.features)
@@ -137,24 +224,40 @@ class RunSession:
         return {"co_firing_pairs": len(self.graph.edges()), "npmi_kept": len(kept)}
 
     def timeline(self) -> dict:
-        return timeline_figure(self.steps, self.label, highlight_position=self.highlight)
+        return timeline_figure(self.steps, self.label, highlight_position=self.highlight
+                               if self.highlight is not None else self.at)
 
     def figure_json(self, relayout: bool = True) -> str:
         return to_json(self.figure(relayout)).decode()
 
     def text_html(self, highlight: int | None = None) -> str:
-        """The text so far, one span per token; hovering shows its top features."""
+        """The text so far, one span per token; hovering shows its top features;
+        the scrubbed token is marked."""
         parts = []
-        for s in self.steps:
+        with self.lock:
+            steps, at = list(self.steps), self.at
+        for s in steps:
             top = ", ".join(f"{self.label(f.index)} ({f.activation:.1f})" for f in s.features[:5])
             prob = f" · p={s.prob:.3f}" if s.prob is not None else ""
             title = html.escape(f"pos {s.position}{prob} · {top or 'no features'}", quote=True)
             lit = highlight is not None and any(f.index == highlight for f in s.features)
-            parts.append(token_span(s, "lit" if lit else "", f' data-pos="{s.position}" title="{title}"'))
+            cls = " ".join(c for c in ("lit" if lit else "", "here" if s.position == at else "") if c)
+            parts.append(token_span(s, cls, f' data-pos="{s.position}" title="{title}"'))
         return f'<div class="axon-text">{"".join(parts)}</div>'
 
     def table(self, n: int = 20) -> list[dict]:
-        return self.graph.top_features_table(self.label, n=n)
+        """Top features: of the newest token and then the brightest; when
+        scrubbed, the features of that token."""
+        with self.lock:
+            if self.at is None:
+                return self.graph.top_features_table(self.label, n=n)
+            step = next((s for s in self.steps if s.position == self.at), None)
+            rows = []
+            for f in (step.features if step else ())[:n]:
+                node = self.graph.node(f.index)
+                rows.append({"feature": f.index, "label": self.label(f.index), "activation": f.activation,
+                             "peak": node.peak, "tokens": node.tokens, "attribution": f.attribution})
+            return rows
 
     def inspector(self, index: int, tokenizer_decode=None) -> dict[str, Any] | None:
         """What the inspector shows for one feature, or None if it is not in this run."""
