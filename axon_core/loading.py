@@ -26,7 +26,7 @@ from typing import Any, Callable
 from cachetools import LRUCache
 
 from .catalogue import SaeChoice, load_catalogue
-from .residuals import FastWeights
+from .residuals import fast_weights_for
 
 
 class LoadError(Exception):
@@ -40,7 +40,7 @@ class LoadedPair:
     choice: SaeChoice
     hook_name: str
     device: str
-    fast_weights: Any = None  # residuals.FastWeights, when the architecture allows it
+    fast_weights: Any = None  # residuals.FastWeights / architectures.FamilyWeights, when the architecture allows it
 
     @property
     def neuronpedia_id(self) -> str | None:
@@ -143,6 +143,42 @@ _INTERRUPTED = ("RemoteProtocolError", "ReadError", "ChunkedEncodingError", "Inc
                 "RemoteDisconnected", "BrokenPipeError")
 
 
+_HEADERS_PATCHED = False
+
+
+def _read_cached_safetensors_headers() -> None:
+    """Let SAELens's ``gemma_3`` conversion (Gemma Scope 2) load from the local cache.
+
+    To learn an SAE's shape it reads the safetensors header over HTTP range
+    requests (``get_safetensors_tensor_shapes``), bypassing the Hub cache and
+    ``HF_HUB_OFFLINE``: offline, a fully cached Gemma Scope 2 SAE fails to load.
+    Wrap it so a header already in the cache is read from disk (the same bytes),
+    and only a file not yet downloaded goes to the network as before.
+    """
+    global _HEADERS_PATCHED
+    if _HEADERS_PATCHED:
+        return
+    import json
+    import struct
+
+    from huggingface_hub import try_to_load_from_cache
+    from sae_lens.loading import pretrained_sae_loaders as loaders
+
+    original = loaders.get_safetensors_tensor_shapes
+
+    def shapes(repo_id: str, filename: str) -> dict[str, list[int]]:
+        path = try_to_load_from_cache(repo_id, filename)
+        if not isinstance(path, str):
+            return original(repo_id, filename)
+        with open(path, "rb") as f:
+            (size,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(size))
+        return {k: v["shape"] for k, v in header.items() if k != "__metadata__"}
+
+    loaders.get_safetensors_tensor_shapes = shapes
+    _HEADERS_PATCHED = True
+
+
 class PairCache:
     """Loaded models and SAEs, bounded (LRU) so switching back is instant and
     memory stays bounded. One per process; thread-safe."""
@@ -181,7 +217,7 @@ class PairCache:
             if entry is None:
                 self._models.clear()  # free the old model before loading the next
                 model = self._load_model(model_name, kwargs)
-                entry = (model, FastWeights.from_model(model) if FastWeights.supports(model) else None)
+                entry = (model, fast_weights_for(model))
                 self._models[key] = entry
             report(1.0, "ready")
             return LoadedPair(entry[0], sae, choice, meta.hook_name, self.device, entry[1])
@@ -212,6 +248,7 @@ class PairCache:
     def _load_sae(self, choice: SaeChoice):
         from sae_lens import SAE
 
+        _read_cached_safetensors_headers()
         try:
             sae = SAE.from_pretrained(choice.release, choice.sae_id, device=self.device)
         except Exception as err:  # noqa: BLE001 - every loader failure becomes a LoadError

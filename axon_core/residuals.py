@@ -5,13 +5,16 @@ feeds only the new tokens and returns, for them, the activation at the hook
 point (what the SAE reads), the logits of the last position (to sample the
 next token) and the final LayerNorm's scale (for logit attribution).
 
-Two steppers, chosen by :func:`make_stepper`:
+Three steppers, chosen by :func:`make_stepper`:
 
 - :class:`FastStepper` — GPT-2-architecture models: the forward pass written
   out over TransformerLens's own (processed) weights, with a preallocated KV
   cache and fused Q/K/V. It avoids TransformerLens's per-forward weight copies
   (the 154 MB ``W_U.T.contiguous()`` in ``Unembed`` and the attention
   re-stacking), so one step costs about what its weights take to read.
+- :class:`~axon_core.architectures.FamilyStepper` — GPT-NeoX (Pythia), Gemma 2,
+  Gemma 3 and models built from the same parts (rotary, RMSNorm, GQA, soft
+  caps, sliding windows, parallel or gated MLPs), the same way.
 - :class:`TransformerLensStepper` — any other model: TransformerLens's own
   forward with ``TransformerLensKeyValueCache`` and hooks, logits computed as
   one plain matmul from ``ln_final``'s output.
@@ -62,13 +65,34 @@ def make_stepper(model: Any, hook_name: str, edit: Edit | None = None, weights: 
                  capacity: int | None = None):
     """The fastest exact stepper for ``model`` reading ``hook_name``.
 
-    Pass ``weights`` (from :meth:`FastWeights.from_model`, built once per model)
+    Pass ``weights`` (from :func:`fast_weights_for`, built once per model)
     to avoid re-laying Q/K/V on every run, and ``capacity`` (positions the run
     will hold at most) so a short run does not reserve a whole context's KV cache.
     """
-    if _HOOK.match(hook_name) and (weights is not None or FastWeights.supports(model)):
-        return FastStepper(weights or FastWeights.from_model(model), hook_name, edit, capacity)
+    from .architectures import FamilyStepper, FamilyWeights
+
+    if _HOOK.match(hook_name):
+        if isinstance(weights, FastWeights) or (weights is None and FastWeights.supports(model)):
+            return FastStepper(weights or FastWeights.from_model(model), hook_name, edit, capacity)
+        if isinstance(weights, FamilyWeights) or (weights is None and FamilyWeights.supports(model)):
+            family = weights or FamilyWeights.from_model(model)
+            if not (hook_name.endswith("hook_resid_mid") and family.parallel):
+                return FamilyStepper(family, hook_name, edit, capacity)
     return TransformerLensStepper(model, hook_name, edit)
+
+
+def fast_weights_for(model: Any):
+    """The one-token-step weights of ``model`` (build once per model), or None
+    where only TransformerLens's own forward can run it: :class:`FastWeights`
+    for GPT-2, :class:`~axon_core.architectures.FamilyWeights` for the other
+    families (Pythia, Gemma 2, Gemma 3, ...)."""
+    from .architectures import FamilyWeights
+
+    if FastWeights.supports(model):
+        return FastWeights.from_model(model)
+    if FamilyWeights.supports(model):
+        return FamilyWeights.from_model(model)
+    return None
 
 
 def _layer_norm(x: torch.Tensor, w: torch.Tensor | None, b: torch.Tensor | None, eps: float):
