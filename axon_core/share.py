@@ -66,6 +66,8 @@ class RunRequest:
     settings: GenerationSettings
     autorun: bool
     steer: tuple[tuple[int, float], ...] = ()
+    at: int | None = None  # show the graph as it was at this token position
+    embed: bool = False  # the embed view: text, graph and a link to the full page
 
 
 DEFAULT_REQUEST = RunRequest(
@@ -75,6 +77,7 @@ DEFAULT_REQUEST = RunRequest(
 
 _ENV_PROMPT = "AXON_MAX_PROMPT_CHARS"
 _ENV_TOKENS = "AXON_MAX_NEW_TOKENS"
+MAX_POSITION = 10**6  # the largest token position a link may name
 TOP_P_FLOOR = 0.01  # what top_p <= 0 is clamped to (its range is (0, 1])
 
 
@@ -335,7 +338,8 @@ def parse_query(
     ``params`` may map to strings or lists of strings (``parse_qs`` style; the
     last value wins). Keys: prompt, model, release, sae_id, seed, temperature,
     top_k, top_p, repetition_penalty, max_tokens, feature_k, threshold,
-    stop_at_eos, autorun, steer (``123:4.5,88:-2``). Unknown keys and empty
+    stop_at_eos, autorun, steer (``123:4.5,88:-2``), at (a token position to show
+    the graph at), embed (``1``: the embed view). Unknown keys and empty
     values are ignored silently, except that an empty prompt/model/release/
     sae_id/steer clears the default. ``limits`` defaults to :meth:`Limits.from_env`;
     ``defaults`` to :data:`DEFAULT_REQUEST` (its settings are clamped to
@@ -412,11 +416,27 @@ def _parse(params: Any, limits: Limits | None, defaults: RunRequest | None,
     if raw is not None:
         steer = _parse_steer(raw, limits, notices) if raw.strip() else ()
 
+    at = defaults.at
+    raw = _value(params, "at", notices)
+    if raw is not None and raw.strip():
+        number = _parse_number(raw)
+        if number is None or not math.isfinite(number):
+            notices.append(f"at '{_echo(raw)}' is not a token position, showing the newest token")
+        else:
+            at = int(min(max(number, 0), MAX_POSITION))
+            if at != number:
+                notices.append(f"at {_echo(raw)} clamped to {at}")
+
+    embed = bool(defaults.embed)
+    raw = _value(params, "embed", notices)
+    if raw is not None and raw.strip():
+        embed = raw.strip().lower() in _TRUE
+
     if changes:
         settings = replace(settings, **changes)
     req = RunRequest(
         prompt=prompt, model=names["model"], release=names["release"], sae_id=names["sae_id"],
-        settings=settings, autorun=autorun, steer=steer,
+        settings=settings, autorun=autorun, steer=steer, at=at, embed=embed,
     )
     return req, notices
 
@@ -445,6 +465,10 @@ def build_query(req: RunRequest, defaults: RunRequest | None = None) -> str:
         pairs.append(("steer", ",".join(f"{int(i)}:{_fmt(c)}" for i, c in req.steer)))
     if bool(req.autorun) != bool(d.autorun):
         pairs.append(("autorun", "1" if req.autorun else "0"))
+    if req.at is not None and req.at != d.at:
+        pairs.append(("at", str(int(req.at))))
+    if bool(req.embed) != bool(d.embed):
+        pairs.append(("embed", "1" if req.embed else "0"))
     return urlencode(pairs, encoding="utf-8", errors="replace")
 
 
