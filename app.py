@@ -32,10 +32,10 @@ import plotly  # noqa: E402
 import spaces  # noqa: E402
 
 from axon_core.edges import EDGE_KINDS  # noqa: E402
+from axon_core.engine import Engine  # noqa: E402
 from axon_core.figure import to_json  # noqa: E402
-from axon_core.steering import steering_edit  # noqa: E402
 from axon_core.catalogue import DEFAULT_MODEL, DEFAULT_RELEASE, DEFAULT_SAE_ID, load_catalogue  # noqa: E402
-from axon_core.generation import GenerationSettings, PromptError, generate  # noqa: E402
+from axon_core.generation import GenerationSettings, PromptError  # noqa: E402
 from axon_core.labels import LabelService  # noqa: E402
 from axon_core.loading import LoadError, PairCache  # noqa: E402
 from axon_core.session import RunSession, SessionRuns, comparison_html  # noqa: E402
@@ -63,10 +63,14 @@ def _env_number(name: str, default: float, low: float, cast=float):
 LIMITS = dataclasses.replace(Limits.from_env(), top_k=(0, 200), activation_threshold=(0.0, 10.0))
 MAX_RUN_SECONDS = _env_number("AXON_MAX_RUN_SECONDS", 180.0, 1.0)
 ZERO_GPU = os.environ.get("SPACES_ZERO_GPU", "").lower() in ("1", "true")
-# Runs generating at once (ZeroGPU: one at a time on the GPU), and runs waiting.
-CONCURRENCY = _env_number("AXON_CONCURRENCY", 1 if ZERO_GPU else 2, 1, int)
+# Sessions viewing a run at once (the engine steps all their runs in turns; a
+# view only waits and draws). ZeroGPU: one, as each view drives its own run on the GPU.
+CONCURRENCY = _env_number("AXON_CONCURRENCY", 1 if ZERO_GPU else 16, 1, int)
 QUEUE_SIZE = _env_number("AXON_QUEUE_SIZE", 64, 1, int)
 EXPORT_MAX_AGE = 3600.0  # downloads are kept this long (seconds)
+FRAME_INTERVAL = 0.1  # a view draws at most this often (seconds): ≤ 10 frames a second
+LABEL_TAIL = 2.0  # after a run, labels still arriving are drawn for this long (seconds)
+SESSION_TTL = 900  # a browser session's run is forgotten this long after its last update (seconds)
 DEFAULTS = GenerationSettings()
 EXAMPLES = [
     "The capital of France is",
@@ -80,6 +84,11 @@ TABLE_COLUMNS = ["feature", "label", "activation", "peak", "tokens", "attributio
 CATALOGUE = load_catalogue()
 PAIRS = PairCache()
 LABELS = LabelService()
+# The one engine: steps every session's run. Off ZeroGPU it has its own thread;
+# on ZeroGPU each view drives its run inside its @spaces.GPU call (Engine.pump).
+ENGINE = Engine(max_run_seconds=MAX_RUN_SECONDS, threaded=not ZERO_GPU,
+                batch=os.environ.get("AXON_BATCH", "auto"),
+                replay_bytes=int(_env_number("AXON_REPLAY_MB", 16, 0)) << 20)
 STARTUP_ERROR: str | None = None
 try:  # ZeroGPU expects the model loaded at import
     PAIRS.get(DEFAULT_RELEASE, DEFAULT_SAE_ID)
@@ -145,63 +154,79 @@ def _request_from_inputs(prompt, model, release, sae_id, temperature, top_k, top
     return parse_query({k: "" if v is None else str(v) for k, v in raw.items()}, LIMITS)
 
 
+def _scrub_update(run: RunSession, final: bool = False):
+    """The token slider: its range follows the run; its value follows the newest
+    token unless the person has scrubbed."""
+    if not run.steps:
+        return gr.skip()
+    first, last = run.steps[0].position, run.steps[-1].position
+    value = last if run.at is None else run.at
+    return gr.update(minimum=first, maximum=max(last, first + 1), value=value, interactive=final or True)
+
+
 def _frame(run, extra=None, final=False, compare=None):
-    """One UI update: text, graph, table, status, state; on the last frame also the
-    exports, the timeline and (for a steered run) the side-by-side comparison."""
-    files = None
-    if final:
-        exported = run.export_json(versions())
-        files = _write_exports(run, exported)
-        if files is None:
-            extra = "; ".join(filter(None, [extra, "downloads unavailable: the disk cannot be written"]))
+    """One UI update: text, graph, table, status, state, token slider; on the last
+    frame also the run JSON, the download buttons, the timeline and (for a
+    steered run) the side-by-side comparison."""
     out = [run.text_html(), run.figure_json(), table_frame(run), status_line(run, extra), run]
     if final:
-        downloads = ([gr.update(value=str(f), interactive=True) for f in files] if files
-                     else [gr.update(value=None, interactive=False)] * 2)
-        out += [exported, *downloads, to_json(run.timeline()).decode(), compare if compare is not None else ""]
+        run_json = run.export_json(versions())
+        ready = gr.update(interactive=True)
+        out += [run_json, ready, ready, to_json(run.timeline()).decode(),
+                compare if compare is not None else ""]
     else:
         out += [gr.skip()] * 5
-    return out
-
-
-def _write_exports(run, exported) -> tuple[Path, Path] | None:
-    """The run's two downloads, in a fresh folder under one export directory whose
-    folders older than EXPORT_MAX_AGE are removed first (so a long-lived Space does
-    not fill its disk, ~5 MB a run); None where the disk cannot be written."""
-    try:
-        root = Path(tempfile.gettempdir()) / f"axon-exports-{os.getpid()}"
-        if not root.is_dir():
-            root.mkdir(parents=True, exist_ok=True)
-            atexit.register(shutil.rmtree, root, True)  # gone with the process
-        now = time.time()
-        for old in root.iterdir():
-            try:
-                if now - old.stat().st_mtime > EXPORT_MAX_AGE:
-                    shutil.rmtree(old, ignore_errors=True)
-            except OSError:  # removed meanwhile by another session's run
-                pass
-        folder = Path(tempfile.mkdtemp(prefix="run-", dir=root))
-        (folder / "axon-run.json").write_text(json.dumps(exported))
-        (folder / "axon-graph.html").write_text(run.export_html())
-    except OSError as err:
-        log.warning("could not write the run's downloads: %s", err)
-        return None
-    return folder / "axon-run.json", folder / "axon-graph.html"
+    return out + [_scrub_update(run, final)]
 
 
 def _failure(message: str, run=None):
     gr.Warning(html.escape(message))
-    return [gr.skip(), gr.skip(), gr.skip(), status_line(run, message), run] + [gr.skip()] * 5
+    return [gr.skip(), gr.skip(), gr.skip(), status_line(run, message), run] + [gr.skip()] * 6
+
+
+def _view(run: RunSession, live):
+    """Frames of ``live`` at the view's own cadence: at most one per
+    FRAME_INTERVAL, only when there are new steps (or new labels); a replayed run
+    is revealed at the pace it was computed. The engine never waits on this."""
+    run.follow(live)
+    last = float("-inf")
+    while not run.caught_up:
+        if live.finished:  # a paced replay, or the last steps of a run that just ended
+            time.sleep(min(FRAME_INTERVAL, run.next_due()))
+        else:
+            ENGINE.pump(live, FRAME_INTERVAL)  # waits for new steps (or, on ZeroGPU, computes them)
+        pause = last + FRAME_INTERVAL - time.monotonic()
+        if pause > 0:
+            time.sleep(pause)
+        if (run.sync() or run.labels_changed()) and not run.caught_up:
+            last = time.monotonic()
+            yield _frame(run)
+    run.sync()
+
+
+def _label_tail(run: RunSession):
+    """After a run: while labels of the newest token's features are still on
+    their way (and Neuronpedia answers), redraw as they arrive, for LABEL_TAIL s."""
+    if not run.np_id or not run.steps or LABELS.status().get("reachable") is False:
+        return
+    wanted = [f.index for f in run.steps[-1].features[:8]]
+    deadline = time.monotonic() + LABEL_TAIL
+    while LABELS.pending(run.np_id, wanted) and time.monotonic() < deadline:
+        time.sleep(0.2)
+        if run.labels_changed():
+            yield True
 
 
 @spaces.GPU(duration=120)
 def run_generation(prompt, model, release, sae_id, temperature, top_k, top_p, repetition_penalty,
-                   max_tokens, seed, feature_k, threshold, steer="", edge_kind="npmi",
+                   max_tokens, seed, feature_k, threshold, steer="", edge_kind="npmi", at=None,
                    progress=gr.Progress()):
     """Generate from ``prompt`` and stream text, graph, table and status per frame.
 
-    With ``steer`` ("feature:coefficient, ..."), the plain run is made first and
-    the steered one streamed, then both are compared side by side.
+    The engine computes the run (or an identical one in flight, or replays a
+    finished one); this view samples it. With ``steer`` ("feature:coefficient,
+    ..."), the plain run is computed alongside and both are compared side by
+    side at the end. ``at`` (a token position, from a link) is shown at the end.
     """
     req, notices = _request_from_inputs(prompt, model, release, sae_id, temperature, top_k, top_p,
                                         repetition_penalty, max_tokens, seed, feature_k, threshold, steer)
@@ -220,32 +245,87 @@ def run_generation(prompt, model, release, sae_id, temperature, top_k, top_p, re
             "hook_name": pair.hook_name, "neuronpedia_id": pair.neuronpedia_id, "device": pair.device,
             "prompt": req.prompt}
     kind = edge_kind if isinstance(edge_kind, str) and edge_kind in EDGE_KINDS else "npmi"
-    run = RunSession({**meta, "steer": req.steer}, req.settings, LABELS, w_dec=pair.sae.W_dec, edge_kind=kind)
-    started = time.monotonic()
-    plain = None
+    run = RunSession({**meta, "steer": req.steer}, req.settings, LABELS, w_dec=pair.sae.W_dec, edge_kind=kind,
+                     frame_interval=FRAME_INTERVAL)
+    lives = []
     try:
-        edit = steering_edit(pair.sae, req.steer) if req.steer else None
+        try:
+            lives.append(ENGINE.submit(pair, req.prompt, req.settings, req.steer, meta))
+            if req.steer:  # the plain run, computed alongside (or already cached)
+                lives.append(ENGINE.submit(pair, req.prompt, req.settings, (), meta))
+        except (PromptError, ValueError) as err:  # ValueError: a steering spec this SAE cannot take
+            yield _failure("; ".join([str(err)] + notices), run)
+            return
+        live = lives[0]
+        yield from _view(run, live)
+        if live.state == "failed":
+            yield _failure(live.error or "Generation failed.", run)
+            return
+        compare = None
         if req.steer:
+            plain_live = lives[1]
+            while not plain_live.finished:
+                ENGINE.pump(plain_live, FRAME_INTERVAL)
             plain = RunSession(meta, req.settings, LABELS)
-            for step in generate(pair, req.prompt, req.settings):
+            for step in plain_live.steps:
                 plain.add(step)
-        for step in generate(pair, req.prompt, req.settings, edit=edit):
-            run.add(step)
-            if time.monotonic() - started > MAX_RUN_SECONDS:
-                run.notices.append(f"stopped: runs are limited to {MAX_RUN_SECONDS:.0f} s")
-                break
-            if run.frame_due():
-                yield _frame(run)
-    except (PromptError, ValueError) as err:  # ValueError: a steering spec this SAE cannot take
-        yield _failure("; ".join([str(err)] + notices), run)
-        return
+            compare = comparison_html(plain, run)
+        if at is not None:
+            run.scrub(at)
+        ended = [n for n in live.notices if n.startswith("stopped")][-1:]
+        extra = "; ".join(notices + ended) or None
+        final = _frame(run, extra=extra, final=True, compare=compare)
+        yield final
+        for _ in _label_tail(run):
+            yield _frame(run, extra=extra, final=True, compare=compare)
     except Exception as err:  # noqa: BLE001 - a person sees a message, the log the trace
         log.exception("generation failed")
         yield _failure(f"Generation failed ({type(err).__name__}); the app is still running.", run)
-        return
-    compare = comparison_html(plain, run) if plain is not None else None
-    # What was clamped or ignored in the inputs, and why the run ended early, if it did.
-    yield _frame(run, extra="; ".join(notices + run.notices[-1:]) or None, final=True, compare=compare)
+    finally:
+        for live in lives:
+            ENGINE.release(live)
+        run.compact()
+
+
+def prepare_download(run: RunSession | None, kind: str):
+    """Write one download (the run's JSON or the standalone graph page) when a
+    person asks for it; nothing is written for runs nobody downloads."""
+    if run is None or not run.steps:
+        gr.Warning("Generate first: there is no run to download yet.")
+        return gr.skip()
+    path = write_download(run, kind)
+    if path is None:
+        gr.Warning("Downloads are unavailable: the disk cannot be written.")
+        return gr.skip()
+    return gr.update(value=str(path))
+
+
+def write_download(run: RunSession, kind: str) -> Path | None:
+    """The file in a fresh folder under one export directory whose folders
+    older than EXPORT_MAX_AGE are removed first; None where the disk cannot be written."""
+    try:
+        root = Path(tempfile.gettempdir()) / f"axon-exports-{os.getpid()}"
+        if not root.is_dir():
+            root.mkdir(parents=True, exist_ok=True)
+            atexit.register(shutil.rmtree, root, True)  # gone with the process
+        now = time.time()
+        for old in root.iterdir():
+            try:
+                if now - old.stat().st_mtime > EXPORT_MAX_AGE:
+                    shutil.rmtree(old, ignore_errors=True)
+            except OSError:  # removed meanwhile by another session
+                pass
+        folder = Path(tempfile.mkdtemp(prefix="run-", dir=root))
+        if kind == "json":
+            path = folder / "axon-run.json"
+            path.write_text(json.dumps(run.export_json(versions())))
+        else:
+            path = folder / "axon-graph.html"
+            path.write_text(run.export_html())
+    except OSError as err:
+        log.warning("could not write the download: %s", err)
+        return None
+    return path
 
 
 # ---- picker ---------------------------------------------------------------------
@@ -293,9 +373,15 @@ def prefetch_labels(release, sae_id, progress=gr.Progress()):
 # ---- inspector ------------------------------------------------------------------
 
 
+INSPECT_HINT = ("**Inspector.** Generate, then click a node in the graph or a row of the table: "
+                "its label, activation over the run, co-firing neighbours and the tokens it pushed show here.")
+NEIGHBOUR_COLUMNS = ["feature", "label", "npmi", "co_fired"]
+PUSH_COLUMNS = ["token", "attribution"]
+
+
 def inspect(run: RunSession | None, index):
-    empty = ("Click a node or a table row to inspect a feature.", None, pd.DataFrame(), pd.DataFrame(), gr.skip(),
-             gr.skip())
+    empty = (INSPECT_HINT, None, pd.DataFrame(columns=NEIGHBOUR_COLUMNS), pd.DataFrame(columns=PUSH_COLUMNS),
+             gr.skip(), gr.skip())
     if run is None or index is None:
         return empty
     try:
@@ -314,8 +400,8 @@ def inspect(run: RunSession | None, index):
             f" · peak {info['peak']:.2f} · fired on {info['tokens']} tokens{link}")
     history = pd.DataFrame(info["history"], columns=["position", "activation"])
     plot = gr.LinePlot(history, x="position", y="activation", height=180)
-    neighbours = pd.DataFrame(info["neighbours"], columns=["feature", "label", "npmi", "co_fired"]).round(3)
-    pushes = pd.DataFrame(info["pushes"], columns=["token", "attribution"]).round(3)
+    neighbours = pd.DataFrame(info["neighbours"], columns=NEIGHBOUR_COLUMNS).round(3)
+    pushes = pd.DataFrame(info["pushes"], columns=PUSH_COLUMNS).round(3)
     return head, plot, neighbours, pushes, run.text_html(highlight=index), index
 
 
@@ -331,14 +417,29 @@ def inspect_from_graph(run, evt: gr.SelectData):
 # ---- share links ----------------------------------------------------------------
 
 
-def share_link(prompt, model, release, sae_id, temperature, top_k, top_p, repetition_penalty,
-               max_tokens, seed, feature_k, threshold, steer, request: gr.Request):
-    req, _ = _request_from_inputs(prompt, model, release, sae_id, temperature, top_k, top_p,
-                                  repetition_penalty, max_tokens, seed, feature_k, threshold, steer)
-    req = dataclasses.replace(req, autorun=True)
+def _base_url(request: gr.Request | None) -> str:
     host = request.headers.get("x-forwarded-host") or request.headers.get("host") if request else None
     scheme = (request.headers.get("x-forwarded-proto") if request else None) or "http"
-    return build_link(base_url_for(os.environ.get("SPACE_ID"), host, scheme), req)
+    return base_url_for(os.environ.get("SPACE_ID"), host, scheme)
+
+
+def share_link(run: RunSession | None, prompt, model, release, sae_id, temperature, top_k, top_p,
+               repetition_penalty, max_tokens, seed, feature_k, threshold, steer, request: gr.Request):
+    """A link that reopens and reruns this prompt with these settings (and, when
+    the graph is scrubbed to a token, shows that token)."""
+    req, _ = _request_from_inputs(prompt, model, release, sae_id, temperature, top_k, top_p,
+                                  repetition_penalty, max_tokens, seed, feature_k, threshold, steer)
+    req = dataclasses.replace(req, autorun=True, at=run.at if run is not None else None)
+    return build_link(_base_url(request), req)
+
+
+def embed_link(params: dict, request: gr.Request | None) -> str:
+    """The embed view's "Open in AXON" link: the full page, same run."""
+    req, _ = parse_query(params, LIMITS)
+    req = dataclasses.replace(req, embed=False, autorun=True)
+    url = html.escape(build_link(_base_url(request), req), quote=True)
+    return f'<a class="axon-open" href="{url}" target="_blank" rel="noopener">Open in AXON ↗</a>'
+
 
 
 def from_query(request: gr.Request):
@@ -372,7 +473,7 @@ def from_query(request: gr.Request):
     return (prompt, model, gr.update(choices=release_choices, value=release), gr.update(choices=ids, value=sae_id),
             s.temperature, s.top_k, s.top_p, s.repetition_penalty, s.max_new_tokens, s.seed,
             s.feature_k, s.activation_threshold, format_steer(req.steer),
-            bool(req.autorun and "prompt" in params))
+            bool(req.autorun and "prompt" in params), req.at, embed_link(params, request) if req.embed else "")
 
 
 def format_steer(spec) -> str:
@@ -399,16 +500,40 @@ def redraw(run: RunSession | None, kind):
     return run.figure_json(relayout=False)
 
 
+def _at_token(run: RunSession, position):
+    """Outputs for the graph shown at ``position`` (None: the newest token)."""
+    run.scrub(position)
+    return (run.figure_json(relayout=False), run.text_html(), table_frame(run),
+            to_json(run.timeline()).decode(), _scrub_update(run, final=run.caught_up))
+
+
+def scrub_to(run: RunSession | None, position):
+    """The token slider: the graph as it was at that token (during a run too)."""
+    if run is None or not run.steps:
+        return (gr.skip(),) * 5
+    try:
+        position = int(position)
+    except (TypeError, ValueError):
+        return (gr.skip(),) * 5
+    return _at_token(run, position)
+
+
 def highlight_token(run: RunSession | None, evt: gr.SelectData):
-    """A click on a token (in the text or the timeline) rings its features in the graph."""
+    """A click on a token (in the text or the timeline) shows the graph at that
+    token: its features lit and named; a second click goes back to the newest token."""
     try:
         position = int(evt.value if evt.value is not None else evt.index)
     except (TypeError, ValueError):
-        return gr.skip(), gr.skip()
-    if run is None:
-        return gr.skip(), gr.skip()
-    run.highlight = None if run.highlight == position else position
-    return run.figure_json(relayout=False), to_json(run.timeline()).decode()
+        return (gr.skip(),) * 5
+    if run is None or not run.steps:
+        return (gr.skip(),) * 5
+    return _at_token(run, None if run.at == position else position)
+
+
+def engine_stats() -> dict:
+    """Engine counters (generations computed, attached, replayed; batched and
+    single steps; recent runs' step counts and times): no prompts, no content."""
+    return ENGINE.stats()
 
 
 SESSION_RUNS = SessionRuns()
@@ -436,6 +561,12 @@ def autorun_generation(request: gr.Request, autorun, *inputs):
     yield from generate_for_session(request, gr.Progress(), *inputs)
 
 
+def _forget_run(run: RunSession | None) -> None:
+    """A session's state expired or the session closed: drop its run's buffers."""
+    if run is not None:
+        run.compact()
+
+
 # ---- the page ---------------------------------------------------------------------
 
 GRAPH_JS = (HERE / "assets" / "graph.js").read_text()
@@ -443,58 +574,70 @@ TEXT_JS = (HERE / "assets" / "text.js").read_text()
 EDGE_CHOICES = [("above chance (NPMI > 0)", "npmi"), ("all co-firing, by NPMI", "npmi_all"),
                 ("co-activation strength", "cooccurrence"), ("decoder cosine (SAE geometry)", "decoder")]
 CSS = (HERE / "assets" / "axon.css").read_text()
-HEAD = f'<script src="/gradio_api/file={PLOTLY_JS}"></script>'
+# plotly.js from this app's own static route; ?embed=1 switches the page to the
+# embed view before it draws (text, graph and a link to the full page).
+PLOTLY_HEAD = f'<script src="/gradio_api/file={PLOTLY_JS}"></script>'
+EMBED_HEAD = ('<script>if (new URLSearchParams(location.search).get("embed") === "1")'
+              ' document.documentElement.classList.add("axon-embed");</script>')
+EMPTY_TEXT = ('<div class="axon-text axon-empty">Type a prompt and press <b>Generate</b>: the text appears here, '
+              'token by token. Hover a token for its features; click it to see the graph as it was then.</div>')
+FULL = ["axon-full"]  # hidden in the embed view
 
-# delete_cache: Gradio's copies of the downloads go after an hour too.
 with gr.Blocks(title="AXON", delete_cache=(int(EXPORT_MAX_AGE), int(EXPORT_MAX_AGE))) as demo:
-    run_state = gr.State(None)
+    run_state = gr.State(None, time_to_live=SESSION_TTL, delete_callback=_forget_run)
     autorun_state = gr.State(False)
-    gr.Markdown("# AXON\nWhat GPT-2 is *thinking* while it writes: SAE features of its residual "
-                "stream, token by token. Hover a token for its features; click a node or row to inspect.")
-    with gr.Row():
-        with gr.Column(scale=3):
-            prompt = gr.Textbox(label="Prompt", value=EXAMPLES[0], lines=2, max_length=LIMITS.max_prompt_chars)
-            gr.Examples(EXAMPLES, inputs=prompt)
-            with gr.Row():
-                run_btn = gr.Button("Generate", variant="primary")
-                stop_btn = gr.Button("Stop", variant="stop")
-                link_btn = gr.Button("Copy link")
-            link_box = gr.Textbox(label="Share link", buttons=["copy"], interactive=False)
-        with gr.Column(scale=2):
+    at_state = gr.State(None)
+    gr.HTML('<div class="axon-head"><b>AXON</b> · what GPT-2 is <i>thinking</i> while it writes: '
+            'SAE features of its residual stream, token by token</div>', elem_classes=FULL)
+    with gr.Row(elem_classes=FULL + ["axon-bar"], equal_height=True):
+        prompt = gr.Textbox(show_label=False, placeholder="Type a prompt…", value=EXAMPLES[0], lines=1,
+                            max_lines=4, max_length=LIMITS.max_prompt_chars, scale=6, container=False)
+        run_btn = gr.Button("Generate", variant="primary", scale=1, min_width=100)
+        stop_btn = gr.Button("Stop", variant="stop", scale=0, min_width=70)
+        link_btn = gr.Button("Copy link", scale=0, min_width=90)
+    with gr.Row(elem_classes=["axon-main"], equal_height=False):
+        with gr.Column(scale=2, min_width=300, elem_classes=["axon-side"]):
+            text = gr.HTML(EMPTY_TEXT, js_on_load=TEXT_JS, elem_id="axon-text-box", container=False)
+            status = gr.Markdown(status_line(), elem_id="axon-status")
+            scrub = gr.Slider(0, 1, value=0, step=1, label="Show the graph at token (drag; the end follows the run)",
+                              interactive=True, elem_id="axon-scrub")
+            table = gr.Dataframe(pd.DataFrame(columns=TABLE_COLUMNS), label="Top features (newest token)",
+                                 interactive=False, wrap=True, max_height=300, elem_classes=FULL)
+            embed_open = gr.HTML("", elem_classes=["axon-embed-only"])
+        with gr.Column(scale=3, min_width=360):
+            graph = gr.HTML(value="", html_template='<div class="axon-plot axon-graph"></div>', js_on_load=GRAPH_JS,
+                            head=PLOTLY_HEAD, elem_id="axon-graph-box", container=False)
+            edge_kind = gr.Radio(EDGE_CHOICES, value="npmi", label="Edges", elem_classes=FULL)
+    with gr.Accordion("Model and SAE", open=False, elem_classes=FULL):
+        with gr.Row():
             model = gr.Dropdown(CATALOGUE.models(), value=DEFAULT_MODEL, label="Model")
             release = gr.Dropdown([r.release for r in CATALOGUE.releases(DEFAULT_MODEL)], value=DEFAULT_RELEASE,
                                   label="SAE release")
             sae_id = gr.Dropdown(CATALOGUE.by_release[DEFAULT_RELEASE].sae_ids(), value=DEFAULT_SAE_ID,
                                  label="SAE id (hook point)")
-            prefetch_btn = gr.Button("Prefetch all labels for this SAE", size="sm")
-            with gr.Accordion("Sampling and features", open=False):
-                temperature = gr.Slider(0, 2, value=DEFAULTS.temperature, step=0.05, label="Temperature (0 = greedy)")
-                top_k = gr.Slider(0, 200, value=DEFAULTS.top_k, step=1, label="Top-k (0 = off)")
-                top_p = gr.Slider(0, 1, value=DEFAULTS.top_p, step=0.01, label="Top-p")
-                repetition_penalty = gr.Slider(1, 2, value=DEFAULTS.repetition_penalty, step=0.05,
-                                               label="Repetition penalty")
-                max_tokens = gr.Slider(1, LIMITS.max_new_tokens, value=DEFAULTS.max_new_tokens, step=1,
-                                       label="Max new tokens")
-                seed = gr.Number(value=DEFAULTS.seed, precision=0, label="Seed")
-                feature_k = gr.Slider(1, 64, value=DEFAULTS.feature_k, step=1, label="Features per token")
-                threshold = gr.Slider(0, 10, value=DEFAULTS.activation_threshold, step=0.05,
-                                      label="Activation threshold")
-    status = gr.Markdown(status_line(), elem_id="axon-status")
-    text = gr.HTML('<div class="axon-text"></div>', label="Text", js_on_load=TEXT_JS)
-    with gr.Row():
-        with gr.Column(scale=3):
-            graph = gr.HTML(value="", html_template='<div class="axon-plot axon-graph"></div>', js_on_load=GRAPH_JS,
-                            head=HEAD, elem_id="axon-graph-box", label="Feature graph")
-        with gr.Column(scale=2):
-            edge_kind = gr.Radio(EDGE_CHOICES, value="npmi", label="Edges")
-            table = gr.Dataframe(pd.DataFrame(columns=TABLE_COLUMNS), label="Top features (latest token)",
-                                 interactive=False, wrap=True)
-    with gr.Accordion("Inspector", open=True):
-        inspector_head = gr.Markdown("Click a node or a table row to inspect a feature.")
+        prefetch_btn = gr.Button("Prefetch all labels for this SAE", size="sm")
+    with gr.Accordion("Sampling and features", open=False, elem_classes=FULL):
+        with gr.Row():
+            temperature = gr.Slider(0, 2, value=DEFAULTS.temperature, step=0.05, label="Temperature (0 = greedy)")
+            top_k = gr.Slider(0, 200, value=DEFAULTS.top_k, step=1, label="Top-k (0 = off)")
+            top_p = gr.Slider(0, 1, value=DEFAULTS.top_p, step=0.01, label="Top-p")
+            repetition_penalty = gr.Slider(1, 2, value=DEFAULTS.repetition_penalty, step=0.05,
+                                           label="Repetition penalty")
+        with gr.Row():
+            max_tokens = gr.Slider(1, LIMITS.max_new_tokens, value=DEFAULTS.max_new_tokens, step=1,
+                                   label="Max new tokens")
+            seed = gr.Number(value=DEFAULTS.seed, precision=0, label="Seed")
+            feature_k = gr.Slider(1, 64, value=DEFAULTS.feature_k, step=1, label="Features per token")
+            threshold = gr.Slider(0, 10, value=DEFAULTS.activation_threshold, step=0.05,
+                                  label="Activation threshold")
+    with gr.Accordion("Inspector and steering", open=True, elem_classes=FULL):
+        inspector_head = gr.Markdown(INSPECT_HINT)
         with gr.Row():
             inspector_plot = gr.LinePlot(height=180, label="Activation over the run")
-            neighbours = gr.Dataframe(label="Strongest co-firing neighbours", interactive=False)
-            pushes = gr.Dataframe(label="Tokens it pushed (direct logit attribution)", interactive=False)
+            neighbours = gr.Dataframe(pd.DataFrame(columns=NEIGHBOUR_COLUMNS), label="Strongest co-firing neighbours",
+                                      interactive=False)
+            pushes = gr.Dataframe(pd.DataFrame(columns=PUSH_COLUMNS),
+                                  label="Tokens it pushed (direct logit attribution)", interactive=False)
         with gr.Row():
             steer_feature = gr.Number(label="Feature to steer", precision=0)
             steer_strength = gr.Slider(-10, 10, value=4, step=0.5,
@@ -506,17 +649,23 @@ with gr.Blocks(title="AXON", delete_cache=(int(EXPORT_MAX_AGE), int(EXPORT_MAX_A
             steer_btn = gr.Button("Steer (same prompt and seed)", variant="primary", scale=1)
             clear_steer_btn = gr.Button("Clear steering", size="sm", scale=1)
         compare = gr.HTML("", label="Plain vs steered")
-    with gr.Accordion("Timeline: tokens × strongest features (click a token to ring its features)", open=True):
+    with gr.Accordion("Timeline: tokens × strongest features (click a token to see the graph then)", open=False,
+                      elem_classes=FULL):
         timeline = gr.HTML(value="", html_template='<div class="axon-plot axon-timeline"></div>',
-                           js_on_load=GRAPH_JS, head=HEAD, label="Timeline")
-    with gr.Row():
-        json_btn = gr.DownloadButton("Download run (JSON)", interactive=False)
-        html_btn = gr.DownloadButton("Download graph (standalone HTML)", interactive=False)
+                           js_on_load=GRAPH_JS, head=PLOTLY_HEAD, label="Timeline")
+    with gr.Row(elem_classes=FULL):
+        json_btn = gr.Button("Download run (JSON)", interactive=False, size="sm")
+        html_btn = gr.Button("Download graph (standalone HTML)", interactive=False, size="sm")
+        link_box = gr.Textbox(show_label=False, placeholder="Copy link puts a link to this run here",
+                              buttons=["copy"], interactive=False, scale=3)
+    # the files behind the two buttons, written on demand, then fetched by a click from the page
+    json_file = gr.DownloadButton("json", elem_id="axon-dl-json", elem_classes=["axon-hidden"])
+    html_file = gr.DownloadButton("html", elem_id="axon-dl-html", elem_classes=["axon-hidden"])
     run_json = gr.JSON(visible=False)
 
     inputs = [prompt, model, release, sae_id, temperature, top_k, top_p, repetition_penalty,
-              max_tokens, seed, feature_k, threshold, steer_box, edge_kind]
-    outputs = [text, graph, table, status, run_state, run_json, json_btn, html_btn, timeline, compare]
+              max_tokens, seed, feature_k, threshold, steer_box, edge_kind, at_state]
+    outputs = [text, graph, table, status, run_state, run_json, json_btn, html_btn, timeline, compare, scrub]
     # preprocess=False: every input reaches _request_from_inputs as sent, which clamps
     # or ignores it with a notice, so no API value (a string for a number, a value
     # not in a dropdown) ends in a bare error.
@@ -531,9 +680,11 @@ with gr.Blocks(title="AXON", delete_cache=(int(EXPORT_MAX_AGE), int(EXPORT_MAX_A
                         api_visibility="private")
     clear_steer_btn.click(lambda: "", None, steer_box, api_visibility="private")
     edge_kind.change(redraw, [run_state, edge_kind], graph, api_visibility="private")
-    text.select(highlight_token, run_state, [graph, timeline], api_visibility="private")
-    timeline.select(highlight_token, run_state, [graph, timeline], api_visibility="private")
-    link_btn.click(share_link, inputs[:13], link_box, api_visibility="private")
+    at_outputs = [graph, text, table, timeline, scrub]
+    scrub.release(scrub_to, [run_state, scrub], at_outputs, api_visibility="private", trigger_mode="always_last")
+    text.select(highlight_token, run_state, at_outputs, api_visibility="private")
+    timeline.select(highlight_token, run_state, at_outputs, api_visibility="private")
+    link_btn.click(share_link, [run_state] + inputs[:13], link_box, api_visibility="private")
     model.change(releases_for, model, [release, sae_id], api_visibility="private")
     release.input(sae_ids_for, release, sae_id, api_visibility="private")
     sae_id.input(load_choice, [release, sae_id], status, api_visibility="private")
@@ -541,7 +692,14 @@ with gr.Blocks(title="AXON", delete_cache=(int(EXPORT_MAX_AGE), int(EXPORT_MAX_A
     inspector_outputs = [inspector_head, inspector_plot, neighbours, pushes, text, steer_feature]
     table.select(inspect_from_table, run_state, inspector_outputs, api_visibility="private")
     graph.select(inspect_from_graph, run_state, inspector_outputs, api_visibility="private")
-    load_event = demo.load(from_query, None, inputs[:13] + [autorun_state], api_visibility="private")
+    click_file = "() => {{ const b = document.querySelector('#{} a, #{} button'); if (b) b.click(); }}"
+    json_btn.click(functools.partial(prepare_download, kind="json"), run_state, json_file,
+                   api_visibility="private").then(None, js=click_file.format("axon-dl-json", "axon-dl-json"))
+    html_btn.click(functools.partial(prepare_download, kind="html"), run_state, html_file,
+                   api_visibility="private").then(None, js=click_file.format("axon-dl-html", "axon-dl-html"))
+    gr.api(engine_stats, api_name="engine_stats", api_visibility="undocumented")
+    load_event = demo.load(from_query, None, inputs[:13] + [autorun_state, at_state, embed_open],
+                           api_visibility="private")
     autorun_event = load_event.then(autorun_generation, [autorun_state] + inputs, outputs,
                                     api_visibility="private", concurrency_id="generate")
     stop_btn.click(None, None, None, cancels=[autorun_event])
@@ -564,5 +722,5 @@ if __name__ == "__main__":
     # ssr_mode=False: server-side rendering needs Node 24+, which we cannot test
     # here, and our page's JavaScript (the one Plotly element, js_on_load) is
     # tested client-side only; so a platform default never changes what runs.
-    demo.launch(css=CSS, server_name=os.environ.get("AXON_HOST") or None,
+    demo.launch(css=CSS, head=EMBED_HEAD, server_name=os.environ.get("AXON_HOST") or None,
                 server_port=int(port) if port else None, ssr_mode=False)

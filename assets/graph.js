@@ -8,6 +8,7 @@ const div = element.querySelector(".axon-plot");
 const isGraph = div.classList.contains("axon-graph");
 let drawing = false, queued = false, shown = null;
 window.__axonFrames = window.__axonFrames || 0;
+window.__axonFrameTimes = window.__axonFrameTimes || [];  // when each graph frame was drawn (ms)
 
 function bindClicks() {
   if (div.__axonBound) return;
@@ -32,7 +33,10 @@ function draw() {
   shown = value;
   window.Plotly.react(div, fig.data, fig.layout, { displaylogo: false, responsive: true })
     .then(() => {
-      if (isGraph) window.__axonFrames += 1;
+      if (isGraph) {
+        window.__axonFrames += 1;
+        window.__axonFrameTimes.push(performance.now());
+      }
       bindClicks();
     })
     .catch((e) => console.error("AXON: Plotly.react failed", e))

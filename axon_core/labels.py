@@ -339,6 +339,19 @@ class LabelService:
         hit = self._lookup((np_id, int(index)))
         return None if hit is _MISSING else hit
 
+    def pending(self, np_id: str | None, indices: Iterable[int]) -> bool:
+        """Whether any of these labels is still on its way (unknown, and not
+        backing off after a failure). Never fetches."""
+        if np_id is None or "/" not in np_id or not self.enabled:
+            return False
+        for i in indices:
+            key = (np_id, int(i))
+            if self._lookup(key) is _MISSING:
+                with self._lock:
+                    if not self._in_backoff(key):
+                        return True
+        return False
+
     def request(self, np_id: str | None, indices: Iterable[int]) -> None:
         """Schedule background fetches for those of ``indices`` not known yet."""
         for i in indices:

@@ -72,6 +72,10 @@ class ForceLayout:
         self._row, self._xyz = row, pos
         return dict(zip(ids, map(tuple, pos.tolist())))
 
+    def release_buffers(self) -> None:
+        """Drop the n×n work arrays (1.4 MB at 300 nodes) until the next update."""
+        self._work = np.empty(0)
+
     def update_arrays(self, node_ids: np.ndarray, src: np.ndarray, dst: np.ndarray,
                       weight: np.ndarray) -> None:
         """:meth:`update` from numpy columns (node ids; edge ends and weights),

@@ -281,6 +281,14 @@ class RunSession:
             "url": url,
         }
 
+    def compact(self) -> None:
+        """After the run: let go of the engine's run and the layout's work buffers
+        (a scrub or an edge switch never re-lays out), so an idle session is small."""
+        with self.lock:
+            if self.live is not None and self.caught_up:
+                self.live = _Finished(self.live)
+            self.layout.release_buffers()
+
     # ---- exports ----------------------------------------------------------
 
     def export_json(self, versions: dict[str, str] | None = None) -> dict:
@@ -294,6 +302,19 @@ class RunSession:
 
     def settings_dict(self) -> dict:
         return asdict(self.settings)
+
+
+class _Finished:
+    """What a session keeps of a finished engine run: its timing, not its steps."""
+
+    finished, state = True, "done"
+
+    def __init__(self, live):
+        self._ms = live.ms_per_token()
+        self.steps, self.offsets, self.notices = live.steps, live.offsets, list(live.notices)
+
+    def ms_per_token(self):
+        return self._ms
 
 
 def comparison_html(plain: RunSession, steered: RunSession) -> str:

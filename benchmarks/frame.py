@@ -2,8 +2,8 @@
 
 Feeds a RunSession with synthetic token steps (12 features per token drawn
 from a pool, so the graph grows to 300 nodes and ~1,000+ edges), building a
-frame (layout update + figure dict + orjson) after every token, as the app
-does. Prints medians at 300 nodes and the largest per-frame move of nodes that
+frame (snapshot + layout update + edge scoring + figure dict + orjson, i.e.
+``RunSession.figure_json()``) after every token: the most a view could ask for. Prints medians at 300 nodes and the largest per-frame move of nodes that
 were already on screen, as a fraction of the layout radius.
 
 Usage: ``OPENBLAS_NUM_THREADS=1 python benchmarks/frame.py``
@@ -45,10 +45,10 @@ def main() -> None:
         run.add(step)
         t = time.perf_counter()
         snap = run.graph.snapshot(max_nodes=run.max_nodes)
-        run.layout.update([n.index for n in snap.nodes], [(e.source, e.target, e.weight) for e in snap.edges])
+        run.layout.update_arrays(snap.ids, snap.edge_a, snap.edge_b, snap.edge_weight)
         t_layout = time.perf_counter() - t
-        payload = run.figure_json(relayout=False)
-        t_total = time.perf_counter() - t
+        payload = run.figure_json(relayout=False)  # + snapshot again, edge scoring, figure, JSON
+        t_total = time.perf_counter() - t  # a live frame (figure_json() with relayout) does no more
         pos = run.layout.positions
         coords = np.array(list(pos.values()))
         radius = float(np.linalg.norm(coords, axis=1).max()) if len(coords) else 1.0
@@ -56,19 +56,19 @@ def main() -> None:
         if moved:
             drifts.append(max(moved))
         prev = dict(pos)
-        if len(snap.nodes) >= 300:
+        if len(snap.ids) >= 300:
             build.append(t_total)
             layout_ms.append(t_layout)
             sizes.append(len(payload))
     snap = run.graph.snapshot()
-    print(f"frames at 300 nodes: {len(build)}; edges in snapshot: {len(snap.edges)}")
+    print(f"frames at 300 nodes: {len(build)}; edges in snapshot: {len(snap.edge_a)}")
     print(f"build (layout + figure + orjson): median {1e3 * statistics.median(build):.1f} ms; "
           f"layout alone {1e3 * statistics.median(layout_ms):.1f} ms; payload {statistics.median(sizes) / 1e3:.0f} KB")
     print(f"largest per-frame move of existing nodes: {100 * max(drifts):.1f}% of the radius "
           f"(median frame's largest: {100 * statistics.median(drifts):.1f}%)")
     print(f"frame: build_ms={1e3 * statistics.median(build):.1f} payload_kb={statistics.median(sizes) / 1e3:.0f} "
           f"layout_ms={1e3 * statistics.median(layout_ms):.1f} max_drift_pct={100 * max(drifts):.1f} "
-          f"nodes={len(snap.nodes)} edges={len(snap.edges)}")
+          f"nodes={len(snap.ids)} edges={len(snap.edge_a)}")
 
 
 if __name__ == "__main__":

@@ -266,7 +266,7 @@ def test_sliders_cover_exactly_what_the_validator_allows(app_module):
 query_value = st.one_of(numberish, st.text(st.characters(exclude_categories=()), max_size=30),
                         st.sampled_from(["gpt2-small", DEFAULT_RELEASE, "blocks.2.hook_resid_pre", "nope",
                                          "gemma-2-2b", "gpt2-small-hook-z-kk", "1:2,3:nan", "1"]))
-QUERY_KEYS = ["prompt", "model", "release", "sae_id", "steer", "autorun", "edge_kind"] + SETTING_KEYS
+QUERY_KEYS = ["prompt", "model", "release", "sae_id", "steer", "autorun", "edge_kind", "at", "embed"] + SETTING_KEYS
 
 
 @settings(max_examples=150, **QUICK)
@@ -278,7 +278,10 @@ def test_any_link_fills_the_page_with_values_it_can_show(app_module, params):
     with contextlib.redirect_stdout(io.StringIO()):
         out = app_module.from_query(_Request(params))
     (prompt, model, release, sae_id, temperature, top_k, top_p, rep, max_tokens, seed, feature_k,
-     threshold, steer, autorun) = out
+     threshold, steer, autorun, at, embed_open) = out
+    assert at is None or (isinstance(at, int) and 0 <= at <= 10**6)
+    assert isinstance(embed_open, str) and "<script" not in embed_open.lower()
+    assert (embed_open.startswith('<a class="axon-open" href="http') and "embed=" not in embed_open) or not embed_open
     values = dict(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=rep,
                   max_new_tokens=max_tokens, feature_k=feature_k, activation_threshold=threshold)
     for name, slider in _sliders(app_module).items():
@@ -324,7 +327,7 @@ def test_queue_lets_several_sessions_generate_at_once(app_module):
     assert all(fn.concurrency_limit == "default" for fn in runs)
     assert not any(fn.preprocess for fn in runs if fn.fn.__name__ == "generate_for_session")
     if "AXON_CONCURRENCY" not in os.environ:
-        assert app_module.CONCURRENCY == (1 if app_module.ZERO_GPU else 2)
+        assert app_module.CONCURRENCY == (1 if app_module.ZERO_GPU else 16)
     assert demo._queue.default_concurrency_limit == app_module.CONCURRENCY
     assert demo._queue.max_size == app_module.QUEUE_SIZE
     named = [fn for fn in demo.fns.values() if fn.api_name == "generate"]
@@ -367,30 +370,40 @@ def test_exports_unwritable_disk_still_finishes_the_run(app_module, monkeypatch,
     with contextlib.redirect_stdout(io.StringIO()):
         frames = list(app_module.run_generation(*_inputs(app_module, max_tokens=2)))
     last = frames[-1]
-    assert "downloads unavailable: the disk cannot be written" in last[3]
     assert last[5]["schema"] == "axon-run/1"  # the run itself, and its JSON, are intact
-    assert last[6]["interactive"] is False and last[7]["interactive"] is False
+    assert last[6]["interactive"] is True and last[7]["interactive"] is True  # downloads are offered
+    run = last[4]
+    assert app_module.write_download(run, "json") is None  # asked for: the disk refuses, no crash
+    assert app_module.prepare_download(run, "html") is app_module.gr.skip() or \
+        app_module.prepare_download(run, "html") == app_module.gr.skip()
 
 
-def test_exports_older_than_an_hour_are_removed(app_module, monkeypatch, tmp_path):
+def test_downloads_are_written_on_demand_and_old_ones_removed(app_module, monkeypatch, tmp_path):
+    """Nothing is written for a run nobody downloads; a download is written when
+    asked for, and folders older than an hour go first."""
     monkeypatch.setattr(app_module.tempfile, "gettempdir", lambda: str(tmp_path))
     root = tmp_path / f"axon-exports-{os.getpid()}"
+    with contextlib.redirect_stdout(io.StringIO()):
+        last = list(app_module.run_generation(*_inputs(app_module, max_tokens=1, seed=11)))[-1]
+    assert not root.exists() and list(tmp_path.iterdir()) == []  # a run alone writes nothing
     old = root / "run-old"
     old.mkdir(parents=True)
     (old / "axon-graph.html").write_text("x")
     os.utime(old, (time.time() - 2 * app_module.EXPORT_MAX_AGE,) * 2)
-    with contextlib.redirect_stdout(io.StringIO()):
-        last = list(app_module.run_generation(*_inputs(app_module, max_tokens=1)))[-1]
+    run = last[4]
+    paths = [Path(app_module.prepare_download(run, kind)["value"]) for kind in ("json", "html")]
     assert not old.exists()
-    paths = [Path(last[6]["value"]), Path(last[7]["value"])]
     assert all(p.exists() and p.parent.parent == root for p in paths)
+    import json
+    assert json.loads(paths[0].read_text())["tokens"] == last[5]["tokens"]
+    assert "<script" in paths[1].read_text()
 
 
 def test_runs_stop_at_the_time_cap(app_module, monkeypatch):
     """AXON_MAX_RUN_SECONDS: a run that reaches it ends with what it has, and says why."""
-    monkeypatch.setattr(app_module, "MAX_RUN_SECONDS", 0.0)
+    monkeypatch.setattr(app_module.ENGINE, "max_run_seconds", 0.0)
     with contextlib.redirect_stdout(io.StringIO()):
-        last = list(app_module.run_generation(*_inputs(app_module, max_tokens=50)))[-1]
+        last = list(app_module.run_generation(*_inputs(app_module, max_tokens=50, seed=3)))[-1]
     assert "stopped: runs are limited to 0 s" in last[3]
     assert last[5]["schema"] == "axon-run/1" and len(last[5]["tokens"]) < 50
 
