@@ -45,3 +45,24 @@ def pairs(offline_hub):
 def pair(pairs):
     """gpt2 + gpt2-small-res-jb / blocks.8.hook_resid_pre, loaded by their real names."""
     return pairs.get("gpt2-small-res-jb", "blocks.8.hook_resid_pre")
+
+
+@pytest.fixture(scope="session")
+def pythia_hub(offline_hub) -> Path:
+    """The offline hub plus a tiny random ``pythia-70m-deduped`` and its res-sm SAEs (layers 0, 2, 3)."""
+    from scripts.offline_hub import PYTHIA_SAE_REPO, write_pythia
+
+    if not (_HUB / ("models--" + PYTHIA_SAE_REPO.replace("/", "--"))).exists():  # written last
+        write_pythia(_HUB, "tiny")
+    return _HUB
+
+
+@pytest.fixture(scope="session")
+def gemma3_hub(offline_hub) -> Path:
+    """The offline hub plus a real-size random ``google/gemma-3-270m`` (TransformerLens
+    loads Gemma only at its real dimensions) and one gemma-scope-2-270m-pt-res SAE."""
+    from scripts.offline_hub import GEMMA3_SAE_REPO, write_gemma3
+
+    if not (_HUB / ("models--" + GEMMA3_SAE_REPO.replace("/", "--"))).exists():  # written last
+        write_gemma3(_HUB)
+    return _HUB
