@@ -7,7 +7,7 @@ container. Checked here, on the tiny offline hub, talking to 127.0.0.1 only:
 
 1. the listening socket is on all interfaces (``/proc/net/tcp``), not 127.0.0.1;
 2. the page and ``/generate`` answer;
-3. share links name ``https://owner-axon.hf.space/`` (the page's Copy-link event);
+3. share links and the embed view's link name ``https://owner-axon.hf.space/``;
 4. the label cache and the parsed catalogue land in AXON's cache folder
    (:func:`axon_core.paths.cache_dir`: writable, and ``/data/axon`` when the
    Space has persistent storage), nothing in the app folder;
@@ -89,20 +89,26 @@ def tree_snapshot(root: Path) -> dict[str, float]:
     return snap
 
 
-def call_event(base_url: str, api_name: str, data: list, timeout: float = 60.0) -> list:
-    """Run one event of the page through Gradio's queue, as the browser does (``fn_index``
-    from ``/config``; works for events hidden from the API too). Returns its output data."""
+def call_event(base_url: str, api_name: str, values: list, query: str = "", timeout: float = 60.0) -> list:
+    """Run one event of the page through Gradio's queue, as the browser does
+    (``fn_index`` from ``/config``, so events hidden from the API work too; the
+    page's query string on the join request). ``values`` fill the event's inputs
+    in order, ``gr.State`` inputs excepted (the server holds those). Returns the
+    event's output data."""
     with urllib.request.urlopen(base_url + "config", timeout=10) as r:
         config = json.load(r)
+    states = {c["id"] for c in config["components"] if c.get("type") == "state"}
     deps = config["dependencies"]
     index = next(i for i, d in enumerate(deps) if d.get("api_name") == api_name)
-    fn_index = deps[index].get("id", index)
+    given = iter(values)
+    data = [None if i in states else next(given) for i in deps[index]["inputs"]]
+    assert next(given, "all used") == "all used", f"{api_name} takes fewer inputs than given"
     session = uuid.uuid4().hex[:11]
-    body = json.dumps({"data": data, "fn_index": fn_index, "session_hash": session,
+    body = json.dumps({"data": data, "fn_index": deps[index].get("id", index), "session_hash": session,
                        "event_data": None, "trigger_id": None}).encode()
-    req = urllib.request.Request(base_url + "gradio_api/queue/join", body,
-                                 {"Content-Type": "application/json"})
-    urllib.request.urlopen(req, timeout=10).read()
+    join = base_url + "gradio_api/queue/join" + (f"?{query}" if query else "")
+    urllib.request.urlopen(urllib.request.Request(join, body, {"Content-Type": "application/json"}),
+                           timeout=10).read()
     with urllib.request.urlopen(f"{base_url}gradio_api/queue/data?session_hash={session}",
                                 timeout=timeout) as stream:
         for line in stream:
@@ -158,12 +164,17 @@ def test_page_and_generate_answer(space):
     assert app_tracebacks(space.log_text()) == 0, space.log_text()[-3000:]
 
 
-def test_share_link_names_the_space(space):
+def test_share_link_and_embed_view_name_the_space(space):
     # What "Copy link" returns in the page. No forwarded-host header here, as from
     # a proxy that rewrites nothing: SPACE_ID alone decides the public address.
     (link,) = call_event(space.url, "share_link", GENERATE_ARGS[:13])
     assert link.startswith(PUBLIC_URL + "?"), link
     assert "prompt=The+capital+of+France+is" in link and "autorun=1" in link
+    # The embed view (?embed=1, what an <iframe> or <gradio-app> shows) links to the full page.
+    out = call_event(space.url, "from_query", [], query="prompt=Hello+there&embed=1")
+    (open_link,) = [v for v in out if isinstance(v, str) and "axon-open" in v]
+    assert f'href="{PUBLIC_URL}?prompt=Hello+there' in open_link, open_link
+    assert "embed=" not in open_link
 
 
 def test_caches_land_in_the_cache_folder_not_the_app_folder(space):
@@ -176,7 +187,7 @@ def test_caches_land_in_the_cache_folder_not_the_app_folder(space):
         expected = space.tmp / "user-cache" / "axon"
     labels = expected / "labels.sqlite"
     assert labels.is_file() and labels.stat().st_size > 0, sorted(map(str, expected.parent.rglob("*")))
-    assert list(expected.glob("catalogue-sae_lens-*.pickle")), sorted(map(str, expected.rglob("*")))
+    assert list(expected.glob("catalogue*.pickle")), sorted(map(str, expected.rglob("*")))
 
 
 def test_nothing_written_into_the_app_folder(space):
