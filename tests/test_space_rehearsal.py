@@ -17,10 +17,15 @@ container. Checked here, on the tiny offline hub, talking to 127.0.0.1 only:
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import io
 import json
 import os
+import pickle
 import shutil
 import socket
+import sys
 import threading
 import time
 import urllib.request
@@ -299,3 +304,43 @@ def test_spaces_gpu_generator_streams_off_zerogpu():
     finally:
         release.set()
         demo.close()
+
+
+@pytest.fixture(scope="module")
+def app_in_process(offline_hub, tmp_path_factory):
+    """``import app`` on the offline hub (as tests/test_hardening.py does), labels at a closed port."""
+    if "app" not in sys.modules:
+        tmp = tmp_path_factory.mktemp("app-inprocess")
+        env = {"AXON_LABEL_CACHE": str(tmp / "labels.sqlite"), "AXON_NEURONPEDIA_URL": "http://127.0.0.1:9",
+               "AXON_NEURONPEDIA_DATASETS_URL": "http://127.0.0.1:9"}
+        with pytest.MonkeyPatch.context() as mp:
+            for k, v in env.items():
+                mp.setenv(k, v)
+            with contextlib.redirect_stdout(io.StringIO()):
+                importlib.import_module("app")
+    return sys.modules["app"]
+
+
+@pytest.mark.xfail(reason="app.run_generation yields the RunSession (gr.State), which holds the LabelService "
+                          "(threads, locks, SQLite) and cannot be pickled; ZeroGPU pickles every frame", strict=False)
+def test_generation_frames_can_cross_zerogpus_process_boundary(app_in_process):
+    """On ZeroGPU a ``@spaces.GPU`` generator runs in a forked worker and every
+    value it yields is pickled back to the server process (spaces.zero.wrappers:
+    a PicklingError ends the run with "ZeroGPU worker error"). So every frame of
+    the GPU-decorated generation must pickle."""
+    frames = list(app_in_process.run_generation(*GENERATE_ARGS[:8], 2, *GENERATE_ARGS[9:]))
+    assert len(frames) >= 2
+    for i, frame in enumerate(frames):
+        try:
+            pickle.dumps(frame)
+        except Exception as err:  # noqa: BLE001 - which output, and why
+            bad = [j for j, v in enumerate(frame) if not _picklable(v)]
+            pytest.fail(f"frame {i}: outputs {bad} cannot be pickled ({type(err).__name__}: {err})")
+
+
+def _picklable(value) -> bool:
+    try:
+        pickle.dumps(value)
+        return True
+    except Exception:  # noqa: BLE001
+        return False
