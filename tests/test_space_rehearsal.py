@@ -23,6 +23,7 @@ import io
 import json
 import os
 import pickle
+import re
 import shutil
 import socket
 import sys
@@ -344,3 +345,52 @@ def _picklable(value) -> bool:
         return True
     except Exception:  # noqa: BLE001
         return False
+
+
+# ---- the Space's front matter --------------------------------------------------------
+
+
+def front_matter() -> dict:
+    import yaml
+
+    text = (ROOT / "README.md").read_text()
+    assert text.startswith("---\n")
+    return yaml.safe_load(text.split("---\n", 2)[1])
+
+
+def test_front_matter_preloads_what_the_default_pair_loads(offline_hub):
+    from sae_lens.constants import SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME, SPARSITY_FILENAME
+    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+    from axon_core.catalogue import DEFAULT_RELEASE, DEFAULT_SAE_ID
+
+    front = front_matter()
+    preload = {}
+    for entry in front["preload_from_hub"]:
+        repo, files = entry.split()  # "repo file,file" (no revision pinned)
+        preload[repo] = set(files.split(","))
+    # The model: by the repo name TransformerLens asks the Hub for (the offline hub,
+    # which serves loading by real names, has it under that name), every file it serves.
+    model_snapshots = list((offline_hub / "models--gpt2" / "snapshots").iterdir())
+    served = {p.name for snap in model_snapshots for p in snap.iterdir()}
+    assert served <= preload["gpt2"], served - preload["gpt2"]
+    assert {"model.safetensors", "config.json", "tokenizer.json"} <= preload["gpt2"]
+    # The SAE: SAELens's repo and folder for the default release, and its file names.
+    lookup = get_pretrained_saes_directory()[DEFAULT_RELEASE]
+    folder = lookup.saes_map[DEFAULT_SAE_ID]
+    expected = {f"{folder}/{name}" for name in (SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME, SPARSITY_FILENAME)}
+    assert preload[lookup.repo_id] == expected
+    sae_dir = offline_hub / ("models--" + lookup.repo_id.replace("/", "--")) / "snapshots"
+    assert {f"{folder}/{p.name}" for p in sae_dir.glob(f"*/{folder}/*")} <= expected
+    assert set(preload) == {"gpt2", lookup.repo_id}
+
+
+def test_front_matter_matches_this_environment():
+    import gradio
+
+    front = front_matter()
+    assert front["sdk"] == "gradio" and front["app_file"] == "app.py"
+    assert front["sdk_version"] == gradio.__version__
+    assert str(front["python_version"]) == f"{sys.version_info.major}.{sys.version_info.minor}"
+    assert front["suggested_hardware"] in {"cpu-basic", "cpu-upgrade"}  # what the README's numbers are for
+    assert re.fullmatch(r"\d+[mh]", str(front["startup_duration_timeout"]))
