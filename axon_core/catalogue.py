@@ -21,7 +21,7 @@ import os
 import pickle
 import re
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
@@ -30,8 +30,39 @@ DEFAULT_RELEASE = "gpt2-small-res-jb"
 DEFAULT_SAE_ID = "blocks.8.hook_resid_pre"
 
 # d_sae for releases whose ids don't say it (the res-jb family is 32 × 768).
-_KNOWN_D_SAE = {"gpt2-small-res-jb": 24576}
-_KNOWN_D_IN = {"gpt2-small": 768}
+_KNOWN_D_SAE = {"gpt2-small-res-jb": 24576, "pythia-70m-deduped-res-sm": 32768}
+_KNOWN_D_IN = {"gpt2-small": 768, "pythia-70m-deduped": 512, "gemma-2-2b": 2304, "gemma-2-9b": 3584,
+               "gemma-2-27b": 4608, "google/gemma-3-270m": 640, "google/gemma-3-270m-it": 640}
+
+# Release kinds the app cannot show as per-token features of one activation,
+# hidden from the picker (README, "Model families", says why).
+TRANSCODER_REASON = (
+    "transcoder: reads the MLP's input and predicts its output, so its features are not a "
+    "decomposition of the activation they are read from, and steering by its decoder would "
+    "write to another point than it reads"
+)
+TEMPORAL_REASON = (
+    "temporal SAE: encodes each token together with the earlier tokens' activations, "
+    "not one position at a time"
+)
+_HIDDEN_CONVERSIONS = {
+    "gemma_2_transcoder": TRANSCODER_REASON,
+    "mwhanna_transcoder": TRANSCODER_REASON,
+    "mntss_clt_layer_transcoder": "cross-layer " + TRANSCODER_REASON,
+    "temporal": TEMPORAL_REASON,
+}
+
+
+def unsupported_reason(release: str, conversion_func: str | None, paths: list[str]) -> str | None:
+    """Why the app hides ``release`` (one line), or None if it can show it."""
+    if conversion_func in _HIDDEN_CONVERSIONS:
+        return _HIDDEN_CONVERSIONS[conversion_func]
+    text = " ".join([release, *paths]).lower()
+    if re.search(r"(?<![a-z])clt(?![a-z])", text):
+        return "cross-layer " + TRANSCODER_REASON
+    if "transcoder" in text:
+        return TRANSCODER_REASON
+    return None
 
 
 @dataclass(frozen=True)
@@ -65,9 +96,14 @@ class Release:
 
 @dataclass(frozen=True)
 class Catalogue:
-    """Every loadable release, keyed by name; parsed once, then read-only."""
+    """Every loadable release, keyed by name; parsed once, then read-only.
+
+    ``hidden`` maps each release of a loadable model that the picker does not
+    offer to the one-line reason (transcoders, temporal SAEs).
+    """
 
     by_release: dict[str, Release]
+    hidden: dict[str, str] = field(default_factory=dict)
 
     def models(self) -> list[str]:
         names = sorted({r.model for r in self.by_release.values()})
@@ -91,9 +127,14 @@ class Catalogue:
         raise KeyError(f"release {release!r} has no SAE {sae_id!r}")
 
 
-def _parse_width(text: str) -> int | None:
-    """'layer_12/width_16k/average_l0_82' → 16384; '...-65k' → 65536."""
-    m = re.search(r"(?:width_|_|-)(\d+)([km])\b", text)
+def _parse_width(text: str, model: str = "") -> int | None:
+    """'layer_12/width_16k/average_l0_82' → 16384; 'layer_12_width_16k_l0_medium' → 16384;
+    '...-65k' → 65536. A model size in the text ('gemma-scope-2-270m-pt-res') is not a width."""
+    m = re.search(r"width_(\d+)([km])(?![a-z0-9])", text)
+    if not m:
+        for size in re.findall(r"(?<![a-z0-9])\d+(?:\.\d+)?[bm](?![a-z0-9])", model.lower()):
+            text = text.lower().replace(size, "")
+        m = re.search(r"(?:_|-)(\d+)([km])(?![a-z0-9])", text)
     if not m:
         return None
     return int(m.group(1)) * (1024 if m.group(2) == "k" else 1024 * 1024)
@@ -116,10 +157,15 @@ def parse_directory() -> Catalogue:
     directory = get_pretrained_saes_directory()
     loadable: dict[str, bool] = {}
     out: dict[str, Release] = {}
+    hidden: dict[str, str] = {}
     for name, lookup in directory.items():
         if lookup.model not in loadable:
             loadable[lookup.model] = _loadable_by_transformer_lens(lookup.model)
         if not loadable[lookup.model]:
+            continue
+        why = unsupported_reason(name, lookup.conversion_func, list(lookup.saes_map.values()))
+        if why is not None:
+            hidden[name] = why
             continue
         saes = tuple(
             SaeChoice(
@@ -127,24 +173,25 @@ def parse_directory() -> Catalogue:
                 sae_id=sae_id,
                 model=lookup.model,
                 neuronpedia_id=lookup.neuronpedia_id.get(sae_id),
-                d_sae=_KNOWN_D_SAE.get(name) or _parse_width(sae_id) or _parse_width(path) or _parse_width(name),
+                d_sae=(_KNOWN_D_SAE.get(name) or _parse_width(sae_id, lookup.model) or _parse_width(path, lookup.model)
+                       or _parse_width(name, lookup.model)),
                 d_in=_KNOWN_D_IN.get(lookup.model),
                 l0=lookup.expected_l0.get(sae_id),
             )
             for sae_id, path in lookup.saes_map.items()
         )
         out[name] = Release(name, lookup.model, lookup.repo_id, saes)
-    return Catalogue(out)
+    return Catalogue(out, hidden)
+
+
+_FORMAT = 3  # bump when Catalogue's fields change, so an older pickle is parsed again
 
 
 def _cache_file() -> Path:
-    base = os.environ.get("AXON_CACHE_DIR")
-    if not base:
-        from platformdirs import user_cache_dir
+    from .paths import cache_dir
 
-        base = user_cache_dir("axon")
     version = metadata.version("sae-lens")
-    return Path(base) / f"catalogue-sae_lens-{version}.pickle"
+    return cache_dir() / f"catalogue-v{_FORMAT}-sae_lens-{version}.pickle"
 
 
 @functools.cache

@@ -95,7 +95,13 @@ def _available_memory_bytes() -> int | None:
 
 # Parameter counts of models whose names do not say them; the rest are read from
 # the name ("gemma-2-27b", "Llama-3.1-8B", "pythia-70m-deduped", "qwen3-0.6b").
-_KNOWN_PARAMS = {"gpt2-small": 124_000_000, "gpt2": 124_000_000}
+_KNOWN_PARAMS = {
+    "gpt2-small": 124_000_000, "gpt2": 124_000_000,
+    # Names that round: Gemma 2 "2b" is 2.6 B parameters (a 256k-token embedding).
+    "pythia-70m-deduped": 70_426_624,
+    "gemma-2-2b": 2_614_341_888, "gemma-2-9b": 9_241_705_984, "gemma-2-27b": 27_227_128_320,
+    "google/gemma-3-270m": 268_098_176, "google/gemma-3-270m-it": 268_098_176,
+}
 _SIZE_IN_NAME = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?)([bm])(?![a-z0-9])", re.IGNORECASE)
 
 

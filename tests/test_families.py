@@ -261,3 +261,33 @@ def test_gemma_scope_2b_sae_loads_by_real_name(offline_hub):
     assert fired.any() and (~fired & (pre > 0)).any()  # some positive pre-activations stay below threshold
     assert torch.all(acts[fired] >= sae.threshold.expand_as(acts)[fired])
     del sae
+
+
+def test_picker_hides_transcoders_and_temporal_saes_and_offers_the_families(tmp_path, monkeypatch):
+    from axon_core import catalogue
+
+    monkeypatch.setenv("AXON_CACHE_DIR", str(tmp_path))  # never the user's cache
+    cat = catalogue.parse_directory()
+    for release in ("gemma-scope-2-270m-pt-transcoders", "gemma-scope-2b-pt-transcoders",
+                    "mwhanna-qwen3-0.6b-transcoders-lowl0"):
+        assert cat.hidden[release] == catalogue.TRANSCODER_REASON
+        assert release not in cat.by_release
+    assert cat.hidden["mntss-gemma-2-2b-2.5m-clt-as-per-layer"].startswith("cross-layer transcoder")
+    assert cat.hidden["temporal-sae-gemma-2-2b"] == catalogue.TEMPORAL_REASON
+    offered = {m: [r.release for r in cat.releases(m)] for m in cat.models()}
+    assert not any("transcoder" in r or "temporal" in r for rs in offered.values() for r in rs)
+    assert "pythia-70m-deduped-res-sm" in offered["pythia-70m-deduped"]
+    assert "gemma-scope-2b-pt-res-canonical" in offered["gemma-2-2b"]
+    assert "gemma-scope-2-270m-pt-res" in offered["google/gemma-3-270m"]
+    choice = cat.choice("gemma-scope-2b-pt-res-canonical", "layer_12/width_16k/canonical")
+    assert (choice.d_in, choice.d_sae, choice.neuronpedia_id) == (2304, 16384, "gemma-2-2b/12-gemmascope-res-16k")
+    assert cat.choice("pythia-70m-deduped-res-sm", "blocks.2.hook_resid_post").d_sae == 32768
+    assert catalogue.unsupported_reason("x-res", None, ["layer_3/width_16k"]) is None
+
+
+def test_family_sizes_for_the_memory_check():
+    from axon_core.loading import model_parameters
+
+    assert model_parameters("gemma-2-2b") == 2_614_341_888  # ≈ 10.5 GB in fp32: refused on a small Space
+    assert model_parameters("google/gemma-3-270m") == 268_098_176
+    assert model_parameters("pythia-70m-deduped") == 70_426_624
