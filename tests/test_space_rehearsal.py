@@ -251,12 +251,15 @@ def test_label_cache_goes_to_persistent_storage(space_with_storage):
         assert svc.cache_path.is_file()
 
 
-@pytest.mark.xfail(reason="axon_core/catalogue.py does not call axon_core.paths.cache_dir() yet "
-                          "(owned by issue 11); it still uses AXON_CACHE_DIR or the user cache dir")
 def test_catalogue_cache_goes_to_persistent_storage(space_with_storage):
     from axon_core import catalogue
 
-    assert catalogue._cache_file().parent == space_with_storage / "axon"
+    catalogue.load_catalogue.cache_clear()
+    try:
+        catalogue.load_catalogue()
+        assert list((space_with_storage / "axon").glob("catalogue*.pickle"))
+    finally:
+        catalogue.load_catalogue.cache_clear()
 
 
 # ---- ZeroGPU's decorator, off ZeroGPU ----------------------------------------------
