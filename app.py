@@ -601,7 +601,7 @@ with gr.Blocks(title="AXON", delete_cache=(int(EXPORT_MAX_AGE), int(EXPORT_MAX_A
             status = gr.Markdown(status_line(), elem_id="axon-status")
             scrub = gr.Slider(0, 1, value=0, step=1, label="Show the graph at token (drag; the end follows the run)",
                               interactive=True, elem_id="axon-scrub")
-            table = gr.Dataframe(pd.DataFrame(columns=TABLE_COLUMNS), label="Top features (newest token)",
+            table = gr.Dataframe(pd.DataFrame(columns=TABLE_COLUMNS), label="Top features (latest token)",
                                  interactive=False, wrap=True, max_height=300, elem_classes=FULL)
             embed_open = gr.HTML("", elem_classes=["axon-embed-only"])
         with gr.Column(scale=3, min_width=360):
@@ -656,7 +656,7 @@ with gr.Blocks(title="AXON", delete_cache=(int(EXPORT_MAX_AGE), int(EXPORT_MAX_A
     with gr.Row(elem_classes=FULL):
         json_btn = gr.Button("Download run (JSON)", interactive=False, size="sm")
         html_btn = gr.Button("Download graph (standalone HTML)", interactive=False, size="sm")
-        link_box = gr.Textbox(show_label=False, placeholder="Copy link puts a link to this run here",
+        link_box = gr.Textbox(label="Share link", placeholder="Copy link puts a link to this run here",
                               buttons=["copy"], interactive=False, scale=3)
     # the files behind the two buttons, written on demand, then fetched by a click from the page
     json_file = gr.DownloadButton("json", elem_id="axon-dl-json", elem_classes=["axon-hidden"])

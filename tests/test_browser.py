@@ -506,8 +506,10 @@ def steer_and_compare(page, spec: str | None = None) -> dict:
 
 
 def test_clicking_a_token_rings_its_features(steer_page, app):
+    """A click on a token shows the graph as it was then: that token's features
+    ringed, only features seen by then drawn."""
     page = steer_page.page
-    before = page.evaluate(ACTIVE)
+    before, drawn_before = page.evaluate(ACTIVE), page.evaluate(DRAWN)
     tok = page.locator(".axon-text").first.locator(".tok.gen").first
     position = int(tok.get_attribute("data-pos"))
     tok.click()
@@ -529,7 +531,9 @@ def test_clicking_a_token_rings_its_features(steer_page, app):
     assert [t["text"] for t in run["tokens"]] == [t.replace("↵", "\n") for t in steer_page.plain]
     token = next(t for t in run["tokens"] if t["position"] == position)
     expected = {f["index"] for f in token["features"]} & set(drawn)
-    last = {f["index"] for f in run["tokens"][-1]["features"]} & set(drawn)
+    last = {f["index"] for f in run["tokens"][-1]["features"]} & set(drawn_before)
+    seen_by_then = {f["index"] for t in run["tokens"] if t["position"] <= position for f in t["features"]}
+    assert set(drawn) <= seen_by_then and set(drawn) == seen_by_then & set(drawn_before)
     print(f"\nclicked token {position} {token['text']!r}: rings {len(before)} -> {len(after)} features "
           f"({sorted(after)[:8]}...)")
     assert set(before) == last  # the latest token's, before the click
