@@ -32,14 +32,15 @@ import plotly  # noqa: E402
 import spaces  # noqa: E402
 
 from axon_core.edges import EDGE_KINDS  # noqa: E402
-from axon_core.engine import Engine  # noqa: E402
+from axon_core.engine import Engine, LiveRun  # noqa: E402
 from axon_core.figure import to_json  # noqa: E402
 from axon_core.catalogue import DEFAULT_MODEL, DEFAULT_RELEASE, DEFAULT_SAE_ID, load_catalogue  # noqa: E402
-from axon_core.generation import GenerationSettings, PromptError  # noqa: E402
+from axon_core.generation import GenerationSettings, PromptError, encode_prompt, generate  # noqa: E402
 from axon_core.labels import LabelService  # noqa: E402
 from axon_core.loading import LoadError, PairCache  # noqa: E402
 from axon_core.session import RunSession, SessionRuns, comparison_html  # noqa: E402
 from axon_core.share import Limits, base_url_for, build_link, parse_query  # noqa: E402
+from axon_core.steering import steering_edit  # noqa: E402
 
 log = logging.getLogger("axon")
 HERE = Path(__file__).resolve().parent
@@ -84,10 +85,9 @@ TABLE_COLUMNS = ["feature", "label", "activation", "peak", "tokens", "attributio
 CATALOGUE = load_catalogue()
 PAIRS = PairCache()
 LABELS = LabelService()
-# The one engine: steps every session's run. Off ZeroGPU it has its own thread;
-# on ZeroGPU each view drives its run inside its @spaces.GPU call (Engine.pump).
-ENGINE = Engine(max_run_seconds=MAX_RUN_SECONDS, threaded=not ZERO_GPU,
-                batch=os.environ.get("AXON_BATCH", "auto"),
+# The one engine: its thread steps every session's run (off ZeroGPU; on ZeroGPU
+# each view computes its own run inside one @spaces.GPU call: gpu_steps).
+ENGINE = Engine(max_run_seconds=MAX_RUN_SECONDS, batch=os.environ.get("AXON_BATCH", "auto"),
                 replay_bytes=int(_env_number("AXON_REPLAY_MB", 16, 0)) << 20)
 STARTUP_ERROR: str | None = None
 try:  # ZeroGPU expects the model loaded at import
@@ -184,17 +184,20 @@ def _failure(message: str, run=None):
     return [gr.skip(), gr.skip(), gr.skip(), status_line(run, message), run] + [gr.skip()] * 6
 
 
-def _view(run: RunSession, live):
+def _view(run: RunSession, live, pull=None):
     """Frames of ``live`` at the view's own cadence: at most one per
     FRAME_INTERVAL, only when there are new steps (or new labels); a replayed run
-    is revealed at the pace it was computed. The engine never waits on this."""
+    is revealed at the pace it was computed. The engine never waits on this.
+    ``pull`` (ZeroGPU) computes the next steps in this thread instead."""
     run.follow(live)
     last = float("-inf")
     while not run.caught_up:
         if live.finished:  # a paced replay, or the last steps of a run that just ended
             time.sleep(min(FRAME_INTERVAL, run.next_due()))
+        elif pull is not None:
+            pull()
         else:
-            ENGINE.pump(live, FRAME_INTERVAL)  # waits for new steps (or, on ZeroGPU, computes them)
+            live.wait(len(run.steps), FRAME_INTERVAL)  # new steps, or the frame interval
         pause = last + FRAME_INTERVAL - time.monotonic()
         if pause > 0:
             time.sleep(pause)
@@ -217,7 +220,46 @@ def _label_tail(run: RunSession):
             yield True
 
 
-@spaces.GPU(duration=120)
+GPU_SECONDS = int(min(MAX_RUN_SECONDS, 120))  # one ZeroGPU call computes one whole run
+
+
+@spaces.GPU(duration=GPU_SECONDS)
+def gpu_steps(release: str, sae_id: str, prompt: str, settings: GenerationSettings, steer: tuple = ()):
+    """ZeroGPU's path: one run computed inside one GPU call (a worker process
+    there), yielding plain TokenSteps, which cross its process boundary
+    (pickled); frames are drawn by the caller. Off ZeroGPU the engine computes
+    runs and this is not used."""
+    pair = PAIRS.get(release, sae_id)
+    edit = steering_edit(pair.sae, steer) if steer else None
+    deadline = time.monotonic() + GPU_SECONDS - 5
+    for step in generate(pair, prompt, settings, edit):
+        yield step
+        if time.monotonic() > deadline:
+            return
+
+
+def _gpu_live(pair, req, meta, steer):
+    """A LiveRun fed by :func:`gpu_steps` in the caller's thread, and the
+    function that feeds it for about one frame interval."""
+    live = LiveRun(None, meta, req.settings, steer)
+    live.started, live.state = time.monotonic(), "running"
+    steps = gpu_steps(pair.choice.release, pair.choice.sae_id, req.prompt, req.settings, steer)
+
+    def pull():
+        deadline = time.monotonic() + FRAME_INTERVAL
+        try:
+            while time.monotonic() < deadline:
+                step = next(steps)
+                live._append([step], new_token=not step.is_prompt)
+        except StopIteration:
+            live._end("done")
+        except Exception as err:  # noqa: BLE001 - the run fails, the app goes on
+            log.exception("GPU run failed")
+            live._end("failed", error=f"Generation failed ({type(err).__name__}); the app is still running.")
+
+    return live, pull
+
+
 def run_generation(prompt, model, release, sae_id, temperature, top_k, top_p, repetition_penalty,
                    max_tokens, seed, feature_k, threshold, steer="", edge_kind="npmi", at=None,
                    progress=gr.Progress()):
@@ -247,17 +289,24 @@ def run_generation(prompt, model, release, sae_id, temperature, top_k, top_p, re
     kind = edge_kind if isinstance(edge_kind, str) and edge_kind in EDGE_KINDS else "npmi"
     run = RunSession({**meta, "steer": req.steer}, req.settings, LABELS, w_dec=pair.sae.W_dec, edge_kind=kind,
                      frame_interval=FRAME_INTERVAL)
-    lives = []
+    lives, pulls = [], [None, None]
     try:
         try:
-            lives.append(ENGINE.submit(pair, req.prompt, req.settings, req.steer, meta))
-            if req.steer:  # the plain run, computed alongside (or already cached)
-                lives.append(ENGINE.submit(pair, req.prompt, req.settings, (), meta))
+            if ZERO_GPU:  # checked here, before a GPU call is spent on them
+                encode_prompt(pair.model, req.prompt)
+                steering_edit(pair.sae, req.steer)
+                for i, steer in enumerate([req.steer, ()] if req.steer else [req.steer]):
+                    live, pulls[i] = _gpu_live(pair, req, meta, steer)
+                    lives.append(live)
+            else:
+                lives.append(ENGINE.submit(pair, req.prompt, req.settings, req.steer, meta))
+                if req.steer:  # the plain run, computed alongside (or already cached)
+                    lives.append(ENGINE.submit(pair, req.prompt, req.settings, (), meta))
         except (PromptError, ValueError) as err:  # ValueError: a steering spec this SAE cannot take
             yield _failure("; ".join([str(err)] + notices), run)
             return
         live = lives[0]
-        yield from _view(run, live)
+        yield from _view(run, live, pulls[0])
         if live.state == "failed":
             yield _failure(live.error or "Generation failed.", run)
             return
@@ -265,7 +314,10 @@ def run_generation(prompt, model, release, sae_id, temperature, top_k, top_p, re
         if req.steer:
             plain_live = lives[1]
             while not plain_live.finished:
-                ENGINE.pump(plain_live, FRAME_INTERVAL)
+                if pulls[1] is not None:
+                    pulls[1]()
+                else:
+                    plain_live.wait(len(plain_live.steps), FRAME_INTERVAL)
             plain = RunSession(meta, req.settings, LABELS)
             for step in plain_live.steps:
                 plain.add(step)
@@ -282,8 +334,9 @@ def run_generation(prompt, model, release, sae_id, temperature, top_k, top_p, re
         log.exception("generation failed")
         yield _failure(f"Generation failed ({type(err).__name__}); the app is still running.", run)
     finally:
-        for live in lives:
-            ENGINE.release(live)
+        if not ZERO_GPU:
+            for live in lives:
+                ENGINE.release(live)
         run.compact()
 
 

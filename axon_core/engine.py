@@ -17,9 +17,9 @@ Views never wait on the engine for anything but new steps, and the engine
 never waits on a view: frames are built in the viewer's own thread at its own
 cadence (see :mod:`axon_core.session`).
 
-On ZeroGPU, GPU work may only happen inside a ``@spaces.GPU`` call, so there
-the engine runs without a thread (``threaded=False``) and each viewer drives
-its own run with :meth:`Engine.pump` from inside its decorated handler.
+On ZeroGPU, GPU work may only happen inside a ``@spaces.GPU`` call (in a
+worker process, per call), so there the app does not use the engine: each
+view computes its run inside one decorated call (see app.py, ``gpu_steps``).
 
 Worked example::
 
@@ -36,7 +36,6 @@ Worked example::
 
 from __future__ import annotations
 
-import itertools
 import logging
 import threading
 import time
@@ -199,9 +198,9 @@ def request_key(pair, prompt: str, settings: GenerationSettings, steer: tuple) -
 class Engine:
     """Steps every live run; one per process, shared by all sessions (thread-safe)."""
 
-    def __init__(self, max_run_seconds: float = 180.0, threaded: bool = True, batch: str = "auto",
+    def __init__(self, max_run_seconds: float = 180.0, batch: str = "auto",
                  replay_bytes: int = 64 << 20, replay_ttl: float = 3600.0, recent: int = 64):
-        self.max_run_seconds, self.threaded = float(max_run_seconds), threaded
+        self.max_run_seconds = float(max_run_seconds)
         self.chooser = BatchChooser(batch)
         self.counters = EngineCounters()
         self._lock = threading.Lock()
@@ -211,10 +210,8 @@ class Engine:
         self._replay = cachetools.TTLCache(maxsize=replay_bytes, ttl=replay_ttl, getsizeof=LiveRun.nbytes)
         self._recent: deque[LiveRun] = deque(maxlen=recent)
         self._stop = False
-        self._thread: threading.Thread | None = None
-        if threaded:
-            self._thread = threading.Thread(target=self._loop, name="axon-engine", daemon=True)
-            self._thread.start()
+        self._thread = threading.Thread(target=self._loop, name="axon-engine", daemon=True)
+        self._thread.start()
 
     # ---- sessions ------------------------------------------------------------
 
@@ -259,17 +256,6 @@ class Engine:
             run.viewers = max(0, run.viewers - 1)
             self._wake.notify_all()
 
-    def pump(self, run: LiveRun, budget: float = 0.1) -> None:
-        """Step ``run`` in the caller's thread for about ``budget`` seconds (for
-        ZeroGPU, where GPU work must happen inside the caller's ``@spaces.GPU``
-        call). Does nothing when the engine has its own thread."""
-        if self.threaded:
-            run.wait(len(run.steps), budget)
-            return
-        deadline = time.monotonic() + budget
-        while not run.finished and time.monotonic() < deadline:
-            self._turn([run])
-
     def stats(self) -> dict[str, Any]:
         """Counters, the batching table, and recent runs' step counts and times
         (for tests and the crowd benchmark; no prompts or other content)."""
@@ -287,8 +273,7 @@ class Engine:
         with self._lock:
             self._stop = True
             self._wake.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        self._thread.join(timeout=5)
 
     # ---- the loop --------------------------------------------------------------
 
@@ -419,5 +404,3 @@ class Engine:
                 except ValueError:  # larger than the whole cache
                     pass
 
-
-_ids = itertools.count()

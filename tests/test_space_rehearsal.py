@@ -325,21 +325,35 @@ def app_in_process(offline_hub, tmp_path_factory):
     return sys.modules["app"]
 
 
-@pytest.mark.xfail(reason="app.run_generation yields the RunSession (gr.State), which holds the LabelService "
-                          "(threads, locks, SQLite) and cannot be pickled; ZeroGPU pickles every frame", strict=False)
-def test_generation_frames_can_cross_zerogpus_process_boundary(app_in_process):
+def test_what_crosses_zerogpus_process_boundary_pickles(app_in_process):
     """On ZeroGPU a ``@spaces.GPU`` generator runs in a forked worker and every
     value it yields is pickled back to the server process (spaces.zero.wrappers:
-    a PicklingError ends the run with "ZeroGPU worker error"). So every frame of
-    the GPU-decorated generation must pickle."""
-    frames = list(app_in_process.run_generation(*GENERATE_ARGS[:8], 2, *GENERATE_ARGS[9:]))
-    assert len(frames) >= 2
-    for i, frame in enumerate(frames):
-        try:
-            pickle.dumps(frame)
-        except Exception as err:  # noqa: BLE001 - which output, and why
-            bad = [j for j, v in enumerate(frame) if not _picklable(v)]
-            pytest.fail(f"frame {i}: outputs {bad} cannot be pickled ({type(err).__name__}: {err})")
+    a PicklingError ends the run with "ZeroGPU worker error"). The app's GPU
+    function (``gpu_steps``) yields plain TokenSteps: each must pickle, and they
+    must be the run itself."""
+    from axon_core.generation import GenerationSettings, generate
+
+    app = app_in_process
+    settings = GenerationSettings(max_new_tokens=4, seed=5)
+    steps = list(app.gpu_steps("gpt2-small-res-jb", "blocks.8.hook_resid_pre", "The capital of France is", settings))
+    assert [pickle.loads(pickle.dumps(s)) for s in steps] == steps
+    pair = app.PAIRS.get("gpt2-small-res-jb", "blocks.8.hook_resid_pre")
+    assert steps == list(generate(pair, "The capital of France is", settings))
+
+
+def test_zerogpu_path_streams_the_same_run_as_the_engine(app_in_process, monkeypatch):
+    """The ZeroGPU path (each view computes its run inside one GPU call, frames
+    drawn outside it) streams several frames and ends with the same run JSON as
+    the engine's path; steering works there too."""
+    app = app_in_process
+    args = GENERATE_ARGS[:8] + [120, 21] + GENERATE_ARGS[10:]
+    with contextlib.redirect_stdout(io.StringIO()):
+        engine_run = list(app.run_generation(*args))[-1][5]
+        monkeypatch.setattr(app, "ZERO_GPU", True)
+        frames = list(app.run_generation(*args))
+        steered = list(app.run_generation(*args[:12], "3:40", "npmi"))[-1]
+    assert len(frames) >= 2 and frames[-1][5]["tokens"] == engine_run["tokens"]
+    assert "first divergence" in steered[9] or "identical texts" in steered[9]
 
 
 def _picklable(value) -> bool:
