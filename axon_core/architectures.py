@@ -61,6 +61,12 @@ _ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 _INITIAL_CAPACITY = 256  # KV positions allocated at first; doubled as a run grows
 
 
+def _same_plain_norm(a: "Norm | None", b: "Norm | None") -> bool:
+    """Both norms compute the same thing and have no weights (so one output serves both)."""
+    return (a is not None and b is not None and a.w is None and a.b is None and b.w is None
+            and b.b is None and a.kind == b.kind and a.eps == b.eps)
+
+
 def _softcap(x: torch.Tensor, cap: float | None) -> torch.Tensor:
     return x if cap is None or cap <= 0 else cap * torch.tanh(x / cap)
 
@@ -117,6 +123,11 @@ class FamilyBlock:
     W_out: torch.Tensor
     b_out: torch.Tensor
     ln2_post: Norm | None
+    # Parallel blocks whose two norms are the same weightless norm (GPT-NeoX after
+    # fold_ln): Q/K/V and the MLP input read the same normalised residual, so they
+    # are one matrix [d_model, (H + 2·Hkv)·d_head + d_mlp] (W_qkv and W_in are views of it).
+    W_qkv_in: torch.Tensor | None = None
+    b_qkv_in: torch.Tensor | None = None
 
 
 @dataclass
@@ -229,7 +240,7 @@ class FamilyWeights:
                     W_in = torch.cat([mlp.W_gate, mlp.W_in], 1).contiguous()
                 else:
                     W_in = mlp.W_in.detach()
-                blocks.append(
+                block = (
                     FamilyBlock(
                         ln1=Norm.of(blk.ln1, cfg.eps),
                         W_qkv=torch.cat([cols(att.W_Q), cols(W_K), cols(W_V)], 1).contiguous().detach(),
@@ -250,6 +261,12 @@ class FamilyWeights:
                         ln2_post=Norm.of(blk.ln2_post, cfg.eps) if cfg.use_normalization_before_and_after else None,
                     )
                 )
+                if cfg.parallel_attn_mlp and not cfg.gated_mlp and _same_plain_norm(block.ln1, block.ln2):
+                    n_qkv = block.W_qkv.shape[1]
+                    block.W_qkv_in = torch.cat([block.W_qkv, block.W_in], 1).contiguous()
+                    block.b_qkv_in = torch.cat([block.b_qkv, block.b_in])
+                    block.W_qkv, block.W_in = block.W_qkv_in[:, :n_qkv], block.W_qkv_in[:, n_qkv:]
+                blocks.append(block)
         soft = lambda c: float(c) if c is not None and c > 0 else None  # noqa: E731
         return cls(
             n_heads=h,
@@ -276,7 +293,8 @@ class FamilyWeights:
         """Bytes of weights one step reads (blocks + unembedding): the read floor's numerator."""
         total = self.W_U.numel() * self.W_U.element_size()
         for b in self.blocks:
-            for t in (b.W_qkv, b.W_O, b.W_in, b.W_out):
+            fused = (b.W_qkv_in,) if b.W_qkv_in is not None else (b.W_qkv, b.W_in)
+            for t in (*fused, b.W_O, b.W_out):
                 total += t.numel() * t.element_size()
         return total
 
@@ -362,7 +380,12 @@ class FamilyStepper:
         for layer, b in enumerate(w.blocks):
             x = self._at_hook(layer, "hook_resid_pre", x, out)
             hn = b.ln1(x)[0] if b.ln1 is not None else x
-            qkv = torch.addmm(b.b_qkv, hn, b.W_qkv)
+            mlp_pre = None
+            if b.W_qkv_in is not None:  # one pass over Q/K/V and the MLP input
+                both = torch.addmm(b.b_qkv_in, hn, b.W_qkv_in)
+                qkv, mlp_pre = both[:, : (h + 2 * hkv) * dh], both[:, (h + 2 * hkv) * dh :]
+            else:
+                qkv = torch.addmm(b.b_qkv, hn, b.W_qkv)
             q = qkv[:, : h * dh].view(n, h, dh)
             k = qkv[:, h * dh : (h + hkv) * dh].view(n, hkv, dh)
             v = qkv[:, (h + hkv) * dh :].view(n, hkv, dh)
@@ -370,8 +393,12 @@ class FamilyStepper:
                 q, k = b.q_norm(q)[0], b.k_norm(k)[0]
             if b.rot >= 0:
                 cos, sin = w.rotary[b.rot]
-                q = self._rotate(q, cos[start:end], sin[start:end])
-                k = self._rotate(k, cos[start:end], sin[start:end])
+                if b.q_norm is None:  # q and k side by side in qkv: rotate both at once
+                    qk = self._rotate(qkv[:, : (h + hkv) * dh].view(n, h + hkv, dh), cos[start:end], sin[start:end])
+                    q, k = qk[:, :h], qk[:, h:]
+                else:
+                    q = self._rotate(q, cos[start:end], sin[start:end])
+                    k = self._rotate(k, cos[start:end], sin[start:end])
             self.keys[layer, :, start:end] = k.transpose(0, 1)
             self.values[layer, :, start:end] = v.transpose(0, 1)
             first = 0 if b.window is None or n > 1 else max(0, end - b.window)
@@ -396,12 +423,15 @@ class FamilyStepper:
             else:
                 x = self._at_hook(layer, "hook_resid_mid", x + attn_out, out)
                 mlp_in = x
-            hn = b.ln2(mlp_in)[0] if b.ln2 is not None else mlp_in
-            if w.gated:
+            if mlp_pre is not None:
+                post = w.act(mlp_pre)
+            elif w.gated:
+                hn = b.ln2(mlp_in)[0] if b.ln2 is not None else mlp_in
                 gate_in = hn @ b.W_in
                 d_mlp = gate_in.shape[-1] // 2
                 post = w.act(gate_in[:, :d_mlp]) * gate_in[:, d_mlp:] + b.b_in
             else:
+                hn = b.ln2(mlp_in)[0] if b.ln2 is not None else mlp_in
                 post = w.act(torch.addmm(b.b_in, hn, b.W_in))
             mlp_out = torch.addmm(b.b_out, post, b.W_out)
             if b.ln2_post is not None:

@@ -24,7 +24,7 @@ and enough free memory; otherwise on a small ``HookedTransformerConfig`` with
 the same flags (RMSNorm before and after each sublayer, GQA, attention and
 logit soft caps, local/global layers), and the output says which.
 
-Usage: ``python benchmarks/families.py [--reps 3] [--full] [--hub DIR] [--gemma2-real]``
+Usage: ``python benchmarks/families.py [--reps 3] [--full] [--hub DIR] [--threads N] [--gemma2-real]``
 The last line is machine-readable:
 ``families: pythia_ms=… pythia_floor_ratio=… pythia_speedup=… gemma3_ms=… gemma3_floor_ratio=… gemma3_speedup=… gemma2_exact=… pythia_exact=… gemma3_exact=…``
 """
@@ -53,6 +53,9 @@ def parse_args():
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--full", action="store_true", help="run the whole 100-token AXON-style loop")
     ap.add_argument("--hub", help="reuse a hub written by a previous run")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch intra-op threads (default: torch's choice). On a shared machine 1 is steadier: "
+                    "with 2 threads and another busy process, each small op waits at a thread barrier")
     ap.add_argument("--gemma2-real", action="store_true",
                     help="write and load the real-size gemma-2-2b (needs ≈24 GB free)")
     return ap.parse_args()
@@ -231,7 +234,9 @@ def main() -> None:
 
     from axon_core.loading import PairCache, _available_memory_bytes
 
-    print(f"torch threads={torch.get_num_threads()}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"torch threads={torch.get_num_threads()} (every figure below, floor included, uses them)")
     bandwidth = read_bandwidth()
     print(f"sum() read bandwidth {bandwidth / 1e9:.1f} GB/s")
     res = {}
