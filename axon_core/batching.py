@@ -50,8 +50,31 @@ def step_batch(steppers: list[FastStepper], token_ids: list[int]) -> list[StepOu
     for r, s in enumerate(steppers):
         hooks.setdefault((s.layer, s.site), []).append(r)
     acts: list[torch.Tensor | None] = [None] * n_runs
+    # rows that read extra hooks (StepOutput.extra), by hook point
+    taps: dict[tuple[int, str], list[tuple[int, list[str]]]] = {}
+    for r, s in enumerate(steppers):
+        for point, names in getattr(s, "taps", {}).items():
+            taps.setdefault(point, []).append((r, names))
+    extra: list[dict[str, torch.Tensor]] = [{} for _ in range(n_runs)]
 
     def at_hook(layer: int, site: str, x: torch.Tensor) -> torch.Tensor:
+        if taps:
+            x = at_primary(layer, site, x)
+            for r, names in taps.get((layer, site), ()):
+                s = steppers[r]
+                if any(s.extra_edits.get(name) is not None for name in names):
+                    x = x.clone()
+                    row = x[r: r + 1]
+                    for name in names:
+                        if s.extra_edits.get(name) is not None:
+                            row = s.extra_edits[name](row)
+                    x[r: r + 1] = row
+                for name in names:
+                    extra[r][name] = x[r: r + 1].clone()
+            return x
+        return at_primary(layer, site, x)
+
+    def at_primary(layer: int, site: str, x: torch.Tensor) -> torch.Tensor:
         rows = hooks.get((layer, site))
         if not rows:
             return x
@@ -90,5 +113,5 @@ def step_batch(steppers: list[FastStepper], token_ids: list[int]) -> list[StepOu
         s.length += 1
     normed, scales = _layer_norm(x, *w.ln_final, w.eps)
     logits = torch.addmm(w.b_U, normed, w.W_U)
-    return [StepOutput(acts=acts[r], last_logits=logits[r], final_scale=scales[r: r + 1, 0])
+    return [StepOutput(acts=acts[r], last_logits=logits[r], final_scale=scales[r: r + 1, 0], extra=extra[r])
             for r in range(n_runs)]

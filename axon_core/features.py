@@ -28,11 +28,16 @@ class FeatureHit:
     chosen *after* this position (see :func:`direct_logit_attribution`), or
     ``None`` where there is no next token or the SAE's decoder does not write
     into the residual stream (e.g. ``hook_z`` SAEs).
+
+    ``layer`` is the block of the SAE's hook point (8 for
+    ``blocks.8.hook_resid_pre``) in a run that reads several SAEs, so that
+    ``(layer, index)`` names a feature; ``None`` in a run of one SAE.
     """
 
     index: int
     activation: float
     attribution: float | None = None
+    layer: int | None = None
 
 
 def top_features(acts: torch.Tensor, k: int, threshold: float) -> list[tuple[int, float]]:

@@ -17,6 +17,12 @@ token chosen from this position (the next prompt token, or the sampled one).
 ``prob`` is the probability the model gave this token when it was sampled.
 The BOS token is fed to the model but not reported.
 
+Several SAEs, one forward: ``Generation(pair, prompt, settings, extra=[pair_2, pair_5])``
+(other SAEs of the same model, as :class:`~axon_core.loading.LoadedPair` or
+:class:`LayerSae`) reads every SAE's hook point in the same KV-cached forward;
+each step's ``features`` then holds the hits of every SAE, the primary's first,
+each with its ``layer`` (the block of its hook point; ``None`` in a run of one SAE).
+
 Prompts are tokenized exactly as TransformerLens does: ``<|endoftext|>`` typed
 literally becomes GPT-2's special token 50256 (a document boundary, shown as
 ``<|endoftext|>``), and only a *generated* one ends the run (``stop_at_eos``).
@@ -28,10 +34,11 @@ a top_p below ``1e-6`` keeps only the most likely token, as ``1e-6`` does.
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
 import weakref
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 
@@ -70,6 +77,49 @@ class TokenStep:
     sampled_prob: float | None = None  # probability under the sampling distribution used
     notice: str | None = None  # e.g. "stopped: context window full"
     display: str | None = None  # what to show: whole characters (see GlyphJoiner); None → text
+
+
+_LAYER = re.compile(r"^blocks\.(\d+)\.")
+
+
+def hook_layer(hook_name: str) -> int | None:
+    """The block a hook point belongs to (``blocks.8.hook_resid_pre`` → 8), or None."""
+    m = _LAYER.match(hook_name or "")
+    return int(m.group(1)) if m else None
+
+
+@dataclass(frozen=True, eq=False)
+class LayerSae:
+    """One SAE a run reads, at its hook point: what :class:`Generation` (``extra``)
+    and :mod:`axon_core.depth` need of a :class:`~axon_core.loading.LoadedPair`.
+
+    >>> LayerSae.of(pairs.get("gpt2-small-res-jb", "blocks.5.hook_resid_pre")).layer
+    5
+    """
+
+    sae: Any  # sae_lens.SAE
+    hook_name: str
+    neuronpedia_id: str | None = None
+    release: str | None = None
+    sae_id: str | None = None
+
+    @property
+    def layer(self) -> int | None:
+        return hook_layer(self.hook_name)
+
+    @classmethod
+    def of(cls, source: Any) -> "LayerSae":
+        """A LayerSae from a LoadedPair (or anything with ``sae`` and ``hook_name``)."""
+        if isinstance(source, LayerSae):
+            return source
+        choice = getattr(source, "choice", None)
+        return cls(source.sae, source.hook_name, getattr(source, "neuronpedia_id", None),
+                   getattr(choice, "release", None), getattr(choice, "sae_id", None))
+
+    def describe(self) -> dict[str, Any]:
+        """Plain values naming this SAE (for an export's meta)."""
+        return {"release": self.release, "sae_id": self.sae_id, "hook_name": self.hook_name,
+                "layer": self.layer, "neuronpedia_id": self.neuronpedia_id}
 
 
 MIN_TEMPERATURE = 1e-6  # below this (or NaN) sampling is greedy
@@ -120,27 +170,29 @@ def _features(pair, acts: torch.Tensor, settings: GenerationSettings) -> list[li
     return [top_features(row, settings.feature_k, settings.activation_threshold) for row in encoded]
 
 
-def _attribution_setup(pair):
+def _attribution_setup(pair, sae=None, hook_name: str | None = None):
     """What :func:`direct_logit_attribution` needs, or None when the SAE's
     decoder does not write into the residual stream (e.g. hook_z)."""
-    model, sae = pair.model, pair.sae
-    if sae.W_dec.shape[-1] != model.cfg.d_model or "hook_z" in pair.hook_name:
+    model = pair.model
+    sae = pair.sae if sae is None else sae
+    hook_name = pair.hook_name if hook_name is None else hook_name
+    if sae.W_dec.shape[-1] != model.cfg.d_model or "hook_z" in hook_name:
         return None
     norm = model.cfg.normalization_type or ""
     ln_w = getattr(model.ln_final, "w", None) if norm in ("LN", "RMS") else None
     return {"centre": norm.startswith("LN"), "ln_weight": ln_w}
 
 
-def _hits(pair, feats, next_id, scale, setup) -> tuple[FeatureHit, ...]:
+def _hits(pair, feats, next_id, scale, setup, sae=None, layer: int | None = None) -> tuple[FeatureHit, ...]:
     if not feats:
         return ()
     idx, acts = [i for i, _ in feats], [a for _, a in feats]
     if next_id is None or setup is None:
-        return tuple(FeatureHit(i, a) for i, a in feats)
+        return tuple(FeatureHit(i, a, None, layer) for i, a in feats)
     attr = direct_logit_attribution(
-        idx, acts, pair.sae.W_dec, pair.model.W_U[:, next_id], float(scale), **setup
+        idx, acts, (pair.sae if sae is None else sae).W_dec, pair.model.W_U[:, next_id], float(scale), **setup
     )
-    return tuple(FeatureHit(i, a, t) for i, a, t in zip(idx, acts, attr))
+    return tuple(FeatureHit(i, a, t, layer) for i, a, t in zip(idx, acts, attr))
 
 
 class Generation:
@@ -154,6 +206,11 @@ class Generation:
     that loop for one run. Raises :class:`PromptError` at construction if the
     prompt cannot run.
 
+    ``extra``: more SAEs of the same model (LoadedPairs or :class:`LayerSae`,
+    at most one per layer) read in the same forward; ``extra_edits`` optionally
+    edits their hook points (``{hook_name: edit}``, e.g. steering at another
+    layer). :attr:`saes` lists every SAE read, the primary first.
+
     Worked example::
 
         g = Generation(pair, "The capital of France is", GenerationSettings(max_new_tokens=2))
@@ -163,9 +220,13 @@ class Generation:
             steps.append(g.advance(out))        # 2 new tokens
     """
 
-    def __init__(self, pair, prompt: str, settings: GenerationSettings, edit=None, stepper=None):
+    def __init__(self, pair, prompt: str, settings: GenerationSettings, edit=None, stepper=None,
+                 extra: Sequence[Any] = (), extra_edits: Mapping[str, Any] | None = None):
         self.pair, self.settings = pair, settings
         model = pair.model
+        self.saes: tuple[LayerSae, ...] = (LayerSae.of(pair), *(LayerSae.of(x) for x in extra))
+        _check_saes(pair, extra, self.saes)
+        self.layered = len(self.saes) > 1  # hits carry their layer
         self.prepend_bos = bool(getattr(pair.sae.cfg.metadata, "prepend_bos", True))
         self.tokens = encode_prompt(model, prompt, self.prepend_bos).to(pair.device)
         n, self.n_ctx = self.tokens.shape[0], model.cfg.n_ctx
@@ -173,11 +234,14 @@ class Generation:
         self.cut_short = self.budget < settings.max_new_tokens
         self.eos = getattr(model.tokenizer, "eos_token_id", None)
         self.stepper = stepper or make_stepper(model, pair.hook_name, edit, pair.fast_weights,
-                                               capacity=n + self.budget)
+                                               capacity=n + self.budget,
+                                               extra_hooks=[s.hook_name for s in self.saes[1:]],
+                                               extra_edits=extra_edits)
         self.lock = _forward_lock(model, self.stepper)
         self.rng = torch.Generator().manual_seed(int(settings.seed))
         self.history = self.tokens.tolist()
         self.setup = _attribution_setup(pair)
+        self.extra_setups = [_attribution_setup(pair, s.sae, s.hook_name) for s in self.saes[1:]]
         self.glyphs = GlyphJoiner(model.tokenizer)
         # logits / T overflows float32 for a tiny T (1e-320 is a valid link value): sample greedily.
         self.temperature = settings.temperature if settings.temperature >= MIN_TEMPERATURE else 0.0
@@ -199,12 +263,26 @@ class Generation:
         """Top features of each row of hook activations (``sae.encode``, top-k, threshold)."""
         return _features(self.pair, acts, self.settings)
 
+    def extra_features(self, out) -> list[list[list[tuple[int, float]]]]:
+        """Top features of each extra SAE (in :attr:`saes` order, primary
+        excluded) for each row of ``out.extra`` (a StepOutput)."""
+        return [_features(s, out.extra[s.hook_name], self.settings) for s in self.saes[1:]]
+
+    def _all_hits(self, feats, extra_feats, p: int, next_id, scale) -> tuple[FeatureHit, ...]:
+        """Hits of every SAE at row ``p``: the primary's first, then each extra's."""
+        hits = _hits(self.pair, feats, next_id, scale, self.setup, None,
+                     self.saes[0].layer if self.layered else None)
+        for s, setup, rows in zip(self.saes[1:], self.extra_setups, extra_feats):
+            hits += _hits(self.pair, rows[p], next_id, scale, setup, s.sae, s.layer)
+        return hits
+
     @torch.inference_mode()
     def start(self) -> list[TokenStep]:
         """The prompt pass (one batched forward); returns the prompt's steps."""
         with self.lock:
             out = self.stepper.step(self.tokens)
         feats = self.features(out.acts)
+        extra_feats = self.extra_features(out)
         self._next = self._choose(out.last_logits) if self.budget else None
         n, history = self.tokens.shape[0], self.history
         steps = []
@@ -213,7 +291,7 @@ class Generation:
             last = p == n - 1 and self._next is None
             steps.append(TokenStep(
                 position=p, token_id=history[p], text=self._text(history[p]), is_prompt=True,
-                features=_hits(self.pair, feats[p], next_id, out.final_scale[p], self.setup),
+                features=self._all_hits(feats[p], extra_feats, p, next_id, out.final_scale[p]),
                 next_token_id=next_id, notice=self.context_notice if last and self.cut_short else None,
                 display=self.glyphs.push(history[p]),
             ))
@@ -226,9 +304,11 @@ class Generation:
         return self._next.token_id
 
     @torch.inference_mode()
-    def advance(self, out, feats: list[tuple[int, float]] | None = None) -> TokenStep:
+    def advance(self, out, feats: list[tuple[int, float]] | None = None,
+                extra_feats: list[list[list[tuple[int, float]]]] | None = None) -> TokenStep:
         """Account for the forward of :attr:`next_input` (``out``, a StepOutput of
-        one position); ``feats`` may be given when computed in a batch."""
+        one position); ``feats`` (the primary SAE's) and ``extra_feats`` (as
+        :meth:`extra_features` returns them) may be given when computed in a batch."""
         cur, i = self._next, self.produced
         self.history.append(cur.token_id)
         self.produced += 1
@@ -242,11 +322,13 @@ class Generation:
             notice = self.context_notice
         if feats is None:
             feats = self.features(out.acts)[0]
+        if extra_feats is None:
+            extra_feats = self.extra_features(out)
         self._next, self.done = nxt, last
         return TokenStep(
             position=self.tokens.shape[0] + i, token_id=cur.token_id, text=self._text(cur.token_id),
             is_prompt=False,
-            features=_hits(self.pair, feats, nxt.token_id if nxt else None, out.final_scale[0], self.setup),
+            features=self._all_hits(feats, extra_feats, 0, nxt.token_id if nxt else None, out.final_scale[0]),
             next_token_id=nxt.token_id if nxt else None,
             prob=cur.prob, sampled_prob=cur.sampled_prob, notice=notice,
             display=self.glyphs.push(cur.token_id),
@@ -258,6 +340,20 @@ class Generation:
         with self.lock:
             out = self.stepper.step(torch.tensor([self.next_input], device=self.pair.device))
         return self.advance(out)
+
+
+def _check_saes(pair, extra: Sequence[Any], saes: tuple[LayerSae, ...]) -> None:
+    """Extra SAEs must read the primary's model, at distinct layers."""
+    for x in extra:
+        model = getattr(x, "model", None)
+        if model is not None and model is not pair.model:
+            raise ValueError(f"SAE at {x.hook_name} belongs to another model than the run's")
+    if len(saes) > 1:
+        layers = [s.layer for s in saes]
+        if None in layers:
+            raise ValueError(f"not a block's hook point: {saes[layers.index(None)].hook_name!r}")
+        if len(set(layers)) != len(layers):
+            raise ValueError(f"at most one SAE per layer: {[s.hook_name for s in saes]}")
 
 
 class GlyphJoiner:

@@ -34,8 +34,8 @@ Worked example::
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Any, Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -59,26 +59,35 @@ class StepOutput:
     acts: torch.Tensor  # [n_new, *hook_shape]: activation at the hook point
     last_logits: torch.Tensor  # [d_vocab]: logits at the last new position
     final_scale: torch.Tensor  # [n_new]: final LayerNorm scale (ones if the model has none)
+    # {hook_name: [n_new, *hook_shape]}: the stepper's ``extra_hooks``, read in the same forward
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def make_stepper(model: Any, hook_name: str, edit: Edit | None = None, weights: "FastWeights | None" = None,
-                 capacity: int | None = None):
+                 capacity: int | None = None, extra_hooks: Sequence[str] = (),
+                 extra_edits: Mapping[str, Edit] | None = None):
     """The fastest exact stepper for ``model`` reading ``hook_name``.
 
     Pass ``weights`` (from :func:`fast_weights_for`, built once per model)
     to avoid re-laying Q/K/V on every run, and ``capacity`` (positions the run
     will hold at most) so a short run does not reserve a whole context's KV cache.
+    ``extra_hooks`` are more hook points read in the same forward (into
+    ``StepOutput.extra``), ``extra_edits`` optional edits at them; a stepper
+    class without ``supports_extra_hooks`` is then passed over.
     """
     from .architectures import FamilyStepper, FamilyWeights
 
-    if _HOOK.match(hook_name):
+    extras = {"extra_hooks": tuple(extra_hooks), "extra_edits": extra_edits} if extra_hooks or extra_edits else {}
+    hooks_ok = all(_HOOK.match(h) for h in (hook_name, *extra_hooks))
+    if hooks_ok:
         if isinstance(weights, FastWeights) or (weights is None and FastWeights.supports(model)):
-            return FastStepper(weights or FastWeights.from_model(model), hook_name, edit, capacity)
-        if isinstance(weights, FamilyWeights) or (weights is None and FamilyWeights.supports(model)):
+            return FastStepper(weights or FastWeights.from_model(model), hook_name, edit, capacity, **extras)
+        if (isinstance(weights, FamilyWeights) or (weights is None and FamilyWeights.supports(model))) and (
+                not extras or getattr(FamilyStepper, "supports_extra_hooks", False)):
             family = weights or FamilyWeights.from_model(model)
-            if not (hook_name.endswith("hook_resid_mid") and family.parallel):
-                return FamilyStepper(family, hook_name, edit, capacity)
-    return TransformerLensStepper(model, hook_name, edit)
+            if not any(h.endswith("hook_resid_mid") for h in (hook_name, *extra_hooks)) or not family.parallel:
+                return FamilyStepper(family, hook_name, edit, capacity, **extras)
+    return TransformerLensStepper(model, hook_name, edit, **extras)
 
 
 def fast_weights_for(model: Any):
@@ -191,17 +200,52 @@ class FastWeights:
         )
 
 
+def _taps(extra_hooks: Sequence[str], extra_edits: Mapping[str, Edit] | None, n_layers: int, who: str):
+    """``{(layer, site): [hook names]}`` for extra hooks, checked (and the edits' hooks among them)."""
+    taps: dict[tuple[int, str], list[str]] = {}
+    for name in extra_hooks:
+        m = _HOOK.match(name)
+        if m is None or int(m.group(1)) >= n_layers:
+            raise ValueError(f"{who} cannot read hook {name!r}")
+        if name not in taps.setdefault((int(m.group(1)), m.group(2)), []):
+            taps[(int(m.group(1)), m.group(2))].append(name)
+    unread = set(extra_edits or {}) - set(extra_hooks)
+    if unread:
+        raise ValueError(f"edits at hooks not among extra_hooks: {sorted(unread)}")
+    return taps
+
+
+def _at_taps(names: list[str], edits: Mapping[str, Edit], x: torch.Tensor, out: dict) -> torch.Tensor:
+    """Apply the extra edits at one hook point and record the result under each name."""
+    for name in names:
+        edit = edits.get(name)
+        if edit is not None:
+            x = edit(x)
+    for name in names:
+        out[name] = x
+    return x
+
+
 class FastStepper:
-    """KV-cached GPT-2 forward over :class:`FastWeights` that stops reporting at one hook."""
+    """KV-cached GPT-2 forward over :class:`FastWeights` that reports one hook
+    (``acts``) and optionally more (``extra_hooks`` → ``StepOutput.extra``), all
+    in the same forward; ``extra_edits`` edit those extra hooks (after
+    ``edit`` where a hook is both)."""
+
+    supports_extra_hooks = True
 
     def __init__(self, weights: FastWeights, hook_name: str, edit: Edit | None = None,
-                 capacity: int | None = None):
+                 capacity: int | None = None, extra_hooks: Sequence[str] = (),
+                 extra_edits: Mapping[str, Edit] | None = None):
         m = _HOOK.match(hook_name)
         if m is None:
             raise ValueError(f"FastStepper cannot read hook {hook_name!r}")
         self.w = weights
         self.layer, self.site = int(m.group(1)), m.group(2)
         self.edit = edit
+        self.extra_hooks = tuple(dict.fromkeys(extra_hooks))
+        self.extra_edits = dict(extra_edits or {})
+        self.taps = _taps(self.extra_hooks, self.extra_edits, len(weights.blocks), "FastStepper")
         n_layers, h, dh = len(weights.blocks), weights.n_heads, weights.d_head
         dtype, device = weights.W_E.dtype, weights.W_E.device
         self.capacity = min(weights.n_ctx, capacity) if capacity else weights.n_ctx
@@ -214,6 +258,10 @@ class FastStepper:
             if self.edit is not None:
                 x = self.edit(x)
             out["acts"] = x
+        if self.taps:
+            names = self.taps.get((layer, site))
+            if names:
+                x = _at_taps(names, self.extra_edits, x, out)
         return x
 
     @torch.inference_mode()
@@ -252,16 +300,25 @@ class FastStepper:
         self.length = end
         normed, scales = _layer_norm(x, *w.ln_final, w.eps)
         logits = torch.addmm(w.b_U, normed[-1:], w.W_U)[0]
-        return StepOutput(acts=out["acts"].clone(), last_logits=logits, final_scale=scales[:, 0])
+        return StepOutput(acts=out["acts"].clone(), last_logits=logits, final_scale=scales[:, 0],
+                          extra={name: out[name].clone() for name in self.extra_hooks})
 
 
 class TransformerLensStepper:
     """TransformerLens's own KV-cached forward, for architectures FastStepper doesn't cover."""
 
-    def __init__(self, model: Any, hook_name: str, edit: Edit | None = None):
+    supports_extra_hooks = True
+
+    def __init__(self, model: Any, hook_name: str, edit: Edit | None = None,
+                 extra_hooks: Sequence[str] = (), extra_edits: Mapping[str, Edit] | None = None):
         from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
         self.model, self.hook_name, self.edit = model, hook_name, edit
+        self.extra_hooks = tuple(dict.fromkeys(extra_hooks))
+        self.extra_edits = dict(extra_edits or {})
+        unread = set(self.extra_edits) - set(self.extra_hooks)
+        if unread:
+            raise ValueError(f"edits at hooks not among extra_hooks: {sorted(unread)}")
         self.cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, batch_size=1)
         self.length = 0
 
@@ -271,16 +328,17 @@ class TransformerLensStepper:
         if self.length + tokens.shape[0] > model.cfg.n_ctx:
             raise ValueError(f"sequence exceeds the model's context of {model.cfg.n_ctx}")
 
-        def grab(name):
+        def grab(name, edit=None):
             def hook(act, hook):
-                if name == "acts" and self.edit is not None:
-                    act = self.edit(act)
+                if edit is not None:
+                    act = edit(act)
                 got[name] = act
                 return act
 
             return hook
 
-        hooks = [(self.hook_name, grab("acts")), ("ln_final.hook_normalized", grab("final"))]
+        hooks = [(self.hook_name, grab("acts", self.edit)), ("ln_final.hook_normalized", grab("final"))]
+        hooks += [(name, grab(("extra", name), self.extra_edits.get(name))) for name in self.extra_hooks]
         if model.cfg.normalization_type in ("LN", "LNPre", "RMS", "RMSPre"):
             hooks.append(("ln_final.hook_scale", grab("scale")))
         batch = tokens[None].to(model.cfg.device)
@@ -291,4 +349,5 @@ class TransformerLensStepper:
         final = got["final"][0, -1]
         logits = final @ model.W_U + model.b_U
         scale = got["scale"][0, :, 0] if "scale" in got else torch.ones(tokens.shape[0])
-        return StepOutput(acts=got["acts"][0].clone(), last_logits=logits, final_scale=scale)
+        return StepOutput(acts=got["acts"][0].clone(), last_logits=logits, final_scale=scale,
+                          extra={name: got[("extra", name)][0].clone() for name in self.extra_hooks})
