@@ -5,10 +5,18 @@ Worked example::
     d = run_to_json(steps, settings, {"model": "gpt2", "release": "gpt2-small-res-jb",
                     "sae_id": "blocks.8.hook_resid_pre", "neuronpedia_id": "gpt2-small/8-res-jb",
                     "versions": {"torch": "2.13.0", "axon": "0.1"}}, graph, labels)
-    d["schema"]                      # 'axon-run/1'
+    d["schema"]                      # 'axon-run/2'
     d["tokens"][0]["features"][0]    # {'index': 7124, 'activation': 6.2, 'attribution': 0.31}
     steps2, settings2, meta2 = run_from_json(orjson.loads(orjson.dumps(d)))
     assert steps2 == steps and settings2 == settings
+
+A run that read several SAEs (``Generation(..., extra=...)``): pass
+``saes=generation.saes`` (written to ``meta["saes"]``: release, sae_id,
+hook_name, layer, neuronpedia_id of each, the primary first); each feature then
+carries its ``"layer"``, and ``labels`` are keyed ``"<layer>:<index>"`` for
+layered features (``layer_labels`` gives each layer's label source; the
+primary's layer falls back to ``label_of``). Schema ``axon-run/2`` adds just
+that to ``axon-run/1``, which :func:`run_from_json` still reads.
     page = standalone_html(figure_dict(snap, pos, labels), "AXON run", generated_text)
 
 ``meta`` is passed through as given (model, release, sae_id, neuronpedia_id and a
@@ -25,7 +33,7 @@ import html
 from dataclasses import asdict, fields
 from functools import lru_cache
 from importlib import resources
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import orjson
 
@@ -33,41 +41,62 @@ from .features import FeatureHit
 from .generation import GenerationSettings, TokenStep
 from .graph import GraphState, LabelSource, label_fn
 
-SCHEMA = "axon-run/1"
+SCHEMA = "axon-run/2"
+READABLE = ("axon-run/1", SCHEMA)  # /1: one SAE, features without "layer", no meta["saes"]
 
 
 def run_to_json(steps: list[TokenStep], settings: GenerationSettings, meta: dict,
-                graph: GraphState, label_of: LabelSource) -> dict[str, Any]:
-    """Everything needed to show or reproduce a run, as JSON-ready plain values."""
+                graph: GraphState, label_of: LabelSource, saes: Sequence[Any] | None = None,
+                layer_labels: Mapping[int, LabelSource] | None = None) -> dict[str, Any]:
+    """Everything needed to show or reproduce a run, as JSON-ready plain values.
+    ``saes``: the SAEs the run read (:attr:`Generation.saes`), for ``meta["saes"]``."""
     label = label_fn(label_of)
+    meta = dict(meta)
+    if saes is not None:
+        meta["saes"] = [s.describe() if hasattr(s, "describe") else dict(s) for s in saes]
+    primary_layer = meta["saes"][0].get("layer") if meta.get("saes") else None
     tokens = [{
         "position": s.position, "token_id": s.token_id, "text": s.text,
         "is_prompt": s.is_prompt, "next_token_id": s.next_token_id, "prob": s.prob,
         "sampled_prob": s.sampled_prob, "notice": s.notice, "display": s.display,
-        "features": [{"index": int(f.index), "activation": float(f.activation),
-                      "attribution": _opt_float(f.attribution)} for f in s.features],
+        "features": [_feature(f) for f in s.features],
     } for s in steps]
     edges = [{"source": e.source, "target": e.target, "count": e.count, "weight": e.weight}
              for e in graph.edges()]
-    seen = sorted({f.index for s in steps for f in s.features})
+    seen = sorted({(f.layer if f.layer is not None else -1, f.index) for s in steps for f in s.features})
+    labels = {}
+    for layer, i in seen:
+        if layer < 0:
+            labels[str(i)] = label(i)
+        elif layer_labels is not None and layer in layer_labels:
+            labels[f"{layer}:{i}"] = label_fn(layer_labels[layer])(i)
+        else:
+            labels[f"{layer}:{i}"] = label(i) if layer == primary_layer else ""
     return {
-        "schema": SCHEMA, "meta": dict(meta), "settings": asdict(settings),
-        "tokens": tokens, "edges": edges,
-        "labels": {str(i): label(i) for i in seen},
+        "schema": SCHEMA, "meta": meta, "settings": asdict(settings),
+        "tokens": tokens, "edges": edges, "labels": labels,
     }
 
 
+def _feature(f: FeatureHit) -> dict[str, Any]:
+    d = {"index": int(f.index), "activation": float(f.activation), "attribution": _opt_float(f.attribution)}
+    if f.layer is not None:  # only in runs of several SAEs
+        d["layer"] = int(f.layer)
+    return d
+
+
 def run_from_json(d: dict[str, Any]) -> tuple[list[TokenStep], GenerationSettings, dict]:
-    """The inverse of :func:`run_to_json` (unknown settings keys are ignored)."""
-    if d.get("schema") != SCHEMA:
-        raise ValueError(f"not an {SCHEMA} run: schema={d.get('schema')!r}")
+    """The inverse of :func:`run_to_json` (unknown settings keys are ignored);
+    reads ``axon-run/1`` files too."""
+    if d.get("schema") not in READABLE:
+        raise ValueError(f"not an {SCHEMA} (or axon-run/1) run: schema={d.get('schema')!r}")
     known = {f.name for f in fields(GenerationSettings)}
     settings = GenerationSettings(**{k: v for k, v in d.get("settings", {}).items() if k in known})
     steps = [TokenStep(
         position=int(t["position"]), token_id=int(t["token_id"]), text=str(t["text"]),
         is_prompt=bool(t["is_prompt"]),
-        features=tuple(FeatureHit(int(f["index"]), float(f["activation"]),
-                                  _opt_float(f.get("attribution"))) for f in t["features"]),
+        features=tuple(FeatureHit(int(f["index"]), float(f["activation"]), _opt_float(f.get("attribution")),
+                                  None if f.get("layer") is None else int(f["layer"])) for f in t["features"]),
         next_token_id=None if t.get("next_token_id") is None else int(t["next_token_id"]),
         prob=_opt_float(t.get("prob")), sampled_prob=_opt_float(t.get("sampled_prob")),
         notice=t.get("notice"), display=t.get("display"),  # "display": absent in older files

@@ -68,6 +68,7 @@ class RunRequest:
     steer: tuple[tuple[int, float], ...] = ()
     at: int | None = None  # show the graph as it was at this token position
     embed: bool = False  # the embed view: text, graph and a link to the full page
+    layers: tuple[int, ...] = ()  # blocks whose SAEs the run reads at once (ascending, distinct); () → one SAE
 
 
 DEFAULT_REQUEST = RunRequest(
@@ -100,6 +101,8 @@ class Limits:
     max_steer: int = 8
     steer_index: tuple[int, int] = (0, 2**31 - 1)  # out of range: entry skipped
     steer_coefficient: tuple[float, float] = (-100.0, 100.0)  # clamped
+    max_layers: int = 4  # SAEs read at once (``layers``)
+    layer: tuple[int, int] = (0, 127)  # out of range: entry skipped
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Limits":
@@ -164,6 +167,7 @@ _ECHO_CHARS = 40
 # C0/C1 controls except \t and \n, plus lone surrogates (not encodable as UTF-8).
 _PROMPT_BAD = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
 _INT_RE = re.compile(r"[+-]?[0-9]+", re.ASCII)
+_LAYER_RE = re.compile(r"\s*([0-9]{1,12})\s*", re.ASCII)
 _STEER_RE = re.compile(r"\s*([0-9]{1,12})\s*:\s*(\S{1,64})\s*", re.ASCII)
 _HOST_RE = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?)(:[0-9]{1,5})?")
 _SPACE_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?")
@@ -324,6 +328,28 @@ def _parse_steer(raw: str, limits: Limits, notices: list[str]) -> tuple[tuple[in
     return tuple(entries)
 
 
+def _parse_layers(raw: str, limits: Limits, notices: list[str]) -> tuple[int, ...]:
+    """``"2,5,8,11"`` → (2, 5, 8, 11): distinct, ascending, in range, at most ``max_layers``."""
+    found: list[int] = []
+    bad: list[str] = []
+    lo, hi = limits.layer
+    for part in raw.split(","):
+        if not part.strip():
+            continue
+        m = _LAYER_RE.fullmatch(part)
+        if m is None or not lo <= int(m.group(1)) <= hi:
+            bad.append(part)
+        elif int(m.group(1)) not in found:
+            found.append(int(m.group(1)))
+    if bad:
+        more = f" (+{len(bad) - 1} more)" if len(bad) > 1 else ""
+        notices.append(f"layers: skipped '{_echo(bad[0])}'{more}")
+    if len(found) > limits.max_layers:
+        notices.append(f"layers: kept the first {limits.max_layers}, dropped {len(found) - limits.max_layers}")
+        found = found[: limits.max_layers]
+    return tuple(sorted(found))
+
+
 # ---------------------------------------------------------------- public API
 
 
@@ -339,9 +365,10 @@ def parse_query(
     last value wins). Keys: prompt, model, release, sae_id, seed, temperature,
     top_k, top_p, repetition_penalty, max_tokens, feature_k, threshold,
     stop_at_eos, autorun, steer (``123:4.5,88:-2``), at (a token position to show
-    the graph at), embed (``1``: the embed view). Unknown keys and empty
+    the graph at), embed (``1``: the embed view), layers (``2,5,8,11``: the blocks
+    whose SAEs one run reads at once). Unknown keys and empty
     values are ignored silently, except that an empty prompt/model/release/
-    sae_id/steer clears the default. ``limits`` defaults to :meth:`Limits.from_env`;
+    sae_id/steer/layers clears the default. ``limits`` defaults to :meth:`Limits.from_env`;
     ``defaults`` to :data:`DEFAULT_REQUEST` (its settings are clamped to
     ``limits`` silently).
     """
@@ -432,11 +459,16 @@ def _parse(params: Any, limits: Limits | None, defaults: RunRequest | None,
     if raw is not None and raw.strip():
         embed = raw.strip().lower() in _TRUE
 
+    layers = tuple(defaults.layers)
+    raw = _value(params, "layers", notices)
+    if raw is not None:
+        layers = _parse_layers(raw, limits, notices) if raw.strip() else ()
+
     if changes:
         settings = replace(settings, **changes)
     req = RunRequest(
         prompt=prompt, model=names["model"], release=names["release"], sae_id=names["sae_id"],
-        settings=settings, autorun=autorun, steer=steer, at=at, embed=embed,
+        settings=settings, autorun=autorun, steer=steer, at=at, embed=embed, layers=layers,
     )
     return req, notices
 
@@ -469,6 +501,8 @@ def build_query(req: RunRequest, defaults: RunRequest | None = None) -> str:
         pairs.append(("at", str(int(req.at))))
     if bool(req.embed) != bool(d.embed):
         pairs.append(("embed", "1" if req.embed else "0"))
+    if tuple(req.layers) != tuple(d.layers):
+        pairs.append(("layers", ",".join(str(int(i)) for i in req.layers)))
     return urlencode(pairs, encoding="utf-8", errors="replace")
 
 

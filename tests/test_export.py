@@ -43,7 +43,7 @@ def test_round_trip():
     d2 = orjson.loads(orjson.dumps(d))  # really through JSON text
     steps2, settings2, meta2 = run_from_json(d2)
     assert steps2 == steps and settings2 == settings and meta2 == META
-    assert d["schema"] == SCHEMA == "axon-run/1"
+    assert d["schema"] == SCHEMA == "axon-run/2"
     assert d["settings"]["temperature"] == 0.0
     assert d["tokens"][0]["features"][0] == {"index": 5, "activation": 2.5, "attribution": 0.125}
     assert d["labels"] == {"5": XSS, "7": "", "9": ""}

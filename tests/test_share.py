@@ -23,7 +23,7 @@ LIMITS = Limits()
 KEYS = [
     "prompt", "model", "release", "sae_id", "seed", "temperature", "top_k", "top_p",
     "repetition_penalty", "max_tokens", "feature_k", "threshold", "stop_at_eos",
-    "autorun", "steer",
+    "autorun", "steer", "layers",
 ]
 NUMBERISH = [
     "nan", "NaN", "-nan", "inf", "-inf", "Infinity", "1e309", "-1e309", "1e-400", "-0",
@@ -79,6 +79,9 @@ def assert_within_limits(req: RunRequest, limits: Limits) -> None:
     for i, c in req.steer:
         assert type(i) is int and i >= 0
         assert isinstance(c, float) and -100 <= c <= 100
+    assert isinstance(req.layers, tuple) and len(req.layers) <= limits.max_layers
+    assert list(req.layers) == sorted(set(req.layers))
+    assert all(type(i) is int and limits.layer[0] <= i <= limits.layer[1] for i in req.layers)
 
 
 def assert_notices_ok(notices: list[str]) -> None:
@@ -309,3 +312,35 @@ def test_base_url_for():
     for bad_host in [None, "", "evil.com/path", "a b", "x@evil.com", "host:99999", "http://x"]:
         assert base_url_for(None, bad_host) == "http://127.0.0.1:7860/"
     assert base_url_for("no-slash", None) == "http://127.0.0.1:7860/"
+
+
+# ------------------------------------------------------------------ layers (issue 12: several SAEs at once)
+
+valid_layers = st.lists(st.integers(*LIMITS.layer), max_size=LIMITS.max_layers, unique=True).map(
+    lambda xs: tuple(sorted(xs)))
+
+
+@settings(max_examples=80, deadline=None, database=None)
+@given(valid_requests, valid_layers, valid_layers)
+def test_layers_round_trip(req, layers, default_layers):
+    req = RunRequest(**{**req.__dict__, "layers": layers})
+    back, notices = parse_query(parse_qs(build_query(req)), LIMITS)
+    assert notices == [] and back == req
+    defaults = RunRequest(**{**DEFAULT_REQUEST.__dict__, "layers": default_layers})
+    back, notices = parse_query(parse_qs(build_query(req, defaults), keep_blank_values=True), LIMITS, defaults)
+    assert notices == [] and back == req
+
+
+def test_layers_parsing():
+    req, notices = parse_query({"prompt": "Hi", "layers": "2,5,8,11"}, LIMITS)
+    assert req.layers == (2, 5, 8, 11) and notices == []
+    assert "layers=2%2C5%2C8%2C11" in build_query(req)
+    req, notices = parse_query({"layers": " 11, 2,2,x,-1,500,5 "}, LIMITS)
+    assert req.layers == (2, 5, 11)
+    assert notices == ["layers: skipped 'x' (+2 more)"]
+    req, notices = parse_query({"layers": "1,2,3,4,5,6"}, LIMITS)
+    assert req.layers == (1, 2, 3, 4) and notices == ["layers: kept the first 4, dropped 2"]
+    defaults = RunRequest(**{**DEFAULT_REQUEST.__dict__, "layers": (2, 8)})
+    assert parse_query({"layers": ""}, LIMITS, defaults)[0].layers == ()
+    assert parse_query({}, LIMITS, defaults)[0].layers == (2, 8)
+    assert parse_query({}, LIMITS)[0].layers == () and "layers" not in build_query(DEFAULT_REQUEST)
