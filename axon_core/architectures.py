@@ -308,18 +308,35 @@ class FamilyStepper:
     """
 
     shares_model_state = False  # no hooks on the model: concurrent steppers need no lock
+    supports_extra_hooks = True
 
     def __init__(self, weights: FamilyWeights, hook_name: str, edit: Edit | None = None,
-                 capacity: int | None = None):
+                 capacity: int | None = None, extra_hooks=(), extra_edits=None):
         m = _HOOK.match(hook_name)
         if m is None:
             raise ValueError(f"FamilyStepper cannot read hook {hook_name!r}")
         self.w = weights
         self.layer, self.site = int(m.group(1)), m.group(2)
-        if self.layer >= len(weights.blocks):
-            raise ValueError(f"the model has no block {self.layer}")
-        if self.site == "hook_resid_mid" and weights.parallel:
-            raise ValueError("a parallel attention+MLP block has no hook_resid_mid")
+        # More hook points read in the same forward (StepOutput.extra), optionally edited
+        # (after ``edit`` where a hook is both), as FastStepper's ``extra_hooks``.
+        self.extra_hooks = tuple(dict.fromkeys(extra_hooks))
+        self.extra_edits = dict(extra_edits or {})
+        unread = set(self.extra_edits) - set(self.extra_hooks)
+        if unread:
+            raise ValueError(f"edits at hooks not among extra_hooks: {sorted(unread)}")
+        self.taps: dict[tuple[int, str], list[str]] = {}
+        for name in (hook_name, *self.extra_hooks):
+            mm = _HOOK.match(name)
+            if mm is None:
+                raise ValueError(f"FamilyStepper cannot read hook {name!r}")
+            layer, site = int(mm.group(1)), mm.group(2)
+            if layer >= len(weights.blocks):
+                raise ValueError(f"the model has no block {layer}")
+            if site == "hook_resid_mid" and weights.parallel:
+                raise ValueError("a parallel attention+MLP block has no hook_resid_mid")
+        for name in self.extra_hooks:
+            mm = _HOOK.match(name)
+            self.taps.setdefault((int(mm.group(1)), mm.group(2)), []).append(name)
         self.edit = edit
         self.length = 0
         # [n_layers, Hkv, positions, d_head]: ``capacity`` positions when the run
@@ -346,6 +363,14 @@ class FamilyStepper:
             if self.edit is not None:
                 x = self.edit(x)
             out["acts"] = x
+        names = self.taps.get((layer, site)) if self.taps else None
+        if names:
+            for name in names:
+                edit = self.extra_edits.get(name)
+                if edit is not None:
+                    x = edit(x)
+            for name in names:
+                out[name] = x
         return x
 
     def _rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -446,4 +471,5 @@ class FamilyStepper:
         else:
             normed, scales = x, torch.ones(n, dtype=x.dtype, device=x.device)
         logits = _softcap(torch.addmm(w.b_U, normed[-1:], w.W_U)[0], w.logit_soft_cap)
-        return StepOutput(acts=out["acts"].clone(), last_logits=logits, final_scale=scales)
+        extra = {"extra": {name: out[name].clone() for name in self.extra_hooks}} if self.extra_hooks else {}
+        return StepOutput(acts=out["acts"].clone(), last_logits=logits, final_scale=scales, **extra)

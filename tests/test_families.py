@@ -291,3 +291,21 @@ def test_family_sizes_for_the_memory_check():
     assert model_parameters("gemma-2-2b") == 2_614_341_888  # ≈ 10.5 GB in fp32: refused on a small Space
     assert model_parameters("google/gemma-3-270m") == 268_098_176
     assert model_parameters("pythia-70m-deduped") == 70_426_624
+
+
+def test_extra_hooks_read_in_the_same_forward():
+    from axon_core.residuals import StepOutput
+
+    if "extra" not in StepOutput.__dataclass_fields__:
+        pytest.skip("StepOutput.extra (multi-hook steps) has not landed")
+    model = small_model("gemma3", processed=True)
+    tokens = torch.randint(1, 512, (12,), generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        _, cache = model.run_with_cache(tokens[None])
+    extra = ("blocks.1.hook_mlp_out", "blocks.4.hook_resid_pre")
+    stepper = make_stepper(model, "blocks.3.hook_resid_post", extra_hooks=extra)
+    assert isinstance(stepper, FamilyStepper)
+    outs = [stepper.step(tokens[:5])] + [stepper.step(t[None]) for t in tokens[5:]]
+    for name in extra:
+        got = torch.cat([o.extra[name] for o in outs])
+        assert (got - cache[name][0]).abs().max() <= 1e-4
