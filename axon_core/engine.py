@@ -177,7 +177,7 @@ class BatchChooser:
 
     def table(self) -> dict:
         return {"single_ms": None if self.single is None else round(1e3 * self.single, 2),
-                "batched_ms": {b: round(1e3 * t, 2) for b, t in sorted(self.batched.items())}}
+                "batched_ms": {str(b): round(1e3 * t, 2) for b, t in sorted(self.batched.items())}}
 
 
 @dataclass
