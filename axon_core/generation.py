@@ -134,7 +134,7 @@ def _forward_lock(model, stepper):
     in the stepper, so concurrent runs need nothing; TransformerLens's stepper
     adds hooks to the shared model for the duration of a forward, so concurrent
     runs on one model take turns, one forward at a time."""
-    if isinstance(stepper, FastStepper):
+    if isinstance(stepper, FastStepper) or getattr(stepper, "shares_model_state", True) is False:
         return contextlib.nullcontext()
     with _LOCKS_GUARD:
         lock = _MODEL_LOCKS.get(model)

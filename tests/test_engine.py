@@ -1,0 +1,205 @@
+"""The engine: every live run stepped in turns, batched steps equal to single
+ones, identical requests computed once, replays equal to fresh runs, Stop and
+the time limit, and views that sample at their own cadence."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from axon_core.batching import can_batch, step_batch
+from axon_core.engine import BatchChooser, Engine
+from axon_core.generation import GenerationSettings, generate
+from axon_core.residuals import FastStepper
+from axon_core.session import RunSession
+from axon_core.steering import steering_edit
+
+SETTINGS = GenerationSettings(max_new_tokens=12, temperature=0.9, top_k=0, top_p=1.0, seed=4)
+
+
+@pytest.fixture(scope="module")
+def pair2(pairs):
+    """The same model with the blocks.2 SAE (another hook point)."""
+    return pairs.get("gpt2-small-res-jb", "blocks.2.hook_resid_pre")
+
+
+def wait_done(run, timeout: float = 60.0):
+    t0 = time.monotonic()
+    while not run.finished and time.monotonic() - t0 < timeout:
+        run.wait(len(run.steps), 0.05)
+    assert run.finished, run.state
+    return run
+
+
+def assert_same_steps(got, want, tol: float = 1e-4):
+    """Same tokens and features; values to ``tol`` relative to their size (at least 1)."""
+    assert [(s.position, s.token_id, s.next_token_id, [f.index for f in s.features]) for s in got] == \
+        [(s.position, s.token_id, s.next_token_id, [f.index for f in s.features]) for s in want]
+    for s, t in zip(got, want):
+        for f, g in zip(s.features, t.features):
+            assert abs(f.activation - g.activation) <= tol * max(1.0, abs(g.activation))
+            assert (f.attribution is None) == (g.attribution is None)
+            assert f.attribution is None or abs(f.attribution - g.attribution) <= tol * max(1.0, abs(g.attribution))
+
+
+def test_batched_step_equals_single_steps(pair, pair2):
+    """Three runs (two hook points, one steered) through one batched forward per
+    token: the same activations and logits as each stepping alone."""
+    w = pair.fast_weights
+    prompts = [pair.model.to_tokens(p)[0] for p in ("The capital of France is", "def f(x):", "Hello")]
+    edit = steering_edit(pair.sae, ((5, 30.0),))
+    spec = [("blocks.8.hook_resid_pre", None), ("blocks.2.hook_resid_pre", None), ("blocks.8.hook_resid_pre", edit)]
+    alone = [FastStepper(w, h, e) for h, e in spec]
+    together = [FastStepper(w, h, e) for h, e in spec]
+    assert can_batch(together) and not can_batch(together[:1])
+    for a, b, toks in zip(alone, together, prompts):
+        a.step(toks)
+        b.step(toks)
+    nxt = [11, 22, 33]
+    for _ in range(5):
+        outs = step_batch(together, nxt)
+        for a, o, t in zip(alone, outs, nxt):
+            ref = a.step(torch.tensor([t]))
+            assert o.acts.shape == ref.acts.shape
+            assert torch.allclose(o.acts, ref.acts, atol=1e-4)
+            assert torch.allclose(o.last_logits, ref.last_logits, atol=1e-4)
+            assert torch.allclose(o.final_scale, ref.final_scale, atol=1e-5)
+        nxt = [int(o.last_logits.argmax()) for o in outs]
+    assert [s.length for s in together] == [s.length for s in alone]
+
+
+@pytest.mark.parametrize("batch", ["always", "never"])
+def test_runs_at_once_equal_their_solo_runs(pair, pair2, batch):
+    """Four different runs live at once (two SAEs, one steered), batched or one
+    by one: each equals its run alone, and their steps interleave."""
+    engine = Engine(batch=batch, replay_bytes=0)
+    try:
+        reqs = [(pair, "The capital of France is", SETTINGS, ()),
+                (pair, "def fibonacci(n):", GenerationSettings(max_new_tokens=12, seed=9), ()),
+                (pair2, "She opened the letter", SETTINGS, ()),
+                (pair, "The capital of France is", SETTINGS, ((7, 25.0),))]
+        runs = [engine.submit(p, prompt, s, steer) for p, prompt, s, steer in reqs]
+        for r in runs:
+            wait_done(r)
+        for (p, prompt, s, steer), r in zip(reqs, runs):
+            edit = steering_edit(p.sae, steer) if steer else None
+            assert r.state == "done" and r.complete
+            assert_same_steps(r.steps, list(generate(p, prompt, s, edit)))
+        stats = engine.stats()
+        assert stats["computed"] == 4
+        if batch == "always":
+            assert stats["batched_steps"] > 0
+        else:
+            assert stats["batched_steps"] == 0
+        a, b = runs[0].step_times, runs[1].step_times
+        merged = [x for _, x in sorted([(t, 0) for t in a] + [(t, 1) for t in b])]
+        assert sum(x != y for x, y in zip(merged, merged[1:])) >= 6  # turns, not one run after another
+    finally:
+        engine.close()
+
+
+def test_identical_requests_are_computed_once_and_replayed(pair):
+    engine = Engine(replay_bytes=8 << 20)
+    try:
+        settings = GenerationSettings(max_new_tokens=30, seed=21)
+        first = engine.submit(pair, "The same link, opened by many", settings)
+        second = engine.submit(pair, "The same link, opened by many", settings)
+        assert second is first  # in flight: attached
+        engine.release(second)
+        wait_done(first)
+        engine.release(first)
+        later = engine.submit(pair, "The same link, opened by many", settings)  # finished: replayed
+        assert later is first and later.finished
+        other = engine.submit(pair, "The same link, opened by many", GenerationSettings(max_new_tokens=30, seed=22))
+        wait_done(other)
+        stats = engine.stats()
+        assert (stats["computed"], stats["attached"], stats["replayed"]) == (2, 1, 1)
+        assert_same_steps(later.steps, list(generate(pair, "The same link, opened by many", settings)))
+
+        # A replay's view is paced like the live run, and its run JSON equals a fresh run's.
+        fresh = RunSession({"neuronpedia_id": None}, settings)
+        for step in generate(pair, "The same link, opened by many", settings):
+            fresh.add(step)
+        view = RunSession({"neuronpedia_id": None}, settings)
+        t0 = time.monotonic()
+        view.follow(later, now=t0)
+        assert view.sync(now=t0) < len(later.steps)  # not all at once
+        assert view.sync(now=t0 + later.offsets[-1] + 1e-3) > 0 and view.caught_up
+        got, want = view.export_json(), fresh.export_json()
+        got["meta"].pop("ms_per_token"), want["meta"].pop("ms_per_token")
+        assert [t["token_id"] for t in got["tokens"]] == [t["token_id"] for t in want["tokens"]]
+        assert got["edges"] == want["edges"] or len(got["edges"]) == len(want["edges"])
+    finally:
+        engine.close()
+
+
+def test_a_run_nobody_watches_stops(pair):
+    engine = Engine()
+    try:
+        run = engine.submit(pair, "A long run nobody watches", GenerationSettings(max_new_tokens=200, seed=1))
+        while len(run.steps) < 8:
+            run.wait(len(run.steps), 0.05)
+        engine.release(run)
+        t0 = time.monotonic()
+        wait_done(run, timeout=5)
+        assert run.state == "cancelled" and time.monotonic() - t0 < 2
+        n = len(run.steps)
+        time.sleep(0.3)
+        assert len(run.steps) == n < 200 and run.generation is None  # KV cache freed
+        assert engine.stats()["cancelled"] == 1
+        # not cached: the same request computes again
+        again = engine.submit(pair, "A long run nobody watches", GenerationSettings(max_new_tokens=200, seed=1))
+        assert again is not run
+        engine.release(again)
+    finally:
+        engine.close()
+
+
+def test_time_limit_and_a_new_run_starts_at_once(pair):
+    engine = Engine(max_run_seconds=0.3)
+    try:
+        busy = [engine.submit(pair, f"Busy run {i}", GenerationSettings(max_new_tokens=200, seed=i)) for i in range(4)]
+        time.sleep(0.1)
+        t0 = time.monotonic()
+        late = engine.submit(pair, "Arrives while four runs are live", GenerationSettings(max_new_tokens=3))
+        late.wait(0, 5)
+        assert late.steps and time.monotonic() - t0 < 1.0  # its prompt pass came within one round
+        for r in busy:
+            wait_done(r)
+            assert r.state == "done" and not r.complete
+            assert "stopped: runs are limited to 0 s" in r.notices[-1]
+    finally:
+        engine.close()
+
+
+def test_a_failing_run_fails_alone(pair, monkeypatch):
+    engine = Engine(batch="never")
+    try:
+        good = engine.submit(pair, "A good run", GenerationSettings(max_new_tokens=20, seed=2))
+        bad = engine.submit(pair, "A bad run", GenerationSettings(max_new_tokens=20, seed=3))
+
+        def boom():
+            raise RuntimeError("boom")
+
+        monkeypatch.setattr(bad.generation, "step", boom)
+        wait_done(bad)
+        wait_done(good)
+        assert bad.state == "failed" and "RuntimeError" in bad.error
+        assert good.state == "done" and len(good.steps) > 20
+    finally:
+        engine.close()
+
+
+def test_batch_chooser_follows_the_measurements():
+    c = BatchChooser(explore_every=1000)
+    assert not c.batch(4)  # nothing measured yet: one by one first
+    c.record(1, 0.050)
+    assert c.batch(4)  # B=4 never tried: try it
+    c.record(4, 0.300)  # slower than 4 x 50 ms
+    assert not c.batch(4)
+    c.record(8, 0.200)  # faster than 8 x 50 ms
+    assert c.batch(8)
+    assert BatchChooser("never").batch(16) is False and BatchChooser("always").batch(2) is True
+    assert c.table()["batched_ms"] == {"4": 300.0, "8": 200.0}
