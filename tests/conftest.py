@@ -30,7 +30,7 @@ def offline_hub() -> Path:
     from scripts.offline_hub import write_offline_hub
 
     if not (_HUB / "AXON_OFFLINE_HUB.json").exists():
-        write_offline_hub(_HUB, "tiny", layers=[2, 8])
+        write_offline_hub(_HUB, "tiny", layers=[2, 5, 8, 11])  # 5, 11: several layers (test_depth)
     return _HUB
 
 
