@@ -403,3 +403,29 @@ def test_export_v2_round_trip_with_layers_and_reads_v1(layer_pairs):
     old, settings, _ = run_from_json(v1)
     assert settings.seed == 3
     assert old == [TokenStep(1, 464, "The", True, (FeatureHit(5, 2.5),))]
+
+
+def test_other_families_read_several_saes_exactly(pythia_hub):
+    """Pythia (parallel attention + MLP): its extra hooks come from whichever stepper
+    supports them (TransformerLens's own forward until FamilyStepper does), still exact."""
+    from axon_core.loading import PairCache
+
+    cache = PairCache(max_saes=2, device="cpu")
+    primary = cache.get("pythia-70m-deduped-res-sm", "blocks.2.hook_resid_post")
+    extra = cache.get("pythia-70m-deduped-res-sm", "blocks.0.hook_resid_post")
+    settings = dataclasses.replace(SETTINGS, max_new_tokens=4)
+    g = Generation(primary, PROMPT, settings, extra=[extra])
+    steps = g.start()
+    while not g.done:
+        steps.append(g.step())
+    tokens = torch.tensor([primary.model.tokenizer.bos_token_id] + [s.token_id for s in steps]) \
+        if steps[0].position == 1 else torch.tensor([s.token_id for s in steps])
+    encoded, _ = _reference(primary.model, g.saes, tokens)
+    for step in steps:
+        for s in g.saes:
+            vals, idx = encoded[s.layer][step.position].topk(settings.feature_k)
+            expect = [int(i) for i, v in zip(idx, vals) if v > settings.activation_threshold]
+            got = [f for f in step.features if f.layer == s.layer]
+            assert [f.index for f in got] == expect
+            assert max((abs(f.activation - float(encoded[s.layer][step.position, f.index])) for f in got),
+                       default=0) <= 1e-4
