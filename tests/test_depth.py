@@ -406,8 +406,8 @@ def test_export_v2_round_trip_with_layers_and_reads_v1(layer_pairs):
 
 
 def test_other_families_read_several_saes_exactly(pythia_hub):
-    """Pythia (parallel attention + MLP): its extra hooks come from whichever stepper
-    supports them (TransformerLens's own forward until FamilyStepper does), still exact."""
+    """Pythia (parallel attention + MLP): FamilyStepper reads the extra hooks in the same forward, exactly."""
+    from axon_core.architectures import FamilyStepper
     from axon_core.loading import PairCache
 
     cache = PairCache(max_saes=2, device="cpu")
@@ -415,6 +415,7 @@ def test_other_families_read_several_saes_exactly(pythia_hub):
     extra = cache.get("pythia-70m-deduped-res-sm", "blocks.0.hook_resid_post")
     settings = dataclasses.replace(SETTINGS, max_new_tokens=4)
     g = Generation(primary, PROMPT, settings, extra=[extra])
+    assert isinstance(g.stepper, FamilyStepper) and g.stepper.extra_hooks == ("blocks.0.hook_resid_post",)
     steps = g.start()
     while not g.done:
         steps.append(g.step())
