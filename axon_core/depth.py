@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 
@@ -180,7 +180,8 @@ def run_tokens(steps: Iterable[Any], bos_token_id: int | None) -> torch.Tensor:
 def causal_check(model: Any, tokens: torch.Tensor, position: int, source: Any, targets: Sequence[Any],
                  features: Sequence[int] | None = None, k: int = 8, target_k: int = 12,
                  threshold: float = 0.0, weights: FastWeights | None = None,
-                 target_features: Mapping[str, Sequence[int]] | None = None) -> CausalCheck:
+                 target_features: Mapping[str, Sequence[int]] | None = None,
+                 edits: Mapping[str, Callable[[torch.Tensor], torch.Tensor]] | None = None) -> CausalCheck:
     """Ablate each of the token's top features at the ``source`` SAE, one at a
     time, and measure every ``targets`` SAE's features on the same token.
 
@@ -196,6 +197,8 @@ def causal_check(model: Any, tokens: torch.Tensor, position: int, source: Any, t
     ``target_features`` (``{hook_name: [feature, ...]}``) names them instead.
     ``weights``: the model's :class:`~axon_core.residuals.FastWeights` (built
     here when the model has the GPT-2 architecture and none is given).
+    ``edits``: the run's own edits (steering), ``{hook_name: edit}`` as the
+    run applied them, so the check sees the residuals the run saw.
     """
     src = LayerSae.of(source)
     tgts = [LayerSae.of(t) for t in targets]
@@ -211,16 +214,21 @@ def causal_check(model: Any, tokens: torch.Tensor, position: int, source: Any, t
     if weights is None and FastWeights.supports(model):
         weights = FastWeights.from_model(model)
     prefix = tokens[: position + 1]
+    edits = {h: e for h, e in (edits or {}).items() if e is not None}
+    for h in edits:
+        hook_order(h)
 
     # 1. The source activation at the position (and, on the fast path, the earlier positions' KV cache).
     stepper = None
     if isinstance(weights, FastWeights):
         prefix = prefix.to(weights.W_E.device)
-        stepper = FastStepper(weights, src.hook_name, capacity=position + 1)
+        others = {h: e for h, e in edits.items() if h != src.hook_name}
+        stepper = FastStepper(weights, src.hook_name, edits.get(src.hook_name), capacity=position + 1,
+                              extra_hooks=list(others), extra_edits=others)
         x = stepper.step(prefix).acts[position]
     else:
         prefix = prefix.to(model.cfg.device)
-        x = _tl_acts(model, prefix, src.hook_name)[position]
+        x = _tl_acts(model, prefix, src.hook_name, edits)[position]
 
     # 2. What each ablation subtracts: the SAE's own decode of the code with and without feature f.
     sae = src.sae
@@ -241,9 +249,9 @@ def causal_check(model: Any, tokens: torch.Tensor, position: int, source: Any, t
 
     # 3. Only this position, from the source up: one batch of n+1 copies.
     if stepper is not None:
-        got = _resume(weights, stepper, position, xs, src.hook_name, [t.hook_name for t in tgts])
+        got = _resume(weights, stepper, position, xs, src.hook_name, [t.hook_name for t in tgts], edits)
     else:
-        got = _tl_resume(model, prefix, position, xs, src.hook_name, [t.hook_name for t in tgts])
+        got = _tl_resume(model, prefix, position, xs, src.hook_name, [t.hook_name for t in tgts], edits)
 
     # 4. Each target SAE's features, baseline (row 0) against each ablation.
     effects = []
@@ -272,16 +280,17 @@ def causal_check(model: Any, tokens: torch.Tensor, position: int, source: Any, t
 
 
 def _resume(w: FastWeights, stepper: FastStepper, p: int, xs: torch.Tensor, source_hook: str,
-            target_hooks: list[str]) -> dict[str, torch.Tensor]:
+            target_hooks: list[str], edits: Mapping[str, Callable] | None = None) -> dict[str, torch.Tensor]:
     """Position ``p`` for B rows from the source hook point up, attending to
     the stepper's cached keys/values of positions < p and to its own; returns
-    each target hook's activation [B, *shape]. Same arithmetic as
-    :meth:`FastStepper.step`."""
+    each target hook's activation [B, *shape] (after ``edits`` at hook points
+    past the source). Same arithmetic as :meth:`FastStepper.step`."""
     start_layer, start_site = hook_order(source_hook)
     taps = {hook_order(h): h for h in target_hooks}
     if not taps:
         return {}
     last = max(taps)
+    after = {hook_order(h): e for h, e in (edits or {}).items() if hook_order(h) > hook_order(source_hook)}
     got: dict[str, torch.Tensor] = {}
     n, h, dh = xs.shape[0], w.n_heads, w.d_head
 
@@ -293,12 +302,17 @@ def _resume(w: FastWeights, stepper: FastStepper, p: int, xs: torch.Tensor, sour
             got[name] = value
         return point >= last
 
+    def edit(layer: int, site: str, value: torch.Tensor) -> torch.Tensor:
+        e = after.get((layer, _SITES.index(site))) if after else None
+        return value if e is None else e(value)
+
     x = xs
     for layer in range(start_layer, len(w.blocks)):
         b = w.blocks[layer]
         if layer == start_layer and start_site == _SITES.index("hook_resid_post"):
             continue  # the source is this block's output: the next block starts from it
         if not (layer == start_layer and start_site == _SITES.index("hook_resid_mid")):
+            x = edit(layer, "hook_resid_pre", x)
             if tap(layer, "hook_resid_pre", x):
                 break
             hn, _ = _layer_norm(x, b["ln1_w"], b["ln1_b"], w.eps)
@@ -308,38 +322,52 @@ def _resume(w: FastWeights, stepper: FastStepper, p: int, xs: torch.Tensor, sour
             scores = torch.cat([q_h @ past_k.transpose(1, 2), (q_h * k.transpose(0, 1)).sum(-1, keepdim=True)], -1)
             probs = (scores / w.attn_scale).softmax(-1)  # [H, B, p+1]: the cached positions, then its own
             z = (probs[..., :p] @ past_v + probs[..., p:] * v.transpose(0, 1)).transpose(0, 1)  # [B, H, dh]
+            z = edit(layer, "attn.hook_z", z)
             if tap(layer, "attn.hook_z", z):
                 break
             attn_out = torch.addmm(b["b_O"], z.reshape(n, h * dh), b["W_O"])
+            attn_out = edit(layer, "hook_attn_out", attn_out)
             if tap(layer, "hook_attn_out", attn_out):
                 break
             x = x + attn_out
+        if not (layer == start_layer and start_site == _SITES.index("hook_resid_mid")):
+            x = edit(layer, "hook_resid_mid", x)
         if tap(layer, "hook_resid_mid", x):
             break
         hn, _ = _layer_norm(x, b["ln2_w"], b["ln2_b"], w.eps)
         mlp_out = torch.addmm(b["b_out"], w.act(torch.addmm(b["b_in"], hn, b["W_in"])), b["W_out"])
+        mlp_out = edit(layer, "hook_mlp_out", mlp_out)
         if tap(layer, "hook_mlp_out", mlp_out):
             break
-        x = x + mlp_out
+        x = edit(layer, "hook_resid_post", x + mlp_out)
         if tap(layer, "hook_resid_post", x):
             break
     return got
 
 
-def _tl_acts(model: Any, prefix: torch.Tensor, hook_name: str) -> torch.Tensor:
+def _edit_hooks(edits: Mapping[str, Callable] | None) -> list:
+    def hook_for(e):
+        def hook(act, hook):
+            return e(act)
+        return hook
+
+    return [(h, hook_for(e)) for h, e in (edits or {}).items()]
+
+
+def _tl_acts(model: Any, prefix: torch.Tensor, hook_name: str, edits: Mapping[str, Callable] | None = None):
     """The activation at ``hook_name`` for every position of ``prefix`` (TransformerLens's forward)."""
     got = {}
 
     def grab(act, hook):
         got["x"] = act[0]
 
-    model.run_with_hooks(prefix[None], return_type=None, fwd_hooks=[(hook_name, grab)],
+    model.run_with_hooks(prefix[None], return_type=None, fwd_hooks=_edit_hooks(edits) + [(hook_name, grab)],
                          attention_mask=torch.ones_like(prefix[None]))
     return got["x"]
 
 
 def _tl_resume(model: Any, prefix: torch.Tensor, p: int, xs: torch.Tensor, source_hook: str,
-               target_hooks: list[str]) -> dict[str, torch.Tensor]:
+               target_hooks: list[str], edits: Mapping[str, Callable] | None = None) -> dict[str, torch.Tensor]:
     """:func:`_resume` for any model: TransformerLens on the whole prefix, B copies
     in one batch, the source hook set to ``xs`` at position ``p``."""
     got: dict[str, torch.Tensor] = {}
@@ -355,7 +383,7 @@ def _tl_resume(model: Any, prefix: torch.Tensor, p: int, xs: torch.Tensor, sourc
             got[name] = act[:, p].clone()
         return hook
 
-    hooks = [(source_hook, put)] + [(h, grab(h)) for h in target_hooks]
+    hooks = _edit_hooks(edits) + [(source_hook, put)] + [(h, grab(h)) for h in target_hooks]
     model.run_with_hooks(batch, return_type=None, fwd_hooks=hooks, attention_mask=torch.ones_like(batch))
     return got
 

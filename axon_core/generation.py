@@ -383,15 +383,17 @@ class GlyphJoiner:
 
 
 @torch.inference_mode()
-def generate(pair, prompt: str, settings: GenerationSettings, edit=None) -> Iterator[TokenStep]:
+def generate(pair, prompt: str, settings: GenerationSettings, edit=None, extra: Sequence[Any] = (),
+             extra_edits: Mapping[str, Any] | None = None) -> Iterator[TokenStep]:
     """Stream the run: the prompt's tokens (one batched pass), then one
     KV-cached forward per new token. See the module docstring for what a step holds.
 
     ``pair`` is a :class:`~axon_core.loading.LoadedPair`; ``edit`` optionally
-    changes the activation at the hook point (steering). Raises
-    :class:`PromptError` before yielding anything if the prompt cannot run.
+    changes the activation at the hook point (steering); ``extra`` and
+    ``extra_edits``: more SAEs read in the same forward, as for :class:`Generation`.
+    Raises :class:`PromptError` before yielding anything if the prompt cannot run.
     """
-    run = Generation(pair, prompt, settings, edit)
+    run = Generation(pair, prompt, settings, edit, extra=extra, extra_edits=extra_edits)
     yield from run.start()
     while not run.done:
         yield run.step()

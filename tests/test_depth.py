@@ -281,19 +281,28 @@ def test_causal_check_equals_run_with_hooks(layer_pairs, float64_copies, finishe
     assert all(e.source_layer == 2 and e.target_layer in (5, 8, 11) for e in edges)
 
 
-def test_causal_check_transformer_lens_path_matches_fast_path(float64_copies, finished_run, monkeypatch):
+@pytest.mark.parametrize("steered", [False, True])
+def test_causal_check_transformer_lens_path_matches_fast_path(float64_copies, finished_run, monkeypatch, steered):
     """Models without the fast GPT-2 forward: TransformerLens on the prefix, batched (float64 here:
-    see the tolerance note above)."""
+    see the tolerance note above); with edits (steering) before, between and after the SAEs too."""
+    from axon_core.steering import steering_edit
+
     model, saes = float64_copies
     tokens, _ = finished_run
     src, targets = saes[2], [saes[i] for i in (5, 11)]
-    fast = causal_check(model, tokens, 6, src, targets, k=4)
+    edits = {f"blocks.{i}.hook_resid_pre": steering_edit(saes[i].sae, ((i, 0.3),)) for i in (2, 5, 8)} \
+        if steered else None
+    fast = causal_check(model, tokens, 6, src, targets, k=4, edits=edits)
     monkeypatch.setattr(depth.FastWeights, "supports", staticmethod(lambda m: False))
-    slow = causal_check(model, tokens, 6, src, targets, k=4,
+    slow = causal_check(model, tokens, 6, src, targets, k=4, edits=edits,
                         target_features={t.hook_name: list(f.features) for t, f in zip(targets, fast.targets)})
+    if steered:
+        plain = causal_check(model, tokens, 6, src, targets, k=4)
+        assert plain.features != fast.features or plain.activations != pytest.approx(fast.activations)
     assert slow.features == fast.features
     for a, b in zip(fast.targets, slow.targets):
         assert a.features == b.features and (a.delta - b.delta).abs().max() <= 1e-4
+        assert max(abs(x - y) for x, y in zip(a.baseline, b.baseline)) <= 1e-4
 
 
 def _hand_built(pair, hook_name):
@@ -430,3 +439,28 @@ def test_other_families_read_several_saes_exactly(pythia_hub):
             assert [f.index for f in got] == expect
             assert max((abs(f.activation - float(encoded[s.layer][step.position, f.index])) for f in got),
                        default=0) <= 1e-4
+
+
+def test_causal_check_of_a_steered_run_sees_what_the_run_saw(layer_pairs):
+    """A run steered at block 5 while reading blocks 2, 8 and 11: with the run's edit, the
+    check's baseline is the run's own features at blocks 8 and 11 (without it, it is not)."""
+    from axon_core.steering import steering_edit
+
+    pairs = layer_pairs
+    edit = steering_edit(pairs[5].sae, ((3, 0.4), (9, -0.25)))  # the residual here is ~0.1 in size
+    g = Generation(pairs[5], PROMPT, SETTINGS, edit=edit, extra=[pairs[i] for i in (2, 8, 11)])
+    steps = g.start()
+    while not g.done:
+        steps.append(g.step())
+    tokens = run_tokens(steps, pairs[5].model.tokenizer.bos_token_id)
+    p = len(tokens) - 3
+    run_hits = {layer: {f.index: f.activation for f in steps[p - 1].features if f.layer == layer} for layer in (8, 11)}
+    targets = [pairs[8], pairs[11]]
+    wanted = {t.hook_name: list(run_hits[LayerSae.of(t).layer]) for t in targets}
+    steered = causal_check(pairs[2].model, tokens, p, pairs[2], targets, k=4, target_features=wanted,
+                           edits={pairs[5].hook_name: edit})
+    plain = causal_check(pairs[2].model, tokens, p, pairs[2], targets, k=4, target_features=wanted)
+    for t, s in zip(steered.targets, plain.targets):
+        expect = [run_hits[t.layer][i] for i in t.features]
+        assert max(abs(a - b) for a, b in zip(t.baseline, expect)) <= 1e-4
+        assert max(abs(a - b) for a, b in zip(s.baseline, expect)) > 1e-2
