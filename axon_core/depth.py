@@ -47,7 +47,7 @@ from .generation import LayerSae, hook_layer
 from .residuals import FastStepper, FastWeights, _layer_norm
 
 __all__ = ["virtual_weights", "virtual_edges", "causal_check", "CausalCheck", "TargetEffect",
-           "CausalEdge", "run_tokens", "hook_order"]
+           "CausalEdge", "run_tokens", "hook_order", "hook_layer", "LayerSae"]
 
 # Hook points of one block in the order the forward reaches them.
 _SITES = ("hook_resid_pre", "attn.hook_z", "hook_attn_out", "hook_resid_mid", "hook_mlp_out", "hook_resid_post")
@@ -387,5 +387,3 @@ def _tl_resume(model: Any, prefix: torch.Tensor, p: int, xs: torch.Tensor, sourc
     model.run_with_hooks(batch, return_type=None, fwd_hooks=hooks, attention_mask=torch.ones_like(batch))
     return got
 
-
-__all__ += ["hook_layer", "LayerSae"]

@@ -31,8 +31,25 @@ def layer_pairs(offline_hub):
     """gpt2 + gpt2-small-res-jb at blocks 2, 5, 8, 11 (resid_pre), one model, by their real names."""
     from axon_core.loading import PairCache
 
+    _write_missing_saes(offline_hub)
     cache = PairCache(max_saes=len(LAYERS), device="cpu")
     return {layer: cache.get("gpt2-small-res-jb", f"blocks.{layer}.hook_resid_pre") for layer in LAYERS}
+
+
+def _write_missing_saes(hub) -> None:
+    """A hub reused through AXON_TEST_HUB may predate blocks 5 and 11: add them."""
+    import json
+
+    from scripts.offline_hub import MODEL_REPO, SAE_REPO, SIZES, _snapshot, write_sae
+
+    missing = [i for i in LAYERS if not (_snapshot(hub, SAE_REPO) / f"blocks.{i}.hook_resid_pre").exists()]
+    if missing:
+        from transformers import GPT2LMHeadModel
+
+        size = SIZES[json.loads((hub / "AXON_OFFLINE_HUB.json").read_text())["size"]]
+        model = GPT2LMHeadModel.from_pretrained(_snapshot(hub, MODEL_REPO)).eval()
+        for i in missing:
+            write_sae(hub, model, size, f"blocks.{i}.hook_resid_pre", i)
 
 
 def _run(pairs, primary=8, extra=(2, 5, 11), settings=SETTINGS):
