@@ -42,7 +42,8 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 
-from .features import FeatureHit, direct_logit_attribution, top_features
+from .fast_encode import encode_top
+from .features import FeatureHit, direct_logit_attribution
 from .residuals import FastStepper, make_stepper
 from .sampling import Choice, sample_next
 
@@ -166,8 +167,9 @@ def encode_prompt(model, prompt: str, prepend_bos: bool = True) -> torch.Tensor:
 
 
 def _features(pair, acts: torch.Tensor, settings: GenerationSettings) -> list[list[tuple[int, float]]]:
-    encoded = pair.sae.encode(acts)  # [n, d_sae]: exactly SAELens's encoder
-    return [top_features(row, settings.feature_k, settings.activation_threshold) for row in encoded]
+    # top_features of SAELens's encode for each row; one row through a half-precision screen
+    # that reads half the encoder's bytes and rescores its candidates exactly (fast_encode)
+    return encode_top(pair.sae, acts, settings.feature_k, settings.activation_threshold)
 
 
 def _attribution_setup(pair, sae=None, hook_name: str | None = None):

@@ -1,7 +1,7 @@
 """Several SAEs in one forward, and the causal check, on the GPT-2-small shape.
 
-In one process, side by side (the two kinds of run alternate, so both see the
-same machine load):
+In one process, side by side (two runs of the same request step in turns,
+token by token, so both see the same machine load):
 
 (a) ``one_layer_ms``: per new token, a run reading one SAE
     (``blocks.8.hook_resid_pre``): ``Generation.step`` = one KV-cached forward,
@@ -74,26 +74,32 @@ def main() -> None:
                                   repetition_penalty=1.0, stop_at_eos=False, seed=0, feature_k=12)
     extra = [pairs[i] for i in LAYERS if i != 8]
 
-    def run(layers: int) -> tuple[list[float], list]:
-        """Per-new-token seconds of one run, and its steps."""
-        g = Generation(pairs[8], PROMPT, settings, extra=extra if layers > 1 else ())
-        steps, times = g.start(), []
-        while not g.done:
-            t = time.perf_counter()
-            steps.append(g.step())
-            times.append(time.perf_counter() - t)
-        return times, steps
+    def pair_of_runs() -> tuple[Generation, Generation]:
+        """The same request read at one layer and at four."""
+        return (Generation(pairs[8], PROMPT, settings),
+                Generation(pairs[8], PROMPT, settings, extra=extra))
 
-    run(1), run(4)  # warm-up
-    one, four, steps = [], [], None
+    def side_by_side(record: bool) -> list:
+        """Step both runs token by token, alternating which goes first; per-token seconds."""
+        runs = pair_of_runs()
+        steps = [g.start() for g in runs]
+        n = 0
+        while not runs[0].done:
+            for i in ((0, 1) if n % 2 == 0 else (1, 0)):
+                t = time.perf_counter()
+                steps[i].append(runs[i].step())
+                if record:
+                    (one if i == 0 else four).append(time.perf_counter() - t)
+            n += 1
+        return steps[1]
+
+    one: list[float] = []
+    four: list[float] = []
+    side_by_side(record=False)  # warm-up
     for rep in range(args.reps):
-        for layers in ((1, 4) if rep % 2 == 0 else (4, 1)):  # alternate which goes first
-            times, s = run(layers)
-            (one if layers == 1 else four).extend(times)
-            if layers == 4:
-                steps = s
+        steps = side_by_side(record=True)
         print(f"rep {rep + 1}: one layer {1e3 * statistics.median(one):.1f} ms/token, "
-              f"four layers {1e3 * statistics.median(four):.1f} ms/token")
+              f"four layers {1e3 * statistics.median(four):.1f} ms/token (medians so far)")
 
     tokens = run_tokens(steps, model.tokenizer.bos_token_id)
     # the generated token with the most layer-2 features (8 of them ablated)
