@@ -239,6 +239,9 @@ class Generation:
                                                capacity=n + self.budget,
                                                extra_hooks=[s.hook_name for s in self.saes[1:]],
                                                extra_edits=extra_edits)
+        unread = {s.hook_name for s in self.saes[1:]} - set(getattr(self.stepper, "extra_hooks", ()))
+        if unread:
+            raise ValueError(f"the stepper does not read the extra SAEs' hooks {sorted(unread)}")
         self.lock = _forward_lock(model, self.stepper)
         self.rng = torch.Generator().manual_seed(int(settings.seed))
         self.history = self.tokens.tolist()
