@@ -70,6 +70,7 @@ CONCURRENCY = _env_number("AXON_CONCURRENCY", 1 if ZERO_GPU else 16, 1, int)
 QUEUE_SIZE = _env_number("AXON_QUEUE_SIZE", 64, 1, int)
 EXPORT_MAX_AGE = 3600.0  # downloads are kept this long (seconds)
 FRAME_INTERVAL = 0.1  # a view draws at most this often (seconds): ≤ 10 frames a second
+TABLE_INTERVAL = 0.5  # the features table, at most this often during a run (seconds)
 LABEL_TAIL = 2.0  # after a run, labels still arriving are drawn for this long (seconds)
 SESSION_TTL = 900  # a browser session's run is forgotten this long after its last update (seconds)
 DEFAULTS = GenerationSettings()
@@ -109,11 +110,14 @@ def versions() -> dict[str, str]:
 # ---- status and tables ------------------------------------------------------
 
 
-def status_line(run: RunSession | None = None, extra: str | None = None) -> str:
-    parts = [f"**{PAIRS.device}**"]
+def status_line(run: RunSession | None = None, extra: str | None = None, state: str = "idle") -> str:
+    """The status line as HTML (every variable part escaped): a gr.HTML, not
+    Markdown, since a browser re-renders Markdown at ~100 ms a frame. ``state``
+    (idle, running, done, failed) is kept in a data attribute for scripts and tests."""
+    parts = [f'<b data-state="{state}" class="axon-state">{PAIRS.device}</b>']
     if run is not None:
         parts.append(f"{html.escape(run.meta['model'])} · {html.escape(run.meta['release'])} / "
-                     f"`{html.escape(run.meta['sae_id'])}`")
+                     f"<code>{html.escape(run.meta['sae_id'])}</code>")
         ms = run.ms_per_token()
         if ms is not None:
             parts.append(f"{ms:.0f} ms/token")
@@ -167,8 +171,14 @@ def _scrub_update(run: RunSession, final: bool = False):
 def _frame(run, extra=None, final=False, compare=None):
     """One UI update: text, graph, table, status, state, token slider; on the last
     frame also the run JSON, the download buttons, the timeline and (for a
-    steered run) the side-by-side comparison."""
-    out = [run.text_html(), run.figure_json(), table_frame(run), status_line(run, extra), run]
+    steered run) the side-by-side comparison. The table and the slider are
+    redrawn at most every TABLE_INTERVAL during a run (a browser spends ~200 ms
+    re-rendering the table)."""
+    now = time.monotonic()
+    table = scrub = gr.skip()
+    if final or now - getattr(run, "_table_at", float("-inf")) >= TABLE_INTERVAL:
+        run._table_at, table, scrub = now, table_frame(run), _scrub_update(run, final)
+    out = [run.text_html(), run.figure_json(), table, status_line(run, extra, "done" if final else "running"), run]
     if final:
         run_json = run.export_json(versions())
         ready = gr.update(interactive=True)
@@ -176,12 +186,12 @@ def _frame(run, extra=None, final=False, compare=None):
                 compare if compare is not None else ""]
     else:
         out += [gr.skip()] * 5
-    return out + [_scrub_update(run, final)]
+    return out + [scrub]
 
 
 def _failure(message: str, run=None):
     gr.Warning(html.escape(message))
-    return [gr.skip(), gr.skip(), gr.skip(), status_line(run, message), run] + [gr.skip()] * 6
+    return [gr.skip(), gr.skip(), gr.skip(), status_line(run, message, "failed"), run] + [gr.skip()] * 6
 
 
 def _view(run: RunSession, live, pull=None):
@@ -651,7 +661,7 @@ with gr.Blocks(title="AXON", delete_cache=(int(EXPORT_MAX_AGE), int(EXPORT_MAX_A
     with gr.Row(elem_classes=["axon-main"], equal_height=False):
         with gr.Column(scale=2, min_width=300, elem_classes=["axon-side"]):
             text = gr.HTML(EMPTY_TEXT, js_on_load=TEXT_JS, elem_id="axon-text-box", container=False)
-            status = gr.Markdown(status_line(), elem_id="axon-status")
+            status = gr.HTML(status_line(), elem_id="axon-status", container=False)
             scrub = gr.Slider(0, 1, value=0, step=1, label="Show the graph at token (drag; the end follows the run)",
                               interactive=True, elem_id="axon-scrub")
             table = gr.Dataframe(pd.DataFrame(columns=TABLE_COLUMNS), label="Top features (latest token)",
@@ -718,23 +728,26 @@ with gr.Blocks(title="AXON", delete_cache=(int(EXPORT_MAX_AGE), int(EXPORT_MAX_A
 
     inputs = [prompt, model, release, sae_id, temperature, top_k, top_p, repetition_penalty,
               max_tokens, seed, feature_k, threshold, steer_box, edge_kind, at_state]
+    # A run's progress shows on the status line only: Gradio's progress overlay on
+    # all eleven outputs costs the browser a re-layout every frame.
+    STREAMING = dict(show_progress="minimal", show_progress_on=[status])
     outputs = [text, graph, table, status, run_state, run_json, json_btn, html_btn, timeline, compare, scrub]
     # preprocess=False: every input reaches _request_from_inputs as sent, which clamps
     # or ignores it with a notice, so no API value (a string for a number, a value
     # not in a dropdown) ends in a bare error.
     run_event = run_btn.click(generate_for_session, inputs, outputs, api_name="generate",
-                              concurrency_id="generate", preprocess=False)
+                              concurrency_id="generate", preprocess=False, **STREAMING)
     submit_event = prompt.submit(generate_for_session, inputs, outputs, api_visibility="private",
-                                 concurrency_id="generate", preprocess=False)
+                                 concurrency_id="generate", preprocess=False, **STREAMING)
     steer_event = steer_btn.click(generate_for_session, inputs, outputs, api_visibility="private",
-                                  concurrency_id="generate", preprocess=False)
+                                  concurrency_id="generate", preprocess=False, **STREAMING)
     stop_btn.click(None, None, None, cancels=[run_event, submit_event, steer_event])
     add_steer_btn.click(add_steer, [run_state, steer_feature, steer_strength, steer_box], steer_box,
                         api_visibility="private")
     clear_steer_btn.click(lambda: "", None, steer_box, api_visibility="private")
     edge_kind.change(redraw, [run_state, edge_kind], graph, api_visibility="private")
     at_outputs = [graph, text, table, timeline, scrub]
-    scrub.release(scrub_to, [run_state, scrub], at_outputs, api_visibility="private", trigger_mode="always_last")
+    scrub.input(scrub_to, [run_state, scrub], at_outputs, api_visibility="private", trigger_mode="always_last")
     text.select(highlight_token, run_state, at_outputs, api_visibility="private")
     timeline.select(highlight_token, run_state, at_outputs, api_visibility="private")
     link_btn.click(share_link, [run_state] + inputs[:13], link_box, api_visibility="private")
@@ -754,7 +767,7 @@ with gr.Blocks(title="AXON", delete_cache=(int(EXPORT_MAX_AGE), int(EXPORT_MAX_A
     load_event = demo.load(from_query, None, inputs[:13] + [autorun_state, at_state, embed_open],
                            api_visibility="private")
     autorun_event = load_event.then(autorun_generation, [autorun_state] + inputs, outputs,
-                                    api_visibility="private", concurrency_id="generate")
+                                    api_visibility="private", concurrency_id="generate", **STREAMING)
     stop_btn.click(None, None, None, cancels=[autorun_event])
 
 demo.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE)

@@ -7,7 +7,8 @@ Worked example::
                         [(e.source, e.target, e.weight) for e in snap.edges])
     fig = figure_dict(snap, pos, {7124: "mentions of France"})
     [t["name"] for t in fig["data"]]
-    # ['edges weak', 'edges mid', 'edges strong', 'features', 'active', 'labels']
+    # ['edges weak', 'edges mid', 'edges strong', 'features', 'active']
+    fig["layout"]["scene"]["annotations"]   # the newest token's strongest features, named
     fig["data"][3]["customdata"]   # [7124, ...] feature index per point (for clicks)
     figure_json(snap, pos, labels)  # b'{"data":[...' via orjson, ~1 ms
 
@@ -18,7 +19,7 @@ Nodes: size grows with sqrt(current activation) from a floor; colour is the
 current activation on a dark-to-bright scale fixed by the snapshot's largest
 peak; features firing on the latest token get a ring (the ``active`` trace,
 which also carries ``customdata``) and the strongest eight of them their
-labels as scene text (the ``labels`` trace). Labels are untrusted: hover and
+labels as scene text (``layout.scene.annotations``, each ``name`` the feature index). Labels are untrusted: hover and
 scene text are made inert (:func:`plotly_text`), because Plotly renders a
 subset of HTML in them.
 Coordinates are rounded to 3 decimals; ``uirevision`` is constant so the
@@ -160,16 +161,17 @@ def figure_dict(snapshot: GraphSnapshot, positions: Mapping[Hashable, tuple], la
                    "color": ACTIVE_RING, "line": {"width": 2, "color": ACTIVE_RING}},
         "showlegend": False,
     }
-    # the ringed token's strongest features, named in the scene
+    # The ringed token's strongest features, named in the scene: scene annotations
+    # (SVG text pinned to 3D points), not a WebGL text trace, whose glyph meshes
+    # cost ~200 ms a frame to rebuild in a software-rendered browser.
     strength = snapshot.latest[rows] if active is None else act
     named = sorted(on, key=lambda r: (-float(strength[r]), ids[r]))[:n_labels]
-    label_trace = {
-        "type": "scatter3d", "mode": "text", "name": "labels",
-        "x": coords[named, 0].tolist(), "y": coords[named, 1].tolist(), "z": coords[named, 2].tolist(),
-        "text": [plotly_text(label(ids[r]) or f"#{ids[r]}", SCENE_LABEL_CHARS) for r in named],
-        "customdata": [ids[r] for r in named], "textposition": "top center",
-        "textfont": {"color": SCENE_LABEL_COLOUR, "size": 12}, "hoverinfo": "skip", "showlegend": False,
-    }
+    annotations = [{
+        "x": float(coords[r, 0]), "y": float(coords[r, 1]), "z": float(coords[r, 2]),
+        "text": plotly_text(label(ids[r]) or f"#{ids[r]}", SCENE_LABEL_CHARS), "name": str(ids[r]),
+        "showarrow": False, "yshift": 12, "font": {"color": SCENE_LABEL_COLOUR, "size": 12},
+        "bgcolor": "rgba(11,15,25,0.55)",
+    } for r in named]
     row = {i: r for r, i in enumerate(ids)}
     if edges is None:
         edges = (snapshot.edge_a, snapshot.edge_b, snapshot.edge_weight)
@@ -184,7 +186,7 @@ def figure_dict(snapshot: GraphSnapshot, positions: Mapping[Hashable, tuple], la
     # The opening camera sits closer than Plotly's default (1.25, 1.25, 1.25) so the
     # graph fills its canvas; once a person moves it, uirevision keeps theirs.
     scene.update(aspectmode="cube", bgcolor=BACKGROUND, uirevision="axon",
-                 dragmode="orbit", hovermode="closest",
+                 dragmode="orbit", hovermode="closest", annotations=annotations,
                  camera={"eye": {"x": 0.95, "y": 0.95, "z": 0.7}})
     layout = {
         "paper_bgcolor": BACKGROUND, "plot_bgcolor": BACKGROUND,
@@ -194,7 +196,7 @@ def figure_dict(snapshot: GraphSnapshot, positions: Mapping[Hashable, tuple], la
         "transition": {"duration": 0}, "scene": scene,
     }
     return {"data": [*_edge_traces(ends[placed], np.asarray(weight, np.float64)[placed], coords),
-                     node_trace, active_trace, label_trace],
+                     node_trace, active_trace],
             "layout": layout}
 
 

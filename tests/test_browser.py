@@ -103,7 +103,8 @@ RECORD_FRAMES = """() => {
     });
   };
 }"""
-BUSY = "document.querySelectorAll('.generating, .pending').length"
+# busy: Gradio's progress classes, or a run streaming (the status line's data-state)
+BUSY = "document.querySelectorAll('.generating, .pending, #axon-status [data-state=running]').length"
 STATUS = "document.querySelector('#axon-status').innerText"
 EYE = "(() => { const e = document.querySelector('.axon-graph')._fullLayout.scene.camera.eye;" \
       " return {x: e.x, y: e.y, z: e.z}; })()"
@@ -124,7 +125,9 @@ def app(offline_hub, neuronpedia, tmp_path_factory):
     # A high client-side rate cap: the fake answers at once, and the labels of a
     # run should be known by its last frame.
     with AppServer(offline_hub, neuronpedia=neuronpedia, log_dir=tmp_path_factory.mktemp("app"),
-                   env={"AXON_NEURONPEDIA_RATE": "500"}) as server:
+                   env={"AXON_NEURONPEDIA_RATE": "500",
+                        # one torch thread: the browser (software WebGL) shares this machine's 2 cores
+                        "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}) as server:
         yield server
         assert "Traceback" not in server.log_text(), server.log_text()[-3000:]
 
@@ -593,3 +596,181 @@ def test_steering_compares_side_by_side_and_shares(steer_page, app, browser):
     finally:
         w.close()
     assert not steer_page.errors, steer_page.errors
+
+
+# ---- 11-16: the live graph people came for (issue 9) -------------------------------------
+
+SCRUB = "Show the graph at token (drag; the end follows the run)"
+SCENE_LABELS = "document.querySelector('.axon-graph')._fullLayout.scene.annotations"
+FRAME_TIMES = "window.__axonFrameTimes.slice()"
+OUT = ROOT / "out" / "browser"
+
+
+def api_run(app, prompt: str, max_tokens: int, seed: int, **over) -> dict:
+    """The run JSON of the same request through gradio_client (a replay or a fresh run)."""
+    from gradio_client import Client
+
+    from axon_core.generation import GenerationSettings
+
+    d = GenerationSettings()
+    values = dict(temperature=d.temperature, top_k=d.top_k, top_p=d.top_p, repetition_penalty=d.repetition_penalty,
+                  feature_k=d.feature_k, threshold=d.activation_threshold)
+    values.update(over)
+    return Client(app.url, verbose=False, download_files=False).predict(
+        prompt, "gpt2-small", "gpt2-small-res-jb", "blocks.8.hook_resid_pre", values["temperature"],
+        values["top_k"], values["top_p"], values["repetition_penalty"], max_tokens, seed, values["feature_k"],
+        values["threshold"], "", "npmi", api_name="/generate")[4]
+
+
+def test_newest_tokens_labels_are_scene_text_and_inert(live, app):
+    """The strongest features of the newest token carry their labels as text in
+    the 3D scene; a hostile label is drawn as inert text."""
+    page = live.page
+    generate(page, "The capital of France is", run=11)
+    scene = page.evaluate(f"(() => {{ const a = {SCENE_LABELS};"
+                          " return {ids: a.map(x => Number(x.name)), text: a.map(x => x.text)}; })()")
+    # drawn as text in the page (SVG), and as text only: no element made from a label
+    drawn = page.evaluate("[...document.querySelectorAll('.axon-graph .annotation-text')].map(e => e.textContent)")
+    ringed = page.evaluate(ACTIVE)
+    print(f"\nscene labels: {list(zip(scene['ids'], scene['text']))}")
+    assert scene["ids"] and set(scene["ids"]) <= set(ringed) and len(scene["ids"]) == min(8, len(ringed))
+    for i, text in zip(scene["ids"], scene["text"]):
+        want = (XSS if i % 5 == 0 else f"concept {i}")[:27]
+        assert text in (f"Feature {i}", want.replace("<", "&lt;").replace(">", "&gt;")) or \
+            text.startswith(want[:20].replace("<", "&lt;")), (i, text)
+        assert "<" not in text
+    # labels are known by now (the fake answers at once): at least one is a Neuronpedia label
+    assert any(not t.startswith("Feature ") for t in scene["text"]), scene
+    assert len(drawn) == len(scene["text"]) and all("<" not in t or "img" in t for t in drawn), drawn
+    assert page.locator(".axon-graph img").count() == 0
+    assert page.evaluate("typeof window.__xss") == "undefined"
+
+
+def test_frames_reach_the_browser_eight_times_a_second(app, browser):
+    """With tokens every few ms (tiny model), the view sends a frame every 100 ms
+    and the page draws the newest one it has. The target is 8 frames a second
+    (a median gap of 125 ms); in this headless browser, which renders WebGL in
+    software on the same 2 cores as the server, a page spends 100-250 ms per
+    frame in Gradio's own updates, so this guards against regressions at 250 ms
+    and prints the median (README: measured on the GPT-2-small shape)."""
+    w = Watched(browser, app.url + "?" + urllib.parse.urlencode({"prompt": "Count the frames", "max_tokens": 200,
+                                                                  "seed": 8, "feature_k": 6}))
+    try:
+        page = w.page
+        page.wait_for_function(f"{BUSY} === 0")
+        generate(page, "A first run warms WebGL up", run=12)  # a fresh page's first frame costs ~1 s
+        page.locator("textarea").first.fill("Count the frames")
+        t0 = page.evaluate("performance.now()")
+        page.get_by_role("button", name="Generate", exact=True).click()
+        page.wait_for_function("document.querySelectorAll('.axon-text .tok.gen').length > 0")
+        page.wait_for_function(f"{BUSY} === 0")
+        times = [t for t in page.evaluate(FRAME_TIMES) if t > t0]
+        gaps = sorted(b - a for a, b in zip(times, times[1:]))
+        median = gaps[len(gaps) // 2] if gaps else float("inf")
+        status = page.evaluate(STATUS)
+        print(f"\n{len(times)} frames drawn during the run; median gap {median:.0f} ms; status: {status[:90]}")
+        assert len(times) >= 5 and median <= 250, (len(times), gaps)
+    finally:
+        w.close()
+
+
+def test_text_and_whole_graph_fit_1280x800_after_generate(app, browser):
+    """The graph is the hero: after Generate, the text and the whole graph (at
+    least 600 px tall) are in view without scrolling; screenshots at 1280x800
+    and 720 px wide go to out/browser/."""
+    OUT.mkdir(parents=True, exist_ok=True)
+    for width, height, name in ((1280, 800, "full-1280x800.png"), (720, 1000, "full-720.png")):
+        context = browser.new_context(viewport={"width": width, "height": height})
+        try:
+            page = context.new_page()
+            page.set_default_timeout(LONG)
+            page.goto(app.url)
+            page.wait_for_function("window.Plotly && window.__axonFrames !== undefined")
+            page.wait_for_function(f"{BUSY} === 0")
+            page.get_by_role("button", name="Generate", exact=True).click()
+            page.wait_for_function("document.querySelectorAll('.axon-text .tok.gen').length > 0")
+            page.wait_for_function(f"{BUSY} === 0 && window.__axonFrames > 0")
+            page.wait_for_timeout(300)
+            page.screenshot(path=str(OUT / name))
+            graph = page.locator(".axon-graph").bounding_box()
+            text = page.locator("#axon-text-box").bounding_box()
+            print(f"\n{width}x{height}: graph {graph}, text {text}; screenshot {OUT / name}")
+            assert graph["width"] > 0.4 * width
+            if width == 1280:
+                assert graph["height"] >= 600, graph
+                for box in (graph, text):
+                    assert box["x"] >= 0 and box["y"] >= 0, box
+                    assert box["x"] + box["width"] <= width and box["y"] + box["height"] <= height, box
+        finally:
+            context.close()
+
+
+def test_embed_view_fits_700x600_and_opens_the_full_page(app, browser):
+    query = {"prompt": "The embed shows", "max_tokens": 10, "seed": 6, "autorun": 1, "embed": 1}
+    context = browser.new_context(viewport={"width": 700, "height": 600})
+    try:
+        page = context.new_page()
+        page.set_default_timeout(LONG)
+        page.goto(app.url + "?" + urllib.parse.urlencode(query))
+        page.wait_for_function("document.querySelectorAll('.axon-text .tok.gen').length > 0")
+        page.wait_for_function(f"{BUSY} === 0 && window.__axonFrames > 0")
+        page.wait_for_selector("a.axon-open")
+        page.screenshot(path=str(OUT / "embed-700x600.png"))
+        for sel in (".axon-graph", "#axon-text-box", "a.axon-open"):
+            box = page.locator(sel).bounding_box()
+            assert box and box["x"] >= 0 and box["y"] >= 0, (sel, box)
+            assert box["x"] + box["width"] <= 700 and box["y"] + box["height"] <= 600, (sel, box)
+        assert not page.get_by_role("button", name="Generate", exact=True).is_visible()  # controls hidden
+        assert not page.locator("textarea").first.is_visible()
+        embedded = page_tokens(page)
+        href = page.locator("a.axon-open").get_attribute("href")
+        link = urllib.parse.parse_qs(urllib.parse.urlsplit(href).query)
+        assert link["prompt"] == [query["prompt"]] and "embed" not in link and link["autorun"] == ["1"], href
+    finally:
+        context.close()
+    # Its link opens the full page with the same run.
+    full = Watched(browser, href.replace(urllib.parse.urlsplit(href).netloc, urllib.parse.urlsplit(app.url).netloc))
+    try:
+        wait_for_autorun(full.page)
+        assert full.page.get_by_role("button", name="Generate", exact=True).is_visible()
+        assert page_tokens(full.page) == embedded
+    finally:
+        full.close()
+
+
+def test_scrubbing_shows_the_graph_at_a_token(app, browser):
+    """The slider (and a link's at=) shows the graph as it was at token p: the
+    features that fired on p lit, nothing not yet seen drawn, positions unchanged."""
+    query = {"prompt": "Scrub back through the run", "max_tokens": 16, "seed": 12, "autorun": 1}
+    run = api_run(app, query["prompt"], query["max_tokens"], query["seed"])
+    w = Watched(browser, app.url + "?" + urllib.parse.urlencode(query))
+    try:
+        page = w.page
+        wait_for_autorun(page)
+        coords = "(() => { const t = document.querySelector('.axon-graph')._fullData.find(t => t.name === 'features');" \
+                 " const m = {}; t.customdata.forEach((id, i) => m[id] = [t.x[i], t.y[i], t.z[i]]); return m; })()"
+        end_xyz, drawn_end = page.evaluate(coords), set(page.evaluate(DRAWN))
+        position = run["tokens"][len(run["tokens"]) // 2]["position"]
+        frames = page.evaluate("window.__axonFrames")
+        page.locator(f"input[type=range][aria-label='range slider for {SCRUB}']").fill(str(position))
+        page.wait_for_function("n => window.__axonFrames > n", arg=frames)
+        page.wait_for_function(f"{BUSY} === 0")
+        lit, drawn = set(page.evaluate(ACTIVE)), set(page.evaluate(DRAWN))
+        token = next(t for t in run["tokens"] if t["position"] == position)
+        seen = {f["index"] for t in run["tokens"] if t["position"] <= position for f in t["features"]}
+        print(f"\nscrubbed to {position} {token['text']!r}: {len(lit)} lit, {len(drawn)} of {len(drawn_end)} drawn")
+        assert lit == {f["index"] for f in token["features"]} & drawn_end
+        assert drawn == seen & drawn_end and drawn < drawn_end
+        xyz = page.evaluate(coords)
+        assert all(xyz[str(i)] == end_xyz[str(i)] for i in drawn), "positions moved while scrubbing"
+        assert page.locator(".axon-text .tok.here").count() == 1
+    finally:
+        w.close()
+    # A link with at= opens on that token.
+    w = Watched(browser, app.url + "?" + urllib.parse.urlencode({**query, "at": position}))
+    try:
+        wait_for_autorun(w.page)
+        w.page.wait_for_function(f"{BUSY} === 0")
+        assert set(w.page.evaluate(ACTIVE)) == {f["index"] for f in token["features"]} & drawn_end
+    finally:
+        w.close()

@@ -43,7 +43,7 @@ def test_trace_shapes_and_customdata():
     assert set(fig) == {"data", "layout"}
     assert all(t["type"] == "scatter3d" for t in fig["data"])
     names = [t["name"] for t in fig["data"]]
-    assert names == ["edges weak", "edges mid", "edges strong", "features", "active", "labels"]
+    assert names == ["edges weak", "edges mid", "edges strong", "features", "active"]
     nodes = fig["data"][3]
     assert len(nodes["x"]) == len(nodes["y"]) == len(nodes["z"]) == len(snap.nodes) == 3
     assert nodes["customdata"] == [10, 20, 30] and nodes["hoverinfo"] == "text"
@@ -51,9 +51,10 @@ def test_trace_shapes_and_customdata():
     active = fig["data"][4]
     assert sorted(active["customdata"]) == [20, 30] == sorted(snap.active)
     assert active["marker"]["symbol"] == "circle-open"
-    scene = fig["data"][5]  # the newest token's features, named in the scene, strongest first
-    assert scene["mode"] == "text" and sorted(scene["customdata"]) == [20, 30]
-    assert scene["text"] == [{20: "#20", 30: "#30"}.get(i) for i in scene["customdata"]]
+    named = fig["layout"]["scene"]["annotations"]  # the newest token's features, named in the scene
+    assert sorted(int(a["name"]) for a in named) == [20, 30]
+    assert [a["text"] for a in named] == [{"20": "#20", "30": "#30"}[a["name"]] for a in named]
+    assert all((a["x"], a["y"], a["z"]) == tuple(round(float(c), 3) for c in pos[int(a["name"])]) for a in named)
 
 
 def test_edges_segments_and_buckets():
@@ -115,7 +116,7 @@ def test_labels_are_escaped():
     assert 'Tom &amp; \\"Jerry\\"' in raw and "&quot;" not in raw
     fig = orjson.loads(raw)
     assert fig["data"][3]["hovertext"][0].startswith("&lt;img")
-    assert 'Tom &amp; "Jerry"' in fig["data"][5]["text"]  # 20 fired on the newest token: named in the scene
+    assert 'Tom &amp; "Jerry"' in [a["text"] for a in fig["layout"]["scene"]["annotations"]]  # 20 fired on the newest token: named in the scene
 
 
 def test_figure_json_matches_dict():
