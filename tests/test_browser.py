@@ -121,7 +121,7 @@ def neuronpedia():
 
 
 @pytest.fixture(scope="module")
-def app(offline_hub, neuronpedia, tmp_path_factory):
+def app(offline_hub, pythia_hub, neuronpedia, tmp_path_factory):
     # A high client-side rate cap: the fake answers at once, and the labels of a
     # run should be known by its last frame.
     with AppServer(offline_hub, neuronpedia=neuronpedia, log_dir=tmp_path_factory.mktemp("app"),
@@ -774,3 +774,57 @@ def test_scrubbing_shows_the_graph_at_a_token(app, browser):
         assert set(w.page.evaluate(ACTIVE)) == {f["index"] for f in token["features"]} & drawn_end
     finally:
         w.close()
+
+
+# ---- 17: the picker, end to end on another model family -------------------------------------
+
+
+def pick(page, label: str, option: str) -> None:
+    """Choose ``option`` in the Gradio dropdown labelled ``label``, as a person does."""
+    box = page.get_by_label(label, exact=True)
+    box.click()
+    page.get_by_role("option", name=option, exact=True).click()
+    page.wait_for_function("([el, v]) => el.value === v", arg=[box.element_handle(), option])
+
+
+def test_picker_loads_another_family_and_streams_its_features(app, browser):
+    """Model → the release and SAE lists follow; another SAE id → progress, then
+    "loaded"; Generate streams that SAE's features (the run JSON says so, and
+    the graph rings the last token's features)."""
+    w = Watched(browser, app.url)
+    try:
+        page = w.page
+        page.wait_for_function(f"{BUSY} === 0")
+        page.get_by_text("Model and SAE", exact=True).click()
+        pick(page, "Model", "pythia-70m-deduped")
+        release = page.get_by_label("SAE release", exact=True)
+        page.wait_for_function("el => el.value.startsWith('pythia')", arg=release.element_handle())
+        releases = release.input_value()
+        assert releases.startswith("pythia-70m-deduped"), releases  # the release list followed the model
+        pick(page, "SAE release", "pythia-70m-deduped-res-sm")
+        pick(page, "SAE id (hook point)", "blocks.2.hook_resid_post")
+        page.wait_for_function(f"{STATUS}.includes('loaded pythia-70m-deduped-res-sm / blocks.2.hook_resid_post')")
+        page.locator("textarea").first.fill("The picker chose Pythia")
+        page.get_by_role("button", name="Generate", exact=True).click()
+        page.wait_for_function(f"{STATUS}.includes('pythia-70m-deduped') && {STATUS}.includes('ms/token')")
+        page.wait_for_function(f"{BUSY} === 0")
+        status = page.evaluate(STATUS)
+        ringed, drawn = set(page.evaluate(ACTIVE)), set(page.evaluate(DRAWN))
+        shown = page_tokens(page)
+        assert "blocks.2.hook_resid_post" in status and not w.errors, (status, w.errors)
+    finally:
+        w.close()
+    from gradio_client import Client
+
+    from axon_core.generation import GenerationSettings
+
+    d = GenerationSettings()
+    out = Client(app.url, verbose=False, download_files=False).predict(
+        "The picker chose Pythia", "pythia-70m-deduped", "pythia-70m-deduped-res-sm", "blocks.2.hook_resid_post",
+        d.temperature, d.top_k, d.top_p, d.repetition_penalty, d.max_new_tokens, d.seed, d.feature_k,
+        d.activation_threshold, "", "npmi", api_name="/generate")
+    run = out[4]
+    print(f"\npythia through the picker: {len(run['tokens'])} tokens, status {status[:100]!r}")
+    assert run["meta"]["model"] == "pythia-70m-deduped" and run["meta"]["sae_id"] == "blocks.2.hook_resid_post"
+    assert [t["text"] for t in run["tokens"]] == [t.replace("↵", "\n") for t in shown]
+    assert ringed == {f["index"] for f in run["tokens"][-1]["features"]} & drawn and ringed
