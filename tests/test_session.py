@@ -85,16 +85,45 @@ def test_slow_label_server_does_not_slow_generation(pair, slow_labels, tmp_path)
 
 
 def test_labels_arrive_in_later_frames(pair, slow_labels):
+    """A frame never waits for a label: the first frame of a run shows the
+    feature's number; once Neuronpedia answers (1 s later), the view notices
+    (labels_changed) and a later frame shows the label, in the scene and the table."""
+    import orjson
+
+    from axon_core.engine import Engine
+
     svc, fake = slow_labels
-    fake.mode = "normal"
-    run, _ = _run(pair, svc)
-    first = run.table()[0]
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and run.table()[0]["label"].startswith("Feature "):
-        time.sleep(0.1)
-    later = run.table()[0]
-    assert later["feature"] == first["feature"]
-    assert not later["label"].startswith("Feature ")  # filled in by a later frame
+    fake.mode, fake.delay = "slow", 1.0
+    engine = Engine()
+    try:
+        live = engine.submit(pair, "Labels come later", GenerationSettings(max_new_tokens=4, seed=3))
+        view = RunSession(_meta(pair), live.settings, svc)
+        view.follow(live)
+        while not view.caught_up:
+            live.wait(len(view.steps), 0.05)
+            view.sync()
+        view.labels_changed()
+
+        def shown():
+            fig = orjson.loads(view.figure_json())
+            return ({a["name"]: a["text"] for a in fig["layout"]["scene"]["annotations"]},
+                    {r["feature"]: r["label"] for r in view.table()})
+
+        scene, table = shown()
+        top = view.steps[-1].features[0].index
+        assert scene[str(top)] == f"Feature {top}" and table[top] == f"Feature {top}"  # first frame: absent
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and not (view.labels_changed() and
+                                                   not shown()[1][top].startswith("Feature ")):
+            time.sleep(0.1)
+        scene, table = shown()  # a later frame
+        assert table[top] == _labels_for_all(pair.sae.cfg.d_sae)[(NP_ID, top)]
+        from axon_core.figure import SCENE_LABEL_CHARS, plotly_text
+
+        assert scene[str(top)] == plotly_text(table[top], SCENE_LABEL_CHARS)  # inert text in the scene
+    finally:
+        engine.release(live)
+        engine.close()
 
 
 def test_labels_are_text_everywhere(pair, tmp_path):
