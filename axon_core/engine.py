@@ -256,6 +256,11 @@ class Engine:
             run.viewers = max(0, run.viewers - 1)
             self._wake.notify_all()
 
+    @property
+    def live_count(self) -> int:
+        """Runs being computed now (views draw less often when there are many)."""
+        return sum(1 for r in self._live if not r.finished)
+
     def stats(self) -> dict[str, Any]:
         """Counters, the batching table, and recent runs' step counts and times
         (for tests and the crowd benchmark; no prompts or other content)."""

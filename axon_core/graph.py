@@ -209,7 +209,6 @@ class GraphState:
         """Forget everything (a new run)."""
         self._nodes: dict[int, _Node] = {}
         self._edges = EdgeTable()
-        self._firing = np.zeros(1024, np.int64)  # tokens fired on, by feature index
         # node columns, one row per node in order of first appearance (for snapshots)
         self._row: dict[int, int] = {}
         self._cols = {name: np.zeros(64, dtype) for name, dtype in _NODE_COLUMNS}
@@ -247,9 +246,6 @@ class GraphState:
         node.last_activation, node.last_step, node.last_position = act, now, pos
         node.peak = max(node.peak, act)
         node.tokens += 1
-        if hit.index >= len(self._firing):
-            self._firing = np.concatenate([self._firing, np.zeros(2 * hit.index + 2 - len(self._firing), np.int64)])
-        self._firing[hit.index] = node.tokens
         node.attribution = hit.attribution
         node.history.append((pos, act))
         r = self._row.get(hit.index)
@@ -292,8 +288,16 @@ class GraphState:
         return self._edges.columns(None if among is None else np.fromiter(among, np.int64))
 
     def firing_counts(self, indices: np.ndarray) -> np.ndarray:
-        """Tokens each feature of ``indices`` fired on (vectorised firing_count)."""
-        return self._firing[indices]
+        """Tokens each feature of ``indices`` fired on (0 if never), vectorised
+        over the node columns (no array as long as the SAE is wide)."""
+        n = len(self._row)
+        indices = np.asarray(indices, np.int64)
+        if n == 0:
+            return np.zeros(len(indices), np.int64)
+        order = np.argsort(self._cols["ids"][:n])
+        ids, tokens = self._cols["ids"][:n][order], self._cols["tokens"][:n][order]
+        at = np.minimum(np.searchsorted(ids, indices), n - 1)
+        return np.where(ids[at] == indices, tokens[at], 0)
 
     def firing_count(self, index: int) -> int:
         return self._nodes[index].tokens if index in self._nodes else 0

@@ -93,6 +93,9 @@ class RunSession:
         self._last_step_time: float | None = None
         self._figure: dict | None = None
         self._labels_seen = -1
+        self._known: dict[int, str] = {}  # labels known for this session's features
+        self._unknown: dict[int, str] = {}  # fallbacks, until new labels arrive
+        self._unknown_epoch = None
 
     # ---- feeding ----------------------------------------------------------
 
@@ -166,9 +169,26 @@ class RunSession:
     # ---- reading ----------------------------------------------------------
 
     def label(self, index: int) -> str:
+        """The feature's label, or its number while unknown. Known labels are
+        kept for the session (they do not change); unknown ones are asked again
+        only after new labels arrived, so a frame of 300 nodes and 200 tokens
+        does not query the label store a thousand times."""
         if self.labels is None:
             return fallback_label(index)
-        return self.labels.label(self.np_id, index)
+        known = self._known.get(index)
+        if known is not None:
+            return known
+        epoch = getattr(self.labels, "arrivals", None)
+        if epoch != self._unknown_epoch:
+            self._unknown, self._unknown_epoch = {}, epoch
+        if index in self._unknown:
+            return self._unknown[index]
+        label = self.labels.label(self.np_id, index)
+        if self.labels.known(self.np_id, index) is not None:
+            self._known[index] = label
+        else:
+            self._unknown[index] = label
+        return label
 
     def ms_per_token(self) -> float | None:
         """The engine's median time per new token of this run (ms), or, when
@@ -288,6 +308,7 @@ class RunSession:
             if self.live is not None and self.caught_up:
                 self.live = _Finished(self.live)
             self.layout.release_buffers()
+            self._figure = None  # ~0.5 MB of Python floats; export_html redraws it
 
     # ---- exports ----------------------------------------------------------
 
@@ -296,7 +317,7 @@ class RunSession:
         return run_to_json(self.steps, self.settings, meta, self.graph, self.label)
 
     def export_html(self) -> str:
-        fig = self._figure or self.figure()
+        fig = self._figure or self.figure(relayout=False)
         title = f"AXON · {self.meta.get('release', '')} / {self.meta.get('sae_id', '')}"
         return standalone_html(fig, title, "".join(s.text for s in self.steps))
 
