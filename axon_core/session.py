@@ -93,6 +93,7 @@ class RunSession:
         self._last_step_time: float | None = None
         self._figure: dict | None = None
         self._labels_seen = -1
+        self._laid_out = -1  # graph.tokens_seen at the last layout update
         self._known: dict[int, str] = {}  # labels known for this session's features
         self._unknown: dict[int, str] = {}  # fallbacks, until new labels arrive
         self._unknown_epoch = None
@@ -208,6 +209,8 @@ class RunSession:
             if position is None or not self.steps or int(position) >= self.steps[-1].position:
                 self.at = None  # the newest token: follow the run
                 return
+            if self.at is None and self._laid_out != self.graph.tokens_seen:
+                self._relayout()  # every node seen so far gets its place before positions freeze
             self.at = max(int(position), self.steps[0].position)
 
     def figure(self, relayout: bool = True) -> dict:
@@ -221,8 +224,7 @@ class RunSession:
         with self.lock:
             scrubbed = self.at is not None
             if relayout and not scrubbed or not self.layout.positions:
-                snap = self.graph.snapshot(max_nodes=self.max_nodes)
-                self.layout.update_arrays(snap.ids, snap.edge_a, snap.edge_b, snap.edge_weight)
+                snap = self._relayout()
             positions = self.layout.positions
             if scrubbed:
                 snap = self.graph.snapshot_at(self.at, among=positions)
@@ -233,6 +235,12 @@ class RunSession:
             active = self.token_features(self.highlight) if self.highlight is not None else None
             self._figure = figure_dict(snap, positions, self.label, edges=(a, b, score + shift), active=active)
             return self._figure
+
+    def _relayout(self):
+        snap = self.graph.snapshot(max_nodes=self.max_nodes)
+        self.layout.update_arrays(snap.ids, snap.edge_a, snap.edge_b, snap.edge_weight)
+        self._laid_out = self.graph.tokens_seen
+        return snap
 
     def token_features(self, position: int) -> frozenset[int]:
         return frozenset(f.index for s in self.steps if s.position == position for f in s.features)

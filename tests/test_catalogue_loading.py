@@ -115,9 +115,9 @@ def test_unknown_sae_is_a_load_error(pairs):
 
 
 def test_sae_missing_offline_says_it_could_not_download(pairs):
-    # The offline hub holds only blocks.2 and blocks.8 of res-jb.
-    with pytest.raises(LoadError, match="Could not download SAE gpt2-small-res-jb / blocks.5") as err:
-        pairs.get(DEFAULT_RELEASE, "blocks.5.hook_resid_pre")
+    # The offline hub holds res-jb at blocks 2, 5, 8 and 11 only.
+    with pytest.raises(LoadError, match="Could not download SAE gpt2-small-res-jb / blocks.3") as err:
+        pairs.get(DEFAULT_RELEASE, "blocks.3.hook_resid_pre")
     assert "offline" in str(err.value)
 
 
@@ -126,4 +126,4 @@ def test_too_big_sae_refused_before_download(monkeypatch, pairs):
 
     monkeypatch.setattr(loading, "_available_memory_bytes", lambda: 100 * 2**20)
     with pytest.raises(LoadError, match=r"needs about 0\.1 GiB"):
-        pairs.get(DEFAULT_RELEASE, "blocks.5.hook_resid_pre")
+        pairs.get(DEFAULT_RELEASE, "blocks.3.hook_resid_pre")

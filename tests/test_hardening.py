@@ -358,7 +358,7 @@ def test_a_sessions_new_run_supersedes_its_old_one_in_process(app_module):
     second = app_module.generate_for_session(req, app_module.gr.Progress(), *_inputs(app_module, max_tokens=2))
     frames = list(second)
     assert list(first) == []  # superseded: ends without another frame
-    assert frames and isinstance(frames[-1][5], dict) and frames[-1][5]["schema"] == "axon-run/1"
+    assert frames and isinstance(frames[-1][5], dict) and frames[-1][5]["schema"].startswith("axon-run/")
     assert isinstance(list(bystander)[-1][5], dict)  # another session is untouched
     assert len(app_module.SESSION_RUNS) == 0  # nothing left behind
 
@@ -370,7 +370,7 @@ def test_exports_unwritable_disk_still_finishes_the_run(app_module, monkeypatch,
     with contextlib.redirect_stdout(io.StringIO()):
         frames = list(app_module.run_generation(*_inputs(app_module, max_tokens=2)))
     last = frames[-1]
-    assert last[5]["schema"] == "axon-run/1"  # the run itself, and its JSON, are intact
+    assert last[5]["schema"].startswith("axon-run/")  # the run itself, and its JSON, are intact
     assert last[6]["interactive"] is True and last[7]["interactive"] is True  # downloads are offered
     run = last[4]
     assert app_module.write_download(run, "json") is None  # asked for: the disk refuses, no crash
@@ -405,7 +405,7 @@ def test_runs_stop_at_the_time_cap(app_module, monkeypatch):
     with contextlib.redirect_stdout(io.StringIO()):
         last = list(app_module.run_generation(*_inputs(app_module, max_tokens=50, seed=3)))[-1]
     assert "stopped: runs are limited to 0 s" in last[3]
-    assert last[5]["schema"] == "axon-run/1" and len(last[5]["tokens"]) < 50
+    assert last[5]["schema"].startswith("axon-run/") and len(last[5]["tokens"]) < 50
 
 
 def test_inspector_when_the_runs_sae_cannot_load_again(app_module, monkeypatch):
@@ -526,12 +526,12 @@ def _first_choice(model: str):
     return rel.release, rel.saes[0].sae_id
 
 
-@pytest.mark.parametrize("model, gib", [("gemma-2-2b", "7.5"), ("meta-llama/Llama-3.3-70B-Instruct", "260.8"),
-                                        ("gemma-2-27b", "100.6")])
-def test_models_too_big_for_memory_are_refused_before_download(no_download, monkeypatch, model, gib):
-    monkeypatch.setattr(loading, "_available_memory_bytes", lambda: 6 * 2**30)
+@pytest.mark.parametrize("model, gib, free", [("gemma-2-2b", "9.7", 6), ("meta-llama/Llama-3.3-70B-Instruct", "260.8", 6),
+                                              ("gemma-2-27b", "101.4", 20)])  # 27b: its first SAE alone is 4.6 GiB
+def test_models_too_big_for_memory_are_refused_before_download(no_download, monkeypatch, model, gib, free):
+    monkeypatch.setattr(loading, "_available_memory_bytes", lambda: free * 2**30)
     release, sae_id = _first_choice(model)
-    with pytest.raises(LoadError, match=rf"needs about {gib} GiB .* only 6\.0 GiB is free") as err:
+    with pytest.raises(LoadError, match=rf"needs about {gib} GiB .* only {free}\.0 GiB is free") as err:
         no_download.get(release, sae_id)
     assert model in str(err.value)
 

@@ -352,7 +352,12 @@ def test_zerogpu_path_streams_the_same_run_as_the_engine(app_in_process, monkeyp
         monkeypatch.setattr(app, "ZERO_GPU", True)
         frames = list(app.run_generation(*args))
         steered = list(app.run_generation(*args[:12], "3:40", "npmi"))[-1]
-    assert len(frames) >= 2 and frames[-1][5]["tokens"] == engine_run["tokens"]
+    got, want = frames[-1][5]["tokens"], engine_run["tokens"]
+    assert len(frames) >= 2 and len(got) == len(want)
+    for a, b in zip(got, want):  # the same run (values to float rounding: thread counts may differ)
+        assert (a["token_id"], [f["index"] for f in a["features"]]) == (b["token_id"], [f["index"] for f in b["features"]])
+        assert all(abs(f["activation"] - g["activation"]) <= 1e-4 * max(1.0, abs(g["activation"]))
+                   for f, g in zip(a["features"], b["features"]))
     assert "first divergence" in steered[9] or "identical texts" in steered[9]
 
 
