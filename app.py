@@ -162,14 +162,14 @@ def _request_from_inputs(prompt, model, release, sae_id, temperature, top_k, top
     return parse_query({k: "" if v is None else str(v) for k, v in raw.items()}, LIMITS)
 
 
-def _scrub_update(run: RunSession, final: bool = False):
+def _scrub_update(run: RunSession):
     """The token slider: its range follows the run; its value follows the newest
     token unless the person has scrubbed."""
     if not run.steps:
         return gr.skip()
     first, last = run.steps[0].position, run.steps[-1].position
     value = last if run.at is None else run.at
-    return gr.update(minimum=first, maximum=max(last, first + 1), value=value, interactive=final or True)
+    return gr.update(minimum=first, maximum=max(last, first + 1), value=value)
 
 
 def _frame(run, extra=None, final=False, compare=None):
@@ -180,8 +180,8 @@ def _frame(run, extra=None, final=False, compare=None):
     re-rendering the table)."""
     now = time.monotonic()
     table = scrub = gr.skip()
-    if final or now - getattr(run, "_table_at", float("-inf")) >= TABLE_INTERVAL:
-        run._table_at, table, scrub = now, table_frame(run), _scrub_update(run, final)
+    if final or now - run.table_at >= TABLE_INTERVAL:
+        run.table_at, table, scrub = now, table_frame(run), _scrub_update(run)
     out = [run.text_html(), run.figure_json(), table, status_line(run, extra, "done" if final else "running"), run]
     if final:
         run_json = run.export_json(versions())
@@ -572,7 +572,7 @@ def _at_token(run: RunSession, position):
     """Outputs for the graph shown at ``position`` (None: the newest token)."""
     run.scrub(position)
     return (run.figure_json(relayout=False), run.text_html(), table_frame(run),
-            to_json(run.timeline()).decode(), _scrub_update(run, final=run.caught_up))
+            to_json(run.timeline()).decode(), _scrub_update(run))
 
 
 def scrub_to(run: RunSession | None, position):

@@ -94,6 +94,9 @@ class RunSession:
         self._figure: dict | None = None
         self._labels_seen = -1
         self._laid_out = -1  # graph.tokens_seen at the last layout update
+        self._spans: list[str] = []  # each token's span, kept between frames
+        self._spans_epoch = None
+        self.table_at = float("-inf")  # when the view last sent the table
         self._known: dict[int, str] = {}  # labels known for this session's features
         self._unknown: dict[int, str] = {}  # fallbacks, until new labels arrive
         self._unknown_epoch = None
@@ -258,19 +261,35 @@ class RunSession:
     def figure_json(self, relayout: bool = True) -> str:
         return to_json(self.figure(relayout)).decode()
 
+    def _span(self, s: TokenStep, cls: str = "") -> str:
+        top = ", ".join(f"{self.label(f.index)} ({f.activation:.1f})" for f in s.features[:5])
+        prob = f" · p={s.prob:.3f}" if s.prob is not None else ""
+        title = html.escape(f"pos {s.position}{prob} · {top or 'no features'}", quote=True)
+        return token_span(s, cls, f' data-pos="{s.position}" title="{title}"')
+
     def text_html(self, highlight: int | None = None) -> str:
         """The text so far, one span per token; hovering shows its top features;
-        the scrubbed token is marked."""
-        parts = []
+        the scrubbed token is marked, and with ``highlight`` (a feature) the
+        tokens it fired on. Spans are kept between frames and rebuilt only when
+        labels arrive, so a frame formats only its new tokens."""
         with self.lock:
             steps, at = list(self.steps), self.at
-        for s in steps:
-            top = ", ".join(f"{self.label(f.index)} ({f.activation:.1f})" for f in s.features[:5])
-            prob = f" · p={s.prob:.3f}" if s.prob is not None else ""
-            title = html.escape(f"pos {s.position}{prob} · {top or 'no features'}", quote=True)
-            lit = highlight is not None and any(f.index == highlight for f in s.features)
-            cls = " ".join(c for c in ("lit" if lit else "", "here" if s.position == at else "") if c)
-            parts.append(token_span(s, cls, f' data-pos="{s.position}" title="{title}"'))
+            epoch = getattr(self.labels, "arrivals", None)
+            if epoch != self._spans_epoch:
+                self._spans, self._spans_epoch = [], epoch
+            for step in steps[len(self._spans):]:
+                self._spans.append(self._span(step))
+            parts = self._spans[: len(steps)]
+        marked = {i for i, s in enumerate(steps) if s.position == at}
+        if highlight is not None:
+            marked |= {i for i, s in enumerate(steps) if any(f.index == highlight for f in s.features)}
+        if marked:
+            parts = list(parts)
+            for i in marked:
+                s = steps[i]
+                lit = highlight is not None and any(f.index == highlight for f in s.features)
+                cls = " ".join(c for c in ("lit" if lit else "", "here" if s.position == at else "") if c)
+                parts[i] = self._span(s, cls)
         return f'<div class="axon-text">{"".join(parts)}</div>'
 
     def table(self, n: int = 20) -> list[dict]:
