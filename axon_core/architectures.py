@@ -37,7 +37,6 @@ Worked example::
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
