@@ -204,7 +204,6 @@ def _view(run: RunSession, live, pull=None):
     is revealed at the pace it was computed. The engine never waits on this.
     ``pull`` (ZeroGPU) computes the next steps in this thread instead."""
     run.follow(live)
-    last = float("-inf")
     while not run.caught_up:
         if live.finished:  # a paced replay, or the last steps of a run that just ended
             time.sleep(min(FRAME_INTERVAL, run.next_due()))
@@ -213,11 +212,9 @@ def _view(run: RunSession, live, pull=None):
         else:
             live.wait(len(run.steps), FRAME_INTERVAL)  # new steps, or the frame interval
         # frames cost the server ~10 ms each: with many runs live, each view draws less often
-        pause = last + FRAME_INTERVAL * max(1.0, ENGINE.live_count / 2) - time.monotonic()
-        if pause > 0:
-            time.sleep(pause)
-        if (run.sync() or run.labels_changed()) and not run.caught_up:
-            last = time.monotonic()
+        scale = max(1.0, ENGINE.live_count / 2)
+        time.sleep(run.frame_wait(scale))
+        if (run.sync() or run.labels_changed()) and not run.caught_up and run.frame_due(scale=scale):
             yield _frame(run)
     run.sync()
 

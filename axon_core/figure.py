@@ -124,13 +124,12 @@ def _positions(positions: Mapping[Hashable, tuple], ids: list[int]) -> tuple[np.
 
 def figure_dict(snapshot: GraphSnapshot, positions: Mapping[Hashable, tuple], label_of: LabelSource,
                 edges: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
-                active: frozenset[int] | None = None, n_labels: int = SCENE_LABELS) -> dict[str, Any]:
+                n_labels: int = SCENE_LABELS) -> dict[str, Any]:
     """The Plotly figure (``{"data": [...], "layout": {...}}``) for one frame.
 
-    ``edges`` (source ids, target ids, weights) replaces the snapshot's own;
-    ``active`` the set of ringed features (default: the snapshot's token).
-    The ``n_labels`` strongest features of that token carry their labels as
-    text in the scene. Nodes without a position are left out."""
+    ``edges`` (source ids, target ids, weights) replaces the snapshot's own.
+    The snapshot's token's features are ringed, and the ``n_labels`` strongest
+    of them carry their labels as text in the scene. Nodes without a position are left out."""
     label = label_fn(label_of)
     all_ids = snapshot.ids.tolist()
     rows, coords = _positions(positions, all_ids)
@@ -150,7 +149,7 @@ def figure_dict(snapshot: GraphSnapshot, positions: Mapping[Hashable, tuple], la
                    "opacity": 0.95, "line": {"width": 0}},
         "showlegend": False,
     }
-    ring = snapshot.active if active is None else active
+    ring = snapshot.active
     on = [r for r, i in enumerate(ids) if i in ring]
     active_trace = {
         "type": "scatter3d", "mode": "markers", "name": "active",
@@ -164,7 +163,7 @@ def figure_dict(snapshot: GraphSnapshot, positions: Mapping[Hashable, tuple], la
     # The ringed token's strongest features, named in the scene: scene annotations
     # (SVG text pinned to 3D points), not a WebGL text trace, whose glyph meshes
     # cost ~200 ms a frame to rebuild in a software-rendered browser.
-    strength = snapshot.latest[rows] if active is None else act
+    strength = snapshot.latest[rows]
     named = sorted(on, key=lambda r: (-float(strength[r]), ids[r]))[:n_labels]
     annotations = [{
         "x": float(coords[r, 0]), "y": float(coords[r, 1]), "z": float(coords[r, 2]),

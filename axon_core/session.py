@@ -79,7 +79,6 @@ class RunSession:
         self.np_id: str | None = meta.get("neuronpedia_id")
         self.frame_interval, self.max_nodes = frame_interval, max_nodes
         self.w_dec, self.edge_kind = w_dec, edge_kind  # edge_kind: see edges.EDGE_KINDS
-        self.highlight: int | None = None  # a token position whose features the graph rings
         self.at: int | None = None  # scrubbed to this token position (None: follow the run)
         self.graph = GraphState()
         self.layout = ForceLayout(seed=0)
@@ -155,10 +154,16 @@ class RunSession:
         if self.labels is not None and self.np_id:
             self.labels.request(self.np_id, [f.index for f in step.features])
 
-    def frame_due(self, now: float | None = None) -> bool:
-        """Whether enough time has passed to send another frame (throttling)."""
+    def frame_wait(self, scale: float = 1.0, now: float | None = None) -> float:
+        """Seconds until another frame may be sent (``scale`` stretches the interval)."""
         now = time.perf_counter() if now is None else now
-        if now - self._last_frame >= self.frame_interval:
+        return max(0.0, self._last_frame + self.frame_interval * scale - now)
+
+    def frame_due(self, now: float | None = None, scale: float = 1.0) -> bool:
+        """Whether enough time has passed to send another frame (throttling); if so,
+        the frame is counted as sent."""
+        now = time.perf_counter() if now is None else now
+        if self.frame_wait(scale, now) == 0.0:
             self._last_frame = now
             return True
         return False
@@ -202,10 +207,6 @@ class RunSession:
         s = sorted(self.step_seconds)
         return 1e3 * s[len(s) // 2] if s else None
 
-    @property
-    def last_position(self) -> int | None:
-        return self.steps[-1].position if self.steps else None
-
     def scrub(self, position: int | None) -> None:
         """Show the graph at token ``position`` (None, or the newest token: follow the run)."""
         with self.lock:
@@ -222,7 +223,7 @@ class RunSession:
         Positions always follow co-firing strength (so switching the edge kind
         does not move nodes) and stay put while scrubbed; the edges drawn are
         those of ``edge_kind``; the ringed (and named) nodes are the newest
-        token's features, the scrubbed token's, or the highlighted token's.
+        token's features, or the scrubbed token's.
         """
         with self.lock:
             scrubbed = self.at is not None
@@ -235,8 +236,7 @@ class RunSession:
                 snap = self.graph.snapshot(max_nodes=self.max_nodes)
             a, b, score, _ = score_edge_columns(self.graph, snap, self.edge_kind, w_dec=self.w_dec)
             shift = 1.0 if self.edge_kind == "npmi_all" else 0.0  # NPMI in [-1, 1] → width in [0, 2]
-            active = self.token_features(self.highlight) if self.highlight is not None else None
-            self._figure = figure_dict(snap, positions, self.label, edges=(a, b, score + shift), active=active)
+            self._figure = figure_dict(snap, positions, self.label, edges=(a, b, score + shift))
             return self._figure
 
     def _relayout(self):
@@ -245,9 +245,6 @@ class RunSession:
         self._laid_out = self.graph.tokens_seen
         return snap
 
-    def token_features(self, position: int) -> frozenset[int]:
-        return frozenset(f.index for s in self.steps if s.position == position for f in s.features)
-
     def edge_counts(self) -> dict[str, int]:
         """How many co-firing pairs there are and how many the NPMI filter keeps."""
         snap = self.graph.snapshot(max_nodes=10**9, max_edges=10**9)
@@ -255,8 +252,7 @@ class RunSession:
         return {"co_firing_pairs": len(self.graph.edges()), "npmi_kept": len(kept)}
 
     def timeline(self) -> dict:
-        return timeline_figure(self.steps, self.label, highlight_position=self.highlight
-                               if self.highlight is not None else self.at)
+        return timeline_figure(self.steps, self.label, highlight_position=self.at)
 
     def figure_json(self, relayout: bool = True) -> str:
         return to_json(self.figure(relayout)).decode()

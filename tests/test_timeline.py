@@ -26,7 +26,7 @@ def test_clicking_a_token_rings_its_features_in_the_graph():
         run.add(s)
     active = next(t for t in run.figure()["data"] if t["name"] == "active")
     assert sorted(active["customdata"]) == [7, 11]  # the latest token
-    run.highlight = 2
+    run.scrub(2)  # a click on token 2 shows the graph as it was then
     active = next(t for t in run.figure(relayout=False)["data"] if t["name"] == "active")
     assert active["customdata"] == [9]
     shapes = run.timeline()["layout"]["shapes"]
