@@ -7,6 +7,9 @@ HF_HUB_CACHE / HF_HUB_OFFLINE must be set before huggingface_hub is imported
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import io
 import os
 import sys
 import tempfile
@@ -66,3 +69,24 @@ def gemma3_hub(offline_hub) -> Path:
     if not (_HUB / ("models--" + GEMMA3_SAE_REPO.replace("/", "--"))).exists():  # written last
         write_gemma3(_HUB)
     return _HUB
+
+
+@pytest.fixture(scope="module")
+def app_module(offline_hub, tmp_path_factory):
+    """``import app`` on the offline hub, its labels pointed at a closed port (in-process app tests)."""
+    if "app" not in sys.modules:
+        tmp = tmp_path_factory.mktemp("app-inprocess")
+        env = {"AXON_LABEL_CACHE": str(tmp / "labels.sqlite"), "AXON_NEURONPEDIA_URL": "http://127.0.0.1:9",
+               "AXON_NEURONPEDIA_DATASETS_URL": "http://127.0.0.1:9"}
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                importlib.import_module("app")
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+    return sys.modules["app"]

@@ -11,12 +11,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
-import importlib
 import io
 import math
 import os
 import socket
-import sys
 import threading
 import time
 import unicodedata
@@ -215,27 +213,6 @@ class _Request:
 
     def __init__(self, params: dict, session_hash: str | None = None):
         self.query_params, self.headers, self.session_hash = params, {}, session_hash
-
-
-@pytest.fixture(scope="module")
-def app_module(offline_hub, tmp_path_factory):
-    """``import app`` on the offline hub, its labels pointed at a closed port."""
-    if "app" not in sys.modules:
-        tmp = tmp_path_factory.mktemp("app-inprocess")
-        env = {"AXON_LABEL_CACHE": str(tmp / "labels.sqlite"), "AXON_NEURONPEDIA_URL": "http://127.0.0.1:9",
-               "AXON_NEURONPEDIA_DATASETS_URL": "http://127.0.0.1:9"}
-        saved = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
-        try:
-            with contextlib.redirect_stdout(io.StringIO()):
-                importlib.import_module("app")
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
-    return sys.modules["app"]
 
 
 def _inputs(app_module, **over):

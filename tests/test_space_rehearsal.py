@@ -18,7 +18,6 @@ container. Checked here, on the tiny offline hub, talking to 127.0.0.1 only:
 from __future__ import annotations
 
 import contextlib
-import importlib
 import io
 import json
 import os
@@ -310,22 +309,7 @@ def test_spaces_gpu_generator_streams_off_zerogpu():
         demo.close()
 
 
-@pytest.fixture(scope="module")
-def app_in_process(offline_hub, tmp_path_factory):
-    """``import app`` on the offline hub (as tests/test_hardening.py does), labels at a closed port."""
-    if "app" not in sys.modules:
-        tmp = tmp_path_factory.mktemp("app-inprocess")
-        env = {"AXON_LABEL_CACHE": str(tmp / "labels.sqlite"), "AXON_NEURONPEDIA_URL": "http://127.0.0.1:9",
-               "AXON_NEURONPEDIA_DATASETS_URL": "http://127.0.0.1:9"}
-        with pytest.MonkeyPatch.context() as mp:
-            for k, v in env.items():
-                mp.setenv(k, v)
-            with contextlib.redirect_stdout(io.StringIO()):
-                importlib.import_module("app")
-    return sys.modules["app"]
-
-
-def test_what_crosses_zerogpus_process_boundary_pickles(app_in_process):
+def test_what_crosses_zerogpus_process_boundary_pickles(app_module):
     """On ZeroGPU a ``@spaces.GPU`` generator runs in a forked worker and every
     value it yields is pickled back to the server process (spaces.zero.wrappers:
     a PicklingError ends the run with "ZeroGPU worker error"). The app's GPU
@@ -333,7 +317,7 @@ def test_what_crosses_zerogpus_process_boundary_pickles(app_in_process):
     must be the run itself."""
     from axon_core.generation import GenerationSettings, generate
 
-    app = app_in_process
+    app = app_module
     settings = GenerationSettings(max_new_tokens=4, seed=5)
     steps = list(app.gpu_steps("gpt2-small-res-jb", "blocks.8.hook_resid_pre", "The capital of France is", settings))
     assert [pickle.loads(pickle.dumps(s)) for s in steps] == steps
@@ -341,11 +325,11 @@ def test_what_crosses_zerogpus_process_boundary_pickles(app_in_process):
     assert steps == list(generate(pair, "The capital of France is", settings))
 
 
-def test_zerogpu_path_streams_the_same_run_as_the_engine(app_in_process, monkeypatch):
+def test_zerogpu_path_streams_the_same_run_as_the_engine(app_module, monkeypatch):
     """The ZeroGPU path (each view computes its run inside one GPU call, frames
     drawn outside it) streams several frames and ends with the same run JSON as
     the engine's path; steering works there too."""
-    app = app_in_process
+    app = app_module
     args = GENERATE_ARGS[:8] + [120, 21] + GENERATE_ARGS[10:]
     with contextlib.redirect_stdout(io.StringIO()):
         engine_run = list(app.run_generation(*args))[-1][5]
