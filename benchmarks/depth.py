@@ -25,15 +25,15 @@ written to a temporary folder, ≈ 30 s). The last line is machine-readable:
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import use_offline_hub  # noqa: E402
 
 PROMPT = "In a quiet village by the sea, an old fisherman told"
 LAYERS = (2, 5, 8, 11)
@@ -49,15 +49,7 @@ def parse_args():
 
 def main() -> None:
     args = parse_args()
-    hub = Path(args.hub or tempfile.mkdtemp(prefix="axon-bench-hub-"))
-    os.environ["HF_HUB_CACHE"] = str(hub)
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    if not (hub / "AXON_OFFLINE_HUB.json").exists():
-        from scripts.offline_hub import write_offline_hub
-
-        t = time.perf_counter()
-        write_offline_hub(hub, "gpt2-small", layers=list(LAYERS))
-        print(f"wrote GPT-2-small-shape offline hub in {time.perf_counter() - t:.1f} s: {hub}")
+    use_offline_hub(args.hub, "axon-bench-hub-", layers=LAYERS)
 
     import torch
 

@@ -8,12 +8,12 @@ offline hub first when none is given). Last line:
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import use_offline_hub  # noqa: E402
 
 
 def main() -> None:
@@ -22,12 +22,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=40)
     ap.add_argument("--prompt", default="The capital of France is")
     args = ap.parse_args()
-    hub = Path(args.hub or tempfile.mkdtemp(prefix="axon-edges-hub-"))
-    os.environ["HF_HUB_CACHE"], os.environ["HF_HUB_OFFLINE"] = str(hub), "1"
-    if not (hub / "AXON_OFFLINE_HUB.json").exists():
-        from scripts.offline_hub import write_offline_hub
-
-        write_offline_hub(hub, "tiny", layers=[8])
+    use_offline_hub(args.hub, "axon-edges-hub-", size="tiny")
 
     from axon_core.generation import GenerationSettings, generate
     from axon_core.loading import PairCache

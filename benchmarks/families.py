@@ -44,6 +44,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import axon_style_step  # noqa: E402
+
 PROMPT = "In a quiet village by the sea, an old fisherman told"
 N_NEW = 100
 
@@ -131,16 +133,7 @@ def measure(pair, args, bandwidth: float, label: str) -> dict:
     print(f"  ours: median {ms:.1f} ms/token, mean {mean_ms:.1f} ms/token at {N_NEW} new tokens "
           f"({args.reps} reps; stepper {type(pair.fast_weights).__name__})")
 
-    @torch.inference_mode()
-    def axon_step(tokens: torch.Tensor) -> int:
-        got = {}
-
-        def grab(act, hook):
-            got["resid"] = act
-
-        logits = model.run_with_hooks(tokens[None], fwd_hooks=[(pair.hook_name, grab)])
-        sae.encode(got["resid"][0, -1]).topk(12)
-        return int(torch.multinomial(logits[0, -1].float().softmax(-1), 1))
+    axon_step = axon_style_step(model, sae, pair.hook_name)
 
     prompt = model.to_tokens(PROMPT, prepend_bos=prepend_bos)[0]
     if args.full:

@@ -23,15 +23,15 @@ The last line is machine-readable:
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import axon_style_step, use_offline_hub  # noqa: E402
 
 PROMPT = "In a quiet village by the sea, an old fisherman told"  # 10 tokens + BOS (below)
 
@@ -46,15 +46,7 @@ def parse_args():
 
 def main() -> None:
     args = parse_args()
-    hub = Path(args.hub or tempfile.mkdtemp(prefix="axon-bench-hub-"))
-    os.environ["HF_HUB_CACHE"] = str(hub)
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    if not (hub / "AXON_OFFLINE_HUB.json").exists():
-        from scripts.offline_hub import write_offline_hub
-
-        t = time.perf_counter()
-        write_offline_hub(hub, "gpt2-small", layers=[8])
-        print(f"wrote GPT-2-small-shape offline hub in {time.perf_counter() - t:.1f} s: {hub}")
+    use_offline_hub(args.hub, "axon-bench-hub-")
 
     import torch
 
@@ -82,17 +74,7 @@ def main() -> None:
         assert len(times) == n_new
         return times
 
-    @torch.inference_mode()
-    def axon_step(tokens: torch.Tensor) -> int:
-        got = {}
-
-        def grab(act, hook):
-            got["resid"] = act
-
-        logits = model.run_with_hooks(tokens[None], fwd_hooks=[(pair.hook_name, grab)])
-        feats = sae.encode(got["resid"][0, -1])
-        feats.topk(12)
-        return int(torch.multinomial(logits[0, -1].softmax(-1), 1))
+    axon_step = axon_style_step(model, sae, pair.hook_name)
 
     def axon_loop(n_new: int) -> float:
         tokens = model.to_tokens(PROMPT)[0]
