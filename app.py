@@ -12,6 +12,7 @@ from axon_core.hub import configure_hub
 HUB_NOTICE = configure_hub()  # before anything imports huggingface_hub
 
 import atexit  # noqa: E402
+import contextlib  # noqa: E402
 import dataclasses  # noqa: E402
 import functools  # noqa: E402
 import html  # noqa: E402
@@ -36,7 +37,10 @@ from axon_core.edges import EDGE_KINDS  # noqa: E402
 from axon_core.engine import Engine, LiveRun  # noqa: E402
 from axon_core.figure import to_json  # noqa: E402
 from axon_core.catalogue import DEFAULT_MODEL, DEFAULT_RELEASE, DEFAULT_SAE_ID, load_catalogue  # noqa: E402
-from axon_core.generation import GenerationSettings, PromptError, encode_prompt, generate  # noqa: E402
+from axon_core.depth import causal_check, run_tokens  # noqa: E402
+from axon_core.generation import GenerationSettings, PromptError, encode_prompt, generate, hook_layer  # noqa: E402
+from axon_core.generation import forward_lock  # noqa: E402
+from axon_core.residuals import FastWeights  # noqa: E402
 from axon_core.labels import LabelService  # noqa: E402
 from axon_core.loading import LoadError, PairCache  # noqa: E402
 from axon_core.session import RunSession, SessionRuns, comparison_html  # noqa: E402
@@ -81,11 +85,11 @@ EXAMPLES = [
     "def fibonacci(n):",
     "She opened the letter and began to cry because",
 ]
-TABLE_COLUMNS = ["feature", "label", "activation", "peak", "tokens", "attribution"]
+TABLE_COLUMNS = ["feature", "layer", "label", "activation", "peak", "tokens", "attribution"]
 
 # Process-wide resources, shared by every browser session (read-mostly, thread-safe).
 CATALOGUE = load_catalogue()
-PAIRS = PairCache()
+PAIRS = PairCache(max_saes=LIMITS.max_layers + 1)  # a run of four layers, and the next pick
 LABELS = LabelService()
 # The engine thread's Python glue between torch ops must get the GIL back quickly
 # while views build frames: hand it over every 0.5 ms instead of every 5 ms.
@@ -122,6 +126,8 @@ def status_line(run: RunSession | None = None, extra: str | None = None, state: 
     if run is not None:
         parts.append(f"{html.escape(run.meta['model'])} · {html.escape(run.meta['release'])} / "
                      f"<code>{html.escape(run.meta['sae_id'])}</code>")
+        if run.layered:
+            parts.append("layers " + ", ".join(str(layer) for layer in sorted(run.by_layer)))
         ms = run.ms_per_token()
         if ms is not None:
             parts.append(f"{ms:.0f} ms/token")
@@ -151,15 +157,50 @@ def table_frame(run: RunSession | None) -> pd.DataFrame:
 
 
 def _request_from_inputs(prompt, model, release, sae_id, temperature, top_k, top_p,
-                         repetition_penalty, max_tokens, seed, feature_k, threshold, steer=""):
-    """Every input through the same validator as share links: clamped, never raising."""
+                         repetition_penalty, max_tokens, seed, feature_k, threshold, steer="", layers=None):
+    """Every input through the same validator as share links: clamped, never raising.
+    ``layers``: the layer picker's value (a list) or a link's "2,5,8,11"."""
+    if isinstance(layers, (list, tuple)):
+        layers = ",".join(str(x) for x in layers)
     raw = {
         "prompt": prompt, "model": model, "release": release, "sae_id": sae_id,
         "temperature": temperature, "top_k": top_k, "top_p": top_p,
         "repetition_penalty": repetition_penalty, "max_tokens": max_tokens, "seed": seed,
-        "feature_k": feature_k, "threshold": threshold, "steer": steer,
+        "feature_k": feature_k, "threshold": threshold, "steer": steer, "layers": layers,
     }
     return parse_query({k: "" if v is None else str(v) for k, v in raw.items()}, LIMITS)
+
+
+def layer_pairs(pair, layers, notices: list[str]) -> list:
+    """The other SAEs a run reads at once: for each layer of ``layers`` but the
+    primary's, the release's SAE like the primary at that layer (see
+    :meth:`Release.by_layer`), at most ``LIMITS.max_layers`` in all. What cannot
+    be read is left out with a notice."""
+    primary = hook_layer(pair.hook_name)
+    wanted = [int(x) for x in layers if int(x) != primary]
+    if not wanted:
+        return []
+    if primary is None:
+        notices.append(f"layers: {pair.hook_name} is not a block's hook point; read it alone")
+        return []
+    rel = CATALOGUE.by_release.get(pair.choice.release)
+    by_layer = rel.by_layer(pair.choice.sae_id) if rel else {}
+    missing = [x for x in wanted if x not in by_layer]
+    if missing:
+        notices.append(f"layers: {pair.choice.release} has no SAE like {pair.choice.sae_id} at "
+                       f"{', '.join(map(str, missing))}")
+    wanted = [x for x in wanted if x in by_layer]
+    if len(wanted) + 1 > LIMITS.max_layers:
+        notices.append(f"layers: a run reads at most {LIMITS.max_layers} SAEs; kept "
+                       f"{', '.join(map(str, sorted([primary] + wanted[: LIMITS.max_layers - 1])))}")
+        wanted = wanted[: LIMITS.max_layers - 1]
+    extra = []
+    for layer in wanted:
+        other = PAIRS.get(pair.choice.release, by_layer[layer])
+        if other.model is not pair.model:  # another session switched models meanwhile
+            raise LoadError("The model changed while the run's SAEs were loading: press Generate again.")
+        extra.append(other)
+    return extra
 
 
 def _scrub_update(run: RunSession):
@@ -236,26 +277,29 @@ GPU_SECONDS = int(min(MAX_RUN_SECONDS, 120))  # one ZeroGPU call computes one wh
 
 
 @spaces.GPU(duration=GPU_SECONDS)
-def gpu_steps(release: str, sae_id: str, prompt: str, settings: GenerationSettings, steer: tuple = ()):
+def gpu_steps(release: str, sae_id: str, prompt: str, settings: GenerationSettings, steer: tuple = (),
+              extra_ids: tuple = ()):
     """ZeroGPU's path: one run computed inside one GPU call (a worker process
     there), yielding plain TokenSteps, which cross its process boundary
     (pickled); frames are drawn by the caller. Off ZeroGPU the engine computes
-    runs and this is not used."""
+    runs and this is not used. ``extra_ids``: sae ids of the release read at once."""
     pair = PAIRS.get(release, sae_id)
+    extra = [PAIRS.get(release, x) for x in extra_ids]
     edit = steering_edit(pair.sae, steer) if steer else None
     deadline = time.monotonic() + GPU_SECONDS - 5
-    for step in generate(pair, prompt, settings, edit):
+    for step in generate(pair, prompt, settings, edit, extra=extra):
         yield step
         if time.monotonic() > deadline:
             return
 
 
-def _gpu_live(pair, req, meta, steer):
+def _gpu_live(pair, req, meta, steer, extra=()):
     """A LiveRun fed by :func:`gpu_steps` in the caller's thread, and the
     function that feeds it for about one frame interval."""
     live = LiveRun(None, meta, req.settings, steer)
     live.started, live.state = time.monotonic(), "running"
-    steps = gpu_steps(pair.choice.release, pair.choice.sae_id, req.prompt, req.settings, steer)
+    steps = gpu_steps(pair.choice.release, pair.choice.sae_id, req.prompt, req.settings, steer,
+                      tuple(x.choice.sae_id for x in extra))
 
     def pull():
         deadline = time.monotonic() + FRAME_INTERVAL
@@ -273,7 +317,7 @@ def _gpu_live(pair, req, meta, steer):
 
 
 def run_generation(prompt, model, release, sae_id, temperature, top_k, top_p, repetition_penalty,
-                   max_tokens, seed, feature_k, threshold, steer="", edge_kind="npmi", at=None,
+                   max_tokens, seed, feature_k, threshold, steer="", edge_kind="npmi", at=None, layers=None,
                    progress=gr.Progress()):
     """Generate from ``prompt`` and stream text, graph, table and status per frame.
 
@@ -281,16 +325,20 @@ def run_generation(prompt, model, release, sae_id, temperature, top_k, top_p, re
     finished one); this view samples it. With ``steer`` ("feature:coefficient,
     ..."), the plain run is computed alongside and both are compared side by
     side at the end. ``at`` (a token position, from a link) is shown at the end.
+    ``layers`` (a list, or "2,5,8,11"): read the release's SAEs at these
+    layers too, in the same forward (each layer a plane of the graph).
     """
     req, notices = _request_from_inputs(prompt, model, release, sae_id, temperature, top_k, top_p,
-                                        repetition_penalty, max_tokens, seed, feature_k, threshold, steer)
+                                        repetition_penalty, max_tokens, seed, feature_k, threshold, steer,
+                                        layers)
     if notices:
         gr.Info(html.escape("; ".join(notices)[:300]))
     try:
         pair = PAIRS.get(req.release or DEFAULT_RELEASE, req.sae_id or DEFAULT_SAE_ID,
                          progress=lambda frac, msg: progress(frac, desc=msg))
+        extra = layer_pairs(pair, req.layers, notices)
     except LoadError as err:
-        yield _failure(str(err))
+        yield _failure("; ".join([str(err)] + notices))
         return
     if req.model and req.model != pair.choice.model:
         notices.append(f"model {req.model[:40]} does not go with release {pair.choice.release}: "
@@ -300,7 +348,7 @@ def run_generation(prompt, model, release, sae_id, temperature, top_k, top_p, re
             "prompt": req.prompt}
     kind = edge_kind if isinstance(edge_kind, str) and edge_kind in EDGE_KINDS else "npmi"
     run = RunSession({**meta, "steer": req.steer}, req.settings, LABELS, w_dec=pair.sae.W_dec, edge_kind=kind,
-                     frame_interval=FRAME_INTERVAL)
+                     frame_interval=FRAME_INTERVAL, saes=[pair, *extra] if extra else None)
     lives, pulls = [], [None, None]
     try:
         try:
@@ -308,12 +356,12 @@ def run_generation(prompt, model, release, sae_id, temperature, top_k, top_p, re
                 encode_prompt(pair.model, req.prompt)
                 steering_edit(pair.sae, req.steer)
                 for i, steer in enumerate([req.steer, ()] if req.steer else [req.steer]):
-                    live, pulls[i] = _gpu_live(pair, req, meta, steer)
+                    live, pulls[i] = _gpu_live(pair, req, meta, steer, extra)
                     lives.append(live)
             else:
-                lives.append(ENGINE.submit(pair, req.prompt, req.settings, req.steer, meta))
+                lives.append(ENGINE.submit(pair, req.prompt, req.settings, req.steer, meta, extra))
                 if req.steer:  # the plain run, computed alongside (or already cached)
-                    lives.append(ENGINE.submit(pair, req.prompt, req.settings, (), meta))
+                    lives.append(ENGINE.submit(pair, req.prompt, req.settings, (), meta, extra))
         except (PromptError, ValueError) as err:  # ValueError: a steering spec this SAE cannot take
             yield _failure("; ".join([str(err)] + notices), run)
             return
@@ -330,7 +378,7 @@ def run_generation(prompt, model, release, sae_id, temperature, top_k, top_p, re
                     pulls[1]()
                 else:
                     plain_live.wait(len(plain_live.steps), FRAME_INTERVAL)
-            plain = RunSession(meta, req.settings, LABELS)
+            plain = RunSession(meta, req.settings, LABELS, saes=run.saes or None)
             for step in plain_live.steps:
                 plain.add(step)
             compare = comparison_html(plain, run)
@@ -409,6 +457,19 @@ def sae_ids_for(release):
     return gr.update(choices=ids, value=value)
 
 
+def layer_choices(release, sae_id) -> list[int]:
+    """Layers whose SAE of ``release`` a run of ``sae_id`` can read at once
+    (its own included: picking it changes nothing)."""
+    rel = CATALOGUE.by_release.get(release)
+    return list(rel.by_layer(sae_id)) if rel and sae_id else []
+
+
+def layers_for(release, sae_id, current):
+    """The layer picker after the SAE changed: its choices, keeping what still applies."""
+    choices = layer_choices(release, sae_id)
+    return gr.update(choices=choices, value=[x for x in (current or []) if x in choices])
+
+
 def load_choice(release, sae_id, progress=gr.Progress()):
     if not release or not sae_id:
         return status_line()
@@ -444,35 +505,45 @@ NEIGHBOUR_COLUMNS = ["feature", "label", "npmi", "co_fired"]
 PUSH_COLUMNS = ["token", "attribution"]
 
 
-def inspect(run: RunSession | None, index):
+def inspect(run: RunSession | None, key):
+    """The inspector for one graph node (``key``: the feature's index, or in a
+    run of several layers its :func:`node_key`)."""
     empty = (INSPECT_HINT, None, pd.DataFrame(columns=NEIGHBOUR_COLUMNS), pd.DataFrame(columns=PUSH_COLUMNS),
              gr.skip(), gr.skip())
-    if run is None or index is None:
+    if run is None or key is None:
         return empty
     try:
-        index = int(index)
+        key = int(key)
     except (TypeError, ValueError):
         return empty
     try:  # the run's SAE may have left the cache since, and not load again (offline, memory)
         pair_model = PAIRS.get(run.meta["release"], run.meta["sae_id"]).model
     except LoadError as err:
         return (html.escape(str(err)),) + empty[1:]
-    info = run.inspector(index, lambda t: pair_model.tokenizer.decode([t]))
+    info = run.inspector(key, lambda t: pair_model.tokenizer.decode([t]))
     if info is None:
         return empty
     link = f" · [Neuronpedia]({info['url']})" if info["url"] else ""
-    head = (f"### {html.escape(info['label'])}\n\nfeature **#{index}** · now {info['activation']:.2f}"
+    where = f" · layer {info['layer']}" if info["layer"] is not None else ""
+    head = (f"### {html.escape(info['label'])}\n\nfeature **#{info['index']}**{where} · now {info['activation']:.2f}"
             f" · peak {info['peak']:.2f} · fired on {info['tokens']} tokens{link}")
     history = pd.DataFrame(info["history"], columns=["position", "activation"])
     plot = gr.LinePlot(history, x="position", y="activation", height=180)
     neighbours = pd.DataFrame(info["neighbours"], columns=NEIGHBOUR_COLUMNS).round(3)
     pushes = pd.DataFrame(info["pushes"], columns=PUSH_COLUMNS).round(3)
-    return head, plot, neighbours, pushes, run.text_html(highlight=index), index
+    # steering acts on the run's primary SAE: a feature of another layer is not put in the steering box
+    steerable = info["index"] if not run.layered or info["layer"] == run.primary_layer else gr.skip()
+    return head, plot, neighbours, pushes, run.text_html(highlight=key), steerable
 
 
 def inspect_from_table(run, evt: gr.SelectData):
     row = getattr(evt, "row_value", None)
-    return inspect(run, row[0] if row else None)
+    if not row or run is None:
+        return inspect(run, None)
+    try:
+        return inspect(run, run.key(int(row[0]), int(row[1]) if row[1] is not None else None))
+    except (TypeError, ValueError, IndexError):
+        return inspect(run, None)
 
 
 def inspect_from_graph(run, evt: gr.SelectData):
@@ -489,11 +560,11 @@ def _base_url(request: gr.Request | None) -> str:
 
 
 def share_link(run: RunSession | None, prompt, model, release, sae_id, temperature, top_k, top_p,
-               repetition_penalty, max_tokens, seed, feature_k, threshold, steer, request: gr.Request):
+               repetition_penalty, max_tokens, seed, feature_k, threshold, steer, layers, request: gr.Request):
     """A link that reopens and reruns this prompt with these settings (and, when
     the graph is scrubbed to a token, shows that token)."""
     req, _ = _request_from_inputs(prompt, model, release, sae_id, temperature, top_k, top_p,
-                                  repetition_penalty, max_tokens, seed, feature_k, threshold, steer)
+                                  repetition_penalty, max_tokens, seed, feature_k, threshold, steer, layers)
     req = dataclasses.replace(req, autorun=True, at=run.at if run is not None else None)
     return build_link(_base_url(request), req)
 
@@ -535,10 +606,16 @@ def from_query(request: gr.Request):
         gr.Info(html.escape("Link: " + "; ".join(notices)[:300]))  # a link's text is not markup
     prompt = req.prompt if "prompt" in params else EXAMPLES[0]
     release_choices = [r.release for r in CATALOGUE.releases(model)]
+    choices = layer_choices(release, sae_id)
+    layers = [x for x in req.layers if x in choices]
+    if len(layers) < len(req.layers):
+        gr.Info(html.escape(f"Link: release {release} has no SAE like {sae_id} at layers "
+                            f"{', '.join(str(x) for x in req.layers if x not in choices)}"))
     return (prompt, model, gr.update(choices=release_choices, value=release), gr.update(choices=ids, value=sae_id),
             s.temperature, s.top_k, s.top_p, s.repetition_penalty, s.max_new_tokens, s.seed,
             s.feature_k, s.activation_threshold, format_steer(req.steer),
-            bool(req.autorun and "prompt" in params), req.at, embed_link(params, request) if req.embed else "")
+            bool(req.autorun and "prompt" in params), req.at, embed_link(params, request) if req.embed else "",
+            gr.update(choices=choices, value=layers))
 
 
 def format_steer(spec) -> str:
@@ -559,7 +636,7 @@ def add_steer(run: RunSession | None, feature, strength, current):
 
 
 def redraw(run: RunSession | None, kind):
-    if run is None or kind not in EDGE_KINDS:
+    if run is None or kind not in EDGE_KINDS + ("causal",):
         return gr.skip()
     run.edge_kind = kind
     return run.figure_json(relayout=False)
@@ -593,6 +670,65 @@ def highlight_token(run: RunSession | None, evt: gr.SelectData):
     if run is None or not run.steps:
         return (gr.skip(),) * 5
     return _at_token(run, None if run.at == position else position)
+
+
+CAUSAL_COLUMNS = ["source", "source_label", "target", "target_label", "npmi", "virtual_weight", "effect"]
+CAUSAL_HINT = ("**Which earlier features caused these?** Read several layers (Model and SAE → Layers), generate, "
+               "pick a token (slider or click), then test it: each of its 8 strongest features at an earlier layer "
+               "is ablated in turn (that position re-run from there up) and every later layer's features on the "
+               "token are measured. Co-firing (NPMI), virtual weight and measured effect side by side.")
+
+
+def causal_for_token(run: RunSession | None):
+    """Ablate the shown token's strongest features at each earlier layer and
+    measure the later layers (axon_core.depth.causal_check); draw the effects
+    as edges and list them beside co-firing and virtual weight."""
+    empty = pd.DataFrame(columns=CAUSAL_COLUMNS)
+    if run is None or not run.steps:
+        return gr.skip(), gr.skip(), empty, "Generate first: there is no token to test yet."
+    if not run.layered:
+        return gr.skip(), gr.skip(), empty, ("This run reads one layer. Pick more layers under "
+                                             "*Model and SAE → Layers* and generate again.")
+    if not run.caught_up:
+        return gr.skip(), gr.skip(), empty, "Wait for the run to finish, then test a token."
+    position = run.at if run.at is not None else run.steps[-1].position
+    try:
+        pair = PAIRS.get(run.meta["release"], run.meta["sae_id"])
+    except LoadError as err:
+        return gr.skip(), gr.skip(), empty, html.escape(str(err))
+    t = time.perf_counter()
+    try:
+        checks = depth_checks(pair, run, position)
+    except (ValueError, RuntimeError) as err:
+        log.exception("causal check failed")
+        return gr.skip(), gr.skip(), empty, f"The check failed ({type(err).__name__}): {html.escape(str(err)[:200])}"
+    ms = 1e3 * (time.perf_counter() - t)
+    rows = run.set_causal(checks, position)
+    run.edge_kind = "causal"
+    token = next((s.text for s in run.steps if s.position == position), "")
+    df = pd.DataFrame(rows, columns=CAUSAL_COLUMNS).round(3)
+    note = (f"Token {position} ({html.escape(repr(token))}): {sum(len(c.features) for c in checks)} ablations "
+            f"in {ms:.0f} ms. In the graph: measured effects (blue: the earlier feature helped the later one "
+            f"fire, red: it held it back; width: size).")
+    return run.figure_json(relayout=False), "causal", df, note
+
+
+def depth_checks(pair, run: RunSession, position: int):
+    """One :func:`causal_check` per earlier layer of ``run`` at ``position``."""
+    model = pair.model
+    bos = getattr(model.tokenizer, "bos_token_id", None)
+    tokens = run_tokens(run.steps, bos)
+    edits = {pair.hook_name: steering_edit(pair.sae, run.meta["steer"])} if run.meta.get("steer") else None
+    layers = sorted(run.by_layer)
+    fast = pair.fast_weights if FastWeights.supports(model) else None
+    checks = []
+    with forward_lock(model, None) if fast is None else contextlib.nullcontext():
+        for i, layer in enumerate(layers[:-1]):
+            checks.append(causal_check(model, tokens, position, run.by_layer[layer],
+                                       [run.by_layer[x] for x in layers[i + 1:]], k=8,
+                                       threshold=run.settings.activation_threshold,
+                                       weights=fast, edits=edits))
+    return checks
 
 
 def engine_stats() -> dict:
@@ -637,7 +773,8 @@ def _forget_run(run: RunSession | None) -> None:
 GRAPH_JS = (HERE / "assets" / "graph.js").read_text()
 TEXT_JS = (HERE / "assets" / "text.js").read_text()
 EDGE_CHOICES = [("above chance (NPMI > 0)", "npmi"), ("all co-firing, by NPMI", "npmi_all"),
-                ("co-activation strength", "cooccurrence"), ("decoder cosine (SAE geometry)", "decoder")]
+                ("co-activation strength", "cooccurrence"), ("decoder cosine (SAE geometry)", "decoder"),
+                ("virtual weights across layers", "virtual"), ("measured effects (causal check)", "causal")]
 CSS = (HERE / "assets" / "axon.css").read_text()
 # plotly.js from this app's own static route; ?embed=1 switches the page to the
 # embed view before it draws (text, graph and a link to the full page).
@@ -680,6 +817,9 @@ with gr.Blocks(title="AXON", delete_cache=(int(EXPORT_MAX_AGE), int(EXPORT_MAX_A
                                   label="SAE release")
             sae_id = gr.Dropdown(CATALOGUE.by_release[DEFAULT_RELEASE].sae_ids(), value=DEFAULT_SAE_ID,
                                  label="SAE id (hook point)")
+        layers = gr.Dropdown(layer_choices(DEFAULT_RELEASE, DEFAULT_SAE_ID), value=[], multiselect=True,
+                             label=f"Layers read at once (up to {LIMITS.max_layers} with the SAE above, one forward; "
+                                   "each layer a plane of the graph)")
         prefetch_btn = gr.Button("Prefetch all labels for this SAE", size="sm")
     with gr.Accordion("Sampling and features", open=False, elem_classes=FULL):
         with gr.Row():
@@ -714,6 +854,11 @@ with gr.Blocks(title="AXON", delete_cache=(int(EXPORT_MAX_AGE), int(EXPORT_MAX_A
             steer_btn = gr.Button("Steer (same prompt and seed)", variant="primary", scale=1)
             clear_steer_btn = gr.Button("Clear steering", size="sm", scale=1)
         compare = gr.HTML("", label="Plain vs steered")
+    with gr.Accordion("Depth: which earlier features caused these?", open=False, elem_classes=FULL):
+        causal_note = gr.Markdown(CAUSAL_HINT)
+        causal_btn = gr.Button("Test the shown token by ablation", size="sm")
+        causal_table = gr.Dataframe(pd.DataFrame(columns=CAUSAL_COLUMNS), interactive=False, max_height=320,
+                                    label="Earlier → later feature: co-firing NPMI, virtual weight, measured effect")
     with gr.Accordion("Timeline: tokens × strongest features (click a token to see the graph then)", open=False,
                       elem_classes=FULL):
         timeline = gr.HTML(value="", html_template='<div class="axon-plot axon-timeline"></div>',
@@ -729,7 +874,7 @@ with gr.Blocks(title="AXON", delete_cache=(int(EXPORT_MAX_AGE), int(EXPORT_MAX_A
     run_json = gr.JSON(visible=False)
 
     inputs = [prompt, model, release, sae_id, temperature, top_k, top_p, repetition_penalty,
-              max_tokens, seed, feature_k, threshold, steer_box, edge_kind, at_state]
+              max_tokens, seed, feature_k, threshold, steer_box, edge_kind, at_state, layers]
     # A run's progress shows on the status line only: Gradio's progress overlay on
     # all eleven outputs costs the browser a re-layout every frame.
     STREAMING = dict(show_progress="minimal", show_progress_on=[status])
@@ -752,10 +897,13 @@ with gr.Blocks(title="AXON", delete_cache=(int(EXPORT_MAX_AGE), int(EXPORT_MAX_A
     scrub.input(scrub_to, [run_state, scrub], at_outputs, api_visibility="private", trigger_mode="always_last")
     text.select(highlight_token, run_state, at_outputs, api_visibility="private")
     timeline.select(highlight_token, run_state, at_outputs, api_visibility="private")
-    link_btn.click(share_link, [run_state] + inputs[:13], link_box, api_visibility="private")
+    link_btn.click(share_link, [run_state] + inputs[:13] + [layers], link_box, api_visibility="private")
     model.change(releases_for, model, [release, sae_id], api_visibility="private")
     release.input(sae_ids_for, release, sae_id, api_visibility="private")
     sae_id.input(load_choice, [release, sae_id], status, api_visibility="private")
+    sae_id.change(layers_for, [release, sae_id, layers], layers, api_visibility="private")
+    causal_btn.click(causal_for_token, run_state, [graph, edge_kind, causal_table, causal_note],
+                     api_visibility="private", concurrency_id="depth", concurrency_limit=2)
     prefetch_btn.click(prefetch_labels, [release, sae_id], status, api_visibility="private")
     inspector_outputs = [inspector_head, inspector_plot, neighbours, pushes, text, steer_feature]
     table.select(inspect_from_table, run_state, inspector_outputs, api_visibility="private")
@@ -766,7 +914,7 @@ with gr.Blocks(title="AXON", delete_cache=(int(EXPORT_MAX_AGE), int(EXPORT_MAX_A
     html_btn.click(functools.partial(prepare_download, kind="html"), run_state, html_file,
                    api_visibility="private").then(None, js=click_file.format("axon-dl-html", "axon-dl-html"))
     gr.api(engine_stats, api_name="engine_stats", api_visibility="undocumented")
-    load_event = demo.load(from_query, None, inputs[:13] + [autorun_state, at_state, embed_open],
+    load_event = demo.load(from_query, None, inputs[:13] + [autorun_state, at_state, embed_open, layers],
                            api_visibility="private")
     autorun_event = load_event.then(autorun_generation, [autorun_state] + inputs, outputs,
                                     api_visibility="private", concurrency_id="generate", **STREAMING)

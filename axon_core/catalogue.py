@@ -93,6 +93,49 @@ class Release:
     def sae_ids(self) -> list[str]:
         return [s.sae_id for s in self.saes]
 
+    def by_layer(self, like: str) -> dict[int, str]:
+        """The release's SAEs like ``like`` at each layer, ``{layer: sae_id}``:
+        the id with only its layer number changed where the release has it,
+        else the id at that layer that shares the longest beginning with it.
+
+        >>> rel.by_layer("blocks.8.hook_resid_pre")      # gpt2-small-res-jb
+        {0: 'blocks.0.hook_resid_pre', 1: 'blocks.1.hook_resid_pre', ..., 11: 'blocks.11.hook_resid_pre'}
+        """
+        m = _LAYER.search(like)
+        if m is None:
+            return {}
+        found: dict[int, str] = {}
+        for sae_id in self.sae_ids():
+            layer = layer_of(sae_id)
+            if layer is None:
+                continue
+            wanted = like[: m.start(1)] + str(layer) + like[m.end(1):]
+            best = found.get(layer)
+            if best == wanted:
+                continue
+            if sae_id == wanted or best is None or _shared(sae_id, wanted) > _shared(best, wanted):
+                found[layer] = sae_id
+        return dict(sorted(found.items()))
+
+
+_LAYER = re.compile(r"(?:blocks\.|layer_|layers\.|layer)(\d+)")
+
+
+def layer_of(sae_id: str) -> int | None:
+    """The block an SAE id names (``blocks.8.…`` → 8, ``layer_12/…`` → 12), or None."""
+    m = _LAYER.search(sae_id)
+    return int(m.group(1)) if m else None
+
+
+def _shared(a: str, b: str) -> int:
+    """Length of the common beginning of two strings."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
 
 @dataclass(frozen=True)
 class Catalogue:

@@ -15,6 +15,13 @@ The second kind, **decoder cosine**, is the cosine similarity of the two
 features' decoder directions (rows of ``W_dec``): how alike the SAE writes them
 into the residual stream, a property of the SAE rather than of this text.
 
+In a run of several layers (nodes keyed by :func:`~axon_core.features.node_key`)
+the third, **virtual weights**, joins features of different layers by how
+strongly the earlier one's decoder direction writes along the later one's
+encoder direction, ``W_dec_a[f] · W_enc_b[:, g]`` (see
+:func:`axon_core.depth.virtual_weights`), signed; within a layer it keeps the
+NPMI edges.
+
 Worked example::
 
     npmi(count_ab=25, count_a=50, count_b=50, n=100)   # 0.0  (independent)
@@ -25,12 +32,18 @@ Worked example::
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
-EDGE_KINDS = ("npmi", "npmi_all", "cooccurrence", "decoder")
+from .features import LAYER_STRIDE, split_key
+
+EDGE_KINDS = ("npmi", "npmi_all", "cooccurrence", "decoder", "virtual")
+SIGNED_KINDS = ("virtual",)  # scores with a sign, drawn in two colours
+VIRTUAL_MIN = 0.25  # virtual-weight edges drawn: |w| ≥ this share of the strongest on screen
 
 
 def npmi_array(count_ab: np.ndarray, count_a: np.ndarray, count_b: np.ndarray, n: int) -> np.ndarray:
@@ -63,15 +76,26 @@ class ScoredEdge:
 
 
 def score_edge_columns(graph, snapshot, kind: str = "npmi", min_support: int = 2,
-                       w_dec: torch.Tensor | None = None, max_edges: int = 1500,
-                       min_cosine: float = 0.2) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+                       w_dec: torch.Tensor | Mapping[int, torch.Tensor] | None = None, max_edges: int = 1500,
+                       min_cosine: float = 0.2, saes: Mapping[int, Any] | None = None,
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """:func:`score_edges` as numpy columns (source, target, score, count), strongest first."""
     if kind not in EDGE_KINDS:
         raise ValueError(f"unknown edge kind {kind!r}; expected one of {EDGE_KINDS}")
     if kind == "decoder":
         rows = decoder_edges(w_dec, snapshot.ids.tolist(), graph, min_cosine, max_edges)
-        return (np.array([e.source for e in rows], np.int64), np.array([e.target for e in rows], np.int64),
-                np.array([e.score for e in rows], np.float64), np.array([e.count for e in rows], np.int64))
+        return _columns(rows)
+    if kind == "virtual":
+        a, b, score, count = score_edge_columns(graph, snapshot, "npmi", min_support, max_edges=max_edges)
+        layer_a, _ = split_keys(a)
+        layer_b, _ = split_keys(b)
+        same = layer_a == layer_b
+        across = list(virtual_edge_columns(saes or {}, snapshot.ids, graph))
+        if len(across[2]):  # on NPMI's scale: the strongest virtual weight on screen is ±1
+            across[2] = across[2] / np.abs(across[2]).max()
+        merged = [np.concatenate([x[same], y]) for x, y in zip((a, b, score, count), across)]
+        order = np.lexsort((merged[1], merged[0], -np.abs(merged[2])))[:max_edges]
+        return tuple(m[order] for m in merged)
     # a snapshot of an earlier token (scrubbing) keeps only pairs that had co-fired by then
     earlier = snapshot.position if snapshot.tokens_seen < graph.tokens_seen else None
     a, b, count, weight = graph._edges.columns(snapshot.ids, by_position=earlier)
@@ -87,24 +111,87 @@ def score_edge_columns(graph, snapshot, kind: str = "npmi", min_support: int = 2
 
 
 def score_edges(graph, snapshot, kind: str = "npmi", min_support: int = 2,
-                w_dec: torch.Tensor | None = None, max_edges: int = 1500,
-                min_cosine: float = 0.2) -> list[ScoredEdge]:
+                w_dec: torch.Tensor | Mapping[int, torch.Tensor] | None = None, max_edges: int = 1500,
+                min_cosine: float = 0.2, saes: Mapping[int, Any] | None = None) -> list[ScoredEdge]:
     """The edges to draw among ``snapshot``'s nodes, strongest first.
 
     - ``npmi``: co-firing pairs with NPMI > 0 and at least ``min_support`` shared tokens.
     - ``npmi_all``: every co-firing pair, scored by NPMI (chance and below included).
     - ``cooccurrence``: every co-firing pair, scored by its summed co-activation.
     - ``decoder``: pairs of the snapshot's nodes whose decoder rows have cosine
-      ≥ ``min_cosine`` (needs ``w_dec``), whether or not they co-fired.
+      ≥ ``min_cosine`` (needs ``w_dec``: one tensor, or ``{layer: W_dec}`` in a
+      run of several layers), whether or not they co-fired.
+    - ``virtual`` (a run of several layers; needs ``saes``, ``{layer: SAE}``):
+      within a layer as ``npmi``; across layers, signed virtual weights
+      (:func:`virtual_edge_columns`), scaled so the strongest on screen is ±1.
     """
-    a, b, score, count = score_edge_columns(graph, snapshot, kind, min_support, w_dec, max_edges, min_cosine)
+    a, b, score, count = score_edge_columns(graph, snapshot, kind, min_support, w_dec, max_edges, min_cosine,
+                                            saes)
     return [ScoredEdge(int(x), int(y), float(v), int(c))
             for x, y, v, c in zip(a.tolist(), b.tolist(), score.tolist(), count.tolist())]
 
 
-def decoder_cosines(w_dec: torch.Tensor, indices: list[int]) -> torch.Tensor:
-    """Cosine similarity matrix of the decoder rows of ``indices``."""
-    rows = w_dec[torch.tensor(indices, dtype=torch.long, device=w_dec.device)].float()
+def _columns(rows: list[ScoredEdge]):
+    return (np.array([e.source for e in rows], np.int64), np.array([e.target for e in rows], np.int64),
+            np.array([e.score for e in rows], np.float64), np.array([e.count for e in rows], np.int64))
+
+
+def split_keys(keys) -> tuple[np.ndarray, np.ndarray]:
+    """(layer, index) columns of node keys (layer −1 for a run of one SAE)."""
+    keys = np.asarray(keys, np.int64)
+    layer = np.where(keys >= LAYER_STRIDE, keys // LAYER_STRIDE - 1, -1)
+    return layer, np.where(keys >= LAYER_STRIDE, keys % LAYER_STRIDE, keys)
+
+
+def decoder_rows(w_dec: torch.Tensor | Mapping[int, torch.Tensor], keys: list[int]) -> torch.Tensor:
+    """The decoder rows of node ``keys``: from one ``W_dec`` (a run of one SAE),
+    or from ``{layer: W_dec}`` by each key's layer."""
+    if not isinstance(w_dec, Mapping):
+        return w_dec[torch.tensor(keys, dtype=torch.long, device=w_dec.device)].float()
+    rows = [w_dec[layer][index].float() for layer, index in map(split_key, keys)]
+    return torch.stack(rows) if rows else torch.zeros(0, 1)
+
+
+def virtual_edge_columns(saes: Mapping[int, Any], keys: list[int], graph=None, max_edges: int = 400,
+                         share: float = VIRTUAL_MIN):
+    """Virtual weights between the nodes of different layers among ``keys``
+    (earlier layer's decoder row · later layer's encoder column, for every pair
+    of layers): the ``max_edges`` largest in size that are at least ``share``
+    of the largest, as columns (source, target, weight, co-firing count),
+    strongest first. ``saes``: ``{layer: SAE}`` (anything with ``W_dec`` / ``W_enc``)."""
+    keys = np.asarray(keys, np.int64)
+    layer, index = split_keys(keys)
+    layers = [la for la in sorted(set(layer.tolist())) if la in saes]
+    parts = []
+    with torch.no_grad():
+        for i, la in enumerate(layers):
+            rows_a = np.flatnonzero(layer == la)
+            w_dec = saes[la].W_dec
+            dec = w_dec[torch.as_tensor(index[rows_a], device=w_dec.device)].float()
+            for lb in layers[i + 1:]:
+                rows_b = np.flatnonzero(layer == lb)
+                w_enc = saes[lb].W_enc
+                enc = w_enc[:, torch.as_tensor(index[rows_b], device=w_enc.device)].float()
+                v = (dec.to(enc.device) @ enc).cpu().numpy().ravel()
+                top = np.argpartition(-np.abs(v), min(max_edges, len(v)) - 1)[:max_edges] if len(v) else v[:0]
+                r, c = np.divmod(top, len(rows_b))
+                parts.append((keys[rows_a[r]], keys[rows_b[c]], v[top].astype(np.float64)))
+    if not parts:
+        z = np.zeros(0, np.int64)
+        return z, z, np.zeros(0), z
+    a, b, w = (np.concatenate(col) for col in zip(*parts))
+    keep = (np.abs(w) >= share * np.abs(w).max()) & (w != 0)
+    a, b, w = a[keep], b[keep], w[keep]
+    order = np.lexsort((b, a, -np.abs(w)))[:max_edges]
+    a, b, w = a[order], b[order], w[order]
+    count = np.array([graph.cofire_count(x, y) for x, y in zip(a.tolist(), b.tolist())], np.int64) \
+        if graph is not None else np.zeros(len(a), np.int64)
+    return a, b, w, count
+
+
+def decoder_cosines(w_dec: torch.Tensor | Mapping[int, torch.Tensor], indices: list[int]) -> torch.Tensor:
+    """Cosine similarity matrix of the decoder rows of ``indices`` (node keys)."""
+    rows = decoder_rows(w_dec, indices)
     rows = rows / rows.norm(dim=1, keepdim=True).clamp_min(1e-12)
     return rows @ rows.T
 

@@ -48,7 +48,7 @@ import cachetools
 import torch
 
 from .batching import can_batch, step_batch
-from .generation import Generation, GenerationSettings, TokenStep
+from .generation import Generation, GenerationSettings, LayerSae, TokenStep
 from .steering import steering_edit
 
 log = logging.getLogger("axon.engine")
@@ -190,9 +190,10 @@ class EngineCounters:
     cancelled: int = 0
 
 
-def request_key(pair, prompt: str, settings: GenerationSettings, steer: tuple) -> tuple:
-    """What makes two requests the same run."""
-    return (pair.choice.release, pair.choice.sae_id, prompt, settings, tuple(steer))
+def request_key(pair, prompt: str, settings: GenerationSettings, steer: tuple, extra: tuple = ()) -> tuple:
+    """What makes two requests the same run (``extra``: the other SAEs it reads)."""
+    saes = tuple((s.release, s.sae_id) for s in map(LayerSae.of, extra))
+    return (pair.choice.release, pair.choice.sae_id, prompt, settings, tuple(steer), saes)
 
 
 class Engine:
@@ -216,12 +217,15 @@ class Engine:
     # ---- sessions ------------------------------------------------------------
 
     def submit(self, pair, prompt: str, settings: GenerationSettings, steer: tuple = (),
-               meta: dict[str, Any] | None = None) -> LiveRun:
+               meta: dict[str, Any] | None = None, extra: tuple = ()) -> LiveRun:
         """The run for this request: one in flight, a finished one from the replay
         cache, or a new one. The caller becomes one of its viewers and must call
-        :meth:`release` when done. Raises :class:`~axon_core.generation.PromptError`
-        (or ``ValueError`` for a steering spec the SAE cannot take) at once."""
-        key = request_key(pair, prompt, settings, steer)
+        :meth:`release` when done. ``extra``: more SAEs of the same model
+        (LoadedPairs) read in the same forward (see :class:`Generation`).
+        Raises :class:`~axon_core.generation.PromptError` (or ``ValueError`` for a
+        steering spec the SAE cannot take, or extra SAEs it cannot read) at once."""
+        extra = tuple(extra)
+        key = request_key(pair, prompt, settings, steer, extra)
         with self._lock:
             run = self._inflight.get(key)
             if run is not None and not run.finished:
@@ -234,7 +238,7 @@ class Engine:
                 self.counters.replayed += 1
                 return run
         edit = steering_edit(pair.sae, steer) if steer else None
-        generation = Generation(pair, prompt, settings, edit)  # PromptError here, in the caller
+        generation = Generation(pair, prompt, settings, edit, extra=extra)  # PromptError here, in the caller
         run = LiveRun(key, meta or {}, settings, steer, generation)
         with self._lock:
             other = self._inflight.get(key)  # the same request may have raced us here

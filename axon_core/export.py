@@ -15,7 +15,8 @@ A run that read several SAEs (``Generation(..., extra=...)``): pass
 hook_name, layer, neuronpedia_id of each, the primary first); each feature then
 carries its ``"layer"``, and ``labels`` are keyed ``"<layer>:<index>"`` for
 layered features (``layer_labels`` gives each layer's label source; the
-primary's layer falls back to ``label_of``). Schema ``axon-run/2`` adds just
+primary's layer falls back to ``label_of``), and each edge its
+``"source_layer"`` and ``"target_layer"``. Schema ``axon-run/2`` adds just
 that to ``axon-run/1``, which :func:`run_from_json` still reads.
     page = standalone_html(figure_dict(snap, pos, labels), "AXON run", generated_text)
 
@@ -37,7 +38,7 @@ from typing import Any, Mapping, Sequence
 
 import orjson
 
-from .features import FeatureHit
+from .features import FeatureHit, split_key
 from .generation import GenerationSettings, TokenStep
 from .graph import GraphState, LabelSource, label_fn
 
@@ -61,8 +62,13 @@ def run_to_json(steps: list[TokenStep], settings: GenerationSettings, meta: dict
         "sampled_prob": s.sampled_prob, "notice": s.notice, "display": s.display,
         "features": [_feature(f) for f in s.features],
     } for s in steps]
-    edges = [{"source": e.source, "target": e.target, "count": e.count, "weight": e.weight}
-             for e in graph.edges()]
+    edges = []
+    for e in graph.edges():  # graph nodes are (layer, index) keys in a run of several SAEs
+        (la, a), (lb, b) = split_key(e.source), split_key(e.target)
+        edge = {"source": a, "target": b, "count": e.count, "weight": e.weight}
+        if la is not None:
+            edge.update(source_layer=la, target_layer=lb)
+        edges.append(edge)
     seen = sorted({(f.layer if f.layer is not None else -1, f.index) for s in steps for f in s.features})
     labels = {}
     for layer, i in seen:

@@ -39,6 +39,43 @@ class FeatureHit:
     attribution: float | None = None
     layer: int | None = None
 
+    @property
+    def key(self) -> int:
+        """The feature's name in a run's graph: its index, or, with a layer, :func:`node_key`."""
+        return node_key(self.layer, self.index)
+
+
+# A run that reads several SAEs keeps one graph whose nodes are (layer, index)
+# pairs, packed into one integer so that graphs, layouts and figures stay
+# numpy columns of int64: the index plus (layer + 1) × 2²⁴ (wider than any SAE).
+LAYER_STRIDE = 1 << 24
+
+
+def node_key(layer: int | None, index: int) -> int:
+    """One integer for feature ``index`` of the SAE at ``layer`` (None: a run of one SAE).
+
+    >>> node_key(None, 7124), node_key(0, 7124), node_key(8, 7124)
+    (7124, 16784340, 151002068)
+    >>> split_key(151002068), split_key(7124)
+    ((8, 7124), (None, 7124))
+    """
+    return int(index) if layer is None else (int(layer) + 1) * LAYER_STRIDE + int(index)
+
+
+def split_key(key: int) -> tuple[int | None, int]:
+    """(layer, index) of a :func:`node_key`."""
+    key = int(key)
+    if key < LAYER_STRIDE:
+        return None, key
+    layer, index = divmod(key, LAYER_STRIDE)
+    return layer - 1, index
+
+
+def key_name(key: int) -> str:
+    """How a feature is written for people: ``#7124``, or ``L8 #7124`` in a layered run."""
+    layer, index = split_key(key)
+    return f"#{index}" if layer is None else f"L{layer} #{index}"
+
 
 def top_features(acts: torch.Tensor, k: int, threshold: float) -> list[tuple[int, float]]:
     """The ``k`` strongest features of one position's activations ``[d_sae]``

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from .features import key_name
 from .graph import GraphSnapshot, LabelSource, label_fn
 
 BACKGROUND = "#0b0f19"
@@ -47,6 +48,12 @@ EDGE_STYLES = (  # (name, width, rgba) from weak to strong
     ("edges mid", 2.0, "rgba(160,180,255,0.30)"),
     ("edges strong", 3.5, "rgba(200,215,255,0.60)"),
 )
+NEGATIVE_EDGE_STYLES = (  # signed edges (virtual weights, measured effects) below zero
+    ("edges negative weak", 1.0, "rgba(255,110,110,0.18)"),
+    ("edges negative mid", 2.0, "rgba(255,110,110,0.40)"),
+    ("edges negative strong", 3.5, "rgba(255,130,130,0.75)"),
+)
+PLANE_COLOUR = "rgba(125,249,255,0.18)"
 ACTIVE_RING = "#7df9ff"
 MAX_LABEL = 120  # characters of a label shown on hover
 SCENE_LABELS = 8  # features of the newest token named in the scene
@@ -100,12 +107,14 @@ def _segments(coords: np.ndarray, ends: np.ndarray) -> list[list]:
     return axes
 
 
-def _edge_traces(ends: np.ndarray, weight: np.ndarray, coords: np.ndarray) -> list[dict]:
-    """Three line traces, weak/mid/strong (thirds of the strongest weight)."""
-    top = max(float(weight.max()), 1e-12) if len(weight) else 1.0
+def _edge_traces(ends: np.ndarray, weight: np.ndarray, coords: np.ndarray,
+                 styles=EDGE_STYLES, top: float | None = None) -> list[dict]:
+    """Three line traces, weak/mid/strong (thirds of ``top``, default the strongest weight)."""
+    if top is None:
+        top = max(float(weight.max()), 1e-12) if len(weight) else 1.0
     bucket = np.minimum(2, (3.0 * weight / top).astype(int))
     traces = []
-    for b, (name, width, colour) in enumerate(EDGE_STYLES):
+    for b, (name, width, colour) in enumerate(styles):
         x, y, z = _segments(coords, ends[bucket == b])
         traces.append({
             "type": "scatter3d", "mode": "lines", "name": name, "x": x, "y": y, "z": z,
@@ -124,12 +133,19 @@ def _positions(positions: Mapping[Hashable, tuple], ids: list[int]) -> tuple[np.
 
 def figure_dict(snapshot: GraphSnapshot, positions: Mapping[Hashable, tuple], label_of: LabelSource,
                 edges: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
-                n_labels: int = SCENE_LABELS) -> dict[str, Any]:
+                n_labels: int = SCENE_LABELS, signed: bool = False,
+                planes: Mapping[float, str] | None = None) -> dict[str, Any]:
     """The Plotly figure (``{"data": [...], "layout": {...}}``) for one frame.
 
-    ``edges`` (source ids, target ids, weights) replaces the snapshot's own.
-    The snapshot's token's features are ringed, and the ``n_labels`` strongest
-    of them carry their labels as text in the scene. Nodes without a position are left out."""
+    ``edges`` (source ids, target ids, weights) replaces the snapshot's own;
+    with ``signed``, weights below zero are drawn in red (by size, as the
+    others). ``planes`` (``{z: name}``, a run of several layers) outlines each
+    layer's plane and names it. The snapshot's token's features are ringed,
+    and the ``n_labels`` strongest of them carry their labels as text in the
+    scene. Nodes without a position are left out.
+
+    Traces, in order: three edge strengths, ``features``, ``active``, three
+    strengths of negative edges (empty unless ``signed``), ``planes``."""
     label = label_fn(label_of)
     all_ids = snapshot.ids.tolist()
     rows, coords = _positions(positions, all_ids)
@@ -138,7 +154,7 @@ def figure_dict(snapshot: GraphSnapshot, positions: Mapping[Hashable, tuple], la
     peak, tokens = snapshot.peak[rows], snapshot.tokens[rows]
     peak_top = float(peak.max()) if len(peak) else 1.0
     size = np.round(np.minimum(4.0 + 5.0 * np.sqrt(act), 30.0), 1)
-    hover = [f"{hover_label(label(i))}<br>#{i} · now {a:.2f} · peak {p:.2f} · {t} tok"
+    hover = [f"{hover_label(label(i))}<br>{key_name(i)} · now {a:.2f} · peak {p:.2f} · {t} tok"
              for i, a, p, t in zip(ids, act.tolist(), peak.tolist(), tokens.tolist())]
     node_trace = {
         "type": "scatter3d", "mode": "markers", "name": "features",
@@ -167,7 +183,7 @@ def figure_dict(snapshot: GraphSnapshot, positions: Mapping[Hashable, tuple], la
     named = sorted(on, key=lambda r: (-float(strength[r]), ids[r]))[:n_labels]
     annotations = [{
         "x": float(coords[r, 0]), "y": float(coords[r, 1]), "z": float(coords[r, 2]),
-        "text": plotly_text(label(ids[r]) or f"#{ids[r]}", SCENE_LABEL_CHARS), "name": str(ids[r]),
+        "text": plotly_text(label(ids[r]) or key_name(ids[r]), SCENE_LABEL_CHARS), "name": str(ids[r]),
         "showarrow": False, "yshift": 12, "font": {"color": SCENE_LABEL_COLOUR, "size": 12},
         "bgcolor": "rgba(11,15,25,0.55)",
     } for r in named]
@@ -179,7 +195,19 @@ def figure_dict(snapshot: GraphSnapshot, positions: Mapping[Hashable, tuple], la
     ends[:, 0] = np.fromiter(map(row.get, np.asarray(src).tolist(), repeat(-1)), np.intp, len(src))
     ends[:, 1] = np.fromiter(map(row.get, np.asarray(dst).tolist(), repeat(-1)), np.intp, len(src))
     placed = (ends >= 0).all(axis=1)
+    weight = np.asarray(weight, np.float64)[placed]
+    ends = ends[placed]
     half = _extent(coords)
+    plane_trace = {"type": "scatter3d", "mode": "lines", "name": "planes", "x": [], "y": [], "z": [],
+                   "line": {"width": 1.5, "color": PLANE_COLOUR}, "hoverinfo": "skip", "showlegend": False}
+    for z, name in sorted((planes or {}).items()):
+        corners = [(-half, -half), (half, -half), (half, half), (-half, half), (-half, -half)]
+        plane_trace["x"] += [c[0] for c in corners] + [None]
+        plane_trace["y"] += [c[1] for c in corners] + [None]
+        plane_trace["z"] += [round(float(z), 3)] * 5 + [None]
+        annotations.append({"x": -half, "y": -half, "z": round(float(z), 3), "text": plotly_text(name, 40),
+                            "name": f"plane {name}", "showarrow": False, "xanchor": "left", "yshift": -10,
+                            "font": {"color": ACTIVE_RING, "size": 11}})
     axis_range = [-half, half]
     scene = {name: {**_axis(), "range": axis_range} for name in ("xaxis", "yaxis", "zaxis")}
     # The opening camera sits closer than Plotly's default (1.25, 1.25, 1.25) so the
@@ -194,8 +222,12 @@ def figure_dict(snapshot: GraphSnapshot, positions: Mapping[Hashable, tuple], la
         "hoverlabel": {"bgcolor": "#1b1f3a", "font": {"color": "#ffffff"}},
         "transition": {"duration": 0}, "scene": scene,
     }
-    return {"data": [*_edge_traces(ends[placed], np.asarray(weight, np.float64)[placed], coords),
-                     node_trace, active_trace],
+    top = max(float(np.abs(weight).max()), 1e-12) if len(weight) else 1.0
+    negative = weight < 0 if signed else np.zeros(len(weight), bool)
+    return {"data": [*_edge_traces(ends[~negative], np.abs(weight[~negative]), coords, top=top),
+                     node_trace, active_trace,
+                     *_edge_traces(ends[negative], -weight[negative], coords, NEGATIVE_EDGE_STYLES, top=top),
+                     plane_trace],
             "layout": layout}
 
 

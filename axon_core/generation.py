@@ -130,7 +130,7 @@ _LOCKS_GUARD = threading.Lock()
 _MODEL_LOCKS: "weakref.WeakKeyDictionary[object, threading.Lock]" = weakref.WeakKeyDictionary()
 
 
-def _forward_lock(model, stepper):
+def forward_lock(model, stepper):
     """What one forward step must hold. :class:`FastStepper` keeps all its state
     in the stepper, so concurrent runs need nothing; TransformerLens's stepper
     adds hooks to the shared model for the duration of a forward, so concurrent
@@ -242,7 +242,7 @@ class Generation:
         unread = {s.hook_name for s in self.saes[1:]} - set(getattr(self.stepper, "extra_hooks", ()))
         if unread:
             raise ValueError(f"the stepper does not read the extra SAEs' hooks {sorted(unread)}")
-        self.lock = _forward_lock(model, self.stepper)
+        self.lock = forward_lock(model, self.stepper)
         self.rng = torch.Generator().manual_seed(int(settings.seed))
         self.history = self.tokens.tolist()
         self.setup = _attribution_setup(pair)

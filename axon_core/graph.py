@@ -12,7 +12,9 @@ Worked example::
     snap.active     # frozenset({9})
     g.neighbours(9) # [(7, 1, 1.0)]  as (index, co-fire count, summed weight)
 
-Nodes are every feature seen in the run, prompt tokens included. A node's
+Nodes are every feature seen in the run, prompt tokens included, keyed by
+:attr:`FeatureHit.key` (the feature's index in a run of one SAE; layer and
+index packed into one integer in a run of several, see :func:`node_key`). A node's
 ``activation`` is its brightness now: the activation of its last firing times
 ``decay ** tokens_since``; ``peak`` never decays. An edge joins two features
 that fired on the same token; its ``weight`` sums ``min(a, b)`` over those
@@ -143,11 +145,16 @@ class EdgeTable:
     co-fired on and ``weight[r]`` the summed ``min`` of their activations.
     """
 
+    _COLUMNS = ("a", "b", "na", "nb", "count", "weight", "first")
+
     def __init__(self) -> None:
         self.row: dict[tuple[int, int], int] = {}
+        self.node: dict[int, int] = {}  # feature → its number here (0, 1, … in order of first pairing)
         self.n = 0
         self.a = np.zeros(256, np.int64)
         self.b = np.zeros(256, np.int64)
+        self.na = np.zeros(256, np.int64)  # node numbers of a and b, to select pairs by membership fast
+        self.nb = np.zeros(256, np.int64)
         self.count = np.zeros(256, np.int64)
         self.weight = np.zeros(256, np.float64)
         self.first = np.zeros(256, np.int64)  # position of the first co-firing
@@ -158,15 +165,24 @@ class EdgeTable:
         new = r is None
         if new:
             if self.n == len(self.a):
-                for name in ("a", "b", "count", "weight", "first"):
+                for name in self._COLUMNS:
                     old = getattr(self, name)
                     setattr(self, name, np.concatenate([old, np.zeros_like(old)]))
             r = self.row[(a, b)] = self.n
             self.a[r], self.b[r], self.first[r] = a, b, position
+            self.na[r] = self.node.setdefault(a, len(self.node))
+            self.nb[r] = self.node.setdefault(b, len(self.node))
             self.n += 1
         self.count[r] += 1
         self.weight[r] += weight
         return new
+
+    def members(self, among) -> np.ndarray:
+        """A mask over node numbers: True for the features in ``among``."""
+        mask = np.zeros(len(self.node) + 1, bool)
+        rows = [self.node.get(int(i), -1) for i in np.asarray(among).tolist()]
+        mask[[r for r in rows if r >= 0]] = True
+        return mask
 
     def columns(self, among: np.ndarray | None = None, by_position: int | None = None):
         """(a, b, count, weight) of every pair, or of pairs with both ends in
@@ -174,7 +190,8 @@ class EdgeTable:
         a, b, count, weight = self.a[: self.n], self.b[: self.n], self.count[: self.n], self.weight[: self.n]
         keep = None
         if among is not None:
-            keep = np.isin(a, among) & np.isin(b, among)
+            member = self.members(among)
+            keep = member[self.na[: self.n]] & member[self.nb[: self.n]]
         if by_position is not None:
             early = self.first[: self.n] <= by_position
             keep = early if keep is None else keep & early
@@ -223,8 +240,8 @@ class GraphState:
         """Account for one token and the features that fired on it."""
         hits: dict[int, FeatureHit] = {}
         for hit in step.features:  # a feature twice on one token: keep the stronger
-            if hit.index not in hits or hit.activation > hits[hit.index].activation:
-                hits[hit.index] = hit
+            if hit.key not in hits or hit.activation > hits[hit.key].activation:
+                hits[hit.key] = hit
         now = self.tokens_seen
         for hit in hits.values():
             self._fire(hit, step, now)
@@ -240,20 +257,20 @@ class GraphState:
 
     def _fire(self, hit: FeatureHit, step: TokenStep, now: int) -> None:
         act, pos = float(hit.activation), step.position
-        node = self._nodes.get(hit.index)
+        node = self._nodes.get(hit.key)
         if node is None:
-            node = self._nodes[hit.index] = _Node(hit.index, act, now, act, 0, pos, pos, None)
+            node = self._nodes[hit.key] = _Node(hit.key, act, now, act, 0, pos, pos, None)
         node.last_activation, node.last_step, node.last_position = act, now, pos
         node.peak = max(node.peak, act)
         node.tokens += 1
         node.attribution = hit.attribution
         node.history.append((pos, act))
-        r = self._row.get(hit.index)
+        r = self._row.get(hit.key)
         if r is None:
-            r = self._row[hit.index] = len(self._row)
+            r = self._row[hit.key] = len(self._row)
             if r == len(self._cols["ids"]):
                 self._cols = {k: np.concatenate([v, np.zeros_like(v)]) for k, v in self._cols.items()}
-            self._cols["ids"][r] = hit.index
+            self._cols["ids"][r] = hit.key
         c = self._cols
         c["last_act"][r], c["last_step"][r], c["peak"][r], c["tokens"][r] = act, now, node.peak, node.tokens
         if hit.attribution is not None and step.next_token_id is not None:

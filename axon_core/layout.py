@@ -52,23 +52,38 @@ class ForceLayout:
         return dict(zip(self._row, map(tuple, self._xyz.tolist())))
 
     def update(self, node_ids: Sequence[Hashable],
-               edges: Iterable[tuple[Hashable, Hashable, float]]) -> dict[Hashable, Position]:
+               edges: Iterable[tuple[Hashable, Hashable, float]],
+               planes: Sequence[float] | None = None) -> dict[Hashable, Position]:
         """New positions for ``node_ids`` given weighted ``edges`` (i, j, weight);
-        edges to unknown nodes, self-loops and weights ≤ 0 are ignored."""
+        edges to unknown nodes, self-loops and weights ≤ 0 are ignored.
+
+        ``planes`` (one value per node id, NaN for none) pins nodes to the plane
+        z = value: they move in x and y only (a run of several layers draws each
+        layer on its own plane; edges between planes still pull in x and y)."""
         ids = list(dict.fromkeys(node_ids))
         row = {node: r for r, node in enumerate(ids)}
         src, dst, w = self._edge_arrays(row, list(edges))
+        z = None
+        if planes is not None:
+            first = {node: value for node, value in zip(node_ids, planes)}
+            z = np.array([first[node] for node in ids], dtype=np.float64)
+            z = z if np.isfinite(z).any() else None
 
         before = _rows(self._row, ids)
         old = before >= 0
         pos = np.zeros((len(ids), 3))
         pos[old] = self._xyz[before[old]]
         self._place_new(pos, old, src, dst, w)
+        pinned = None if z is None else np.isfinite(z)
+        if pinned is not None:
+            pos[pinned, 2] = z[pinned]
         if len(ids) > 1 and self.iterations > 0:
             radius = _radius(pos[old])
             cap = np.where(old, self.max_drift * radius / self.iterations, 0.5 * self.k)
             for _ in range(self.iterations):
                 pos += _capped(self.step * self._forces(pos, src, dst, w), cap)
+                if pinned is not None:
+                    pos[pinned, 2] = z[pinned]
         self._row, self._xyz = row, pos
         return dict(zip(ids, map(tuple, pos.tolist())))
 
@@ -77,10 +92,12 @@ class ForceLayout:
         self._work = np.empty(0)
 
     def update_arrays(self, node_ids: np.ndarray, src: np.ndarray, dst: np.ndarray,
-                      weight: np.ndarray) -> None:
-        """:meth:`update` from numpy columns (node ids; edge ends and weights),
-        without building a tuple per edge; read :attr:`positions` after."""
-        self.update(node_ids.tolist(), zip(src.tolist(), dst.tolist(), weight.tolist()))
+                      weight: np.ndarray, planes: np.ndarray | None = None) -> None:
+        """:meth:`update` from numpy columns (node ids; edge ends and weights;
+        optionally each node's plane), without building a tuple per edge; read
+        :attr:`positions` after."""
+        self.update(node_ids.tolist(), zip(src.tolist(), dst.tolist(), weight.tolist()),
+                    None if planes is None else np.asarray(planes, np.float64).tolist())
 
     @staticmethod
     def _edge_arrays(row: dict[Hashable, int], edges: list) -> tuple[np.ndarray, ...]:

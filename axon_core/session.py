@@ -31,10 +31,13 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-from .edges import npmi_neighbours, score_edge_columns, score_edges
+import numpy as np
+
+from .edges import SIGNED_KINDS, npmi_neighbours, score_edge_columns, score_edges
 from .export import run_to_json, standalone_html
+from .features import key_name, node_key, split_key
 from .figure import figure_dict, to_json
-from .generation import GenerationSettings, TokenStep
+from .generation import GenerationSettings, LayerSae, TokenStep, hook_layer
 from .graph import GraphState
 from .labels import fallback_label
 from .layout import ForceLayout
@@ -42,6 +45,7 @@ from .steering import compare_runs
 from .timeline import timeline_figure
 
 NEURONPEDIA_PAGE = "https://www.neuronpedia.org/{np_id}/{index}"
+PLANE_GAP = 3.0  # distance between two layers' planes, in ideal edge lengths of the layout
 
 
 def token_span(step: TokenStep, extra_class: str = "", attrs: str = "") -> str:
@@ -63,6 +67,13 @@ class RunSession:
     the view's own cadence), or is fed steps directly (:meth:`add`). A replayed
     run is revealed at the pace it was computed. ``at`` (a token position, or
     None for "live") shows the graph as it was at that token.
+
+    ``saes`` (the run's :attr:`Generation.saes`, primary first): a run of
+    several layers, whose nodes are ``(layer, index)`` keys
+    (:func:`~axon_core.features.node_key`); each layer is drawn on its own
+    plane (depth in the scene, earliest at the bottom), labels come from each
+    SAE's own Neuronpedia id, and the ``virtual`` and ``causal`` edge kinds
+    join layers.
     """
 
     def __init__(
@@ -74,11 +85,23 @@ class RunSession:
         max_nodes: int = 300,
         w_dec=None,
         edge_kind: str = "npmi",
+        saes=None,
     ):
         self.meta, self.settings, self.labels = dict(meta), settings, labels
         self.np_id: str | None = meta.get("neuronpedia_id")
         self.frame_interval, self.max_nodes = frame_interval, max_nodes
-        self.w_dec, self.edge_kind = w_dec, edge_kind  # edge_kind: see edges.EDGE_KINDS
+        self.w_dec, self.edge_kind = w_dec, edge_kind  # edge_kind: see edges.EDGE_KINDS, or "causal"
+        self.saes: tuple[LayerSae, ...] = tuple(LayerSae.of(x) for x in (saes or ()))
+        self.layered = len(self.saes) > 1
+        self.by_layer: dict[int, LayerSae] = {x.layer: x for x in self.saes} if self.layered else {}
+        self.np_ids: dict[int | None, str | None] = {None: self.np_id}
+        self.plane_of: dict[int, float] = {}
+        if self.layered:
+            self.np_ids.update({x.layer: x.neuronpedia_id for x in self.saes})
+            order = sorted(self.by_layer)
+            self.plane_of = {layer: (r - (len(order) - 1) / 2) * PLANE_GAP for r, layer in enumerate(order)}
+            self.w_dec = {layer: x.sae.W_dec for layer, x in self.by_layer.items()}
+        self.causal: dict[str, Any] | None = None  # the latest causal check (see set_causal)
         self.at: int | None = None  # scrubbed to this token position (None: follow the run)
         self.graph = GraphState()
         self.layout = ForceLayout(seed=0)
@@ -151,8 +174,14 @@ class RunSession:
             self.graph.add_step(step)
             if step.notice:
                 self.notices.append(step.notice)
-        if self.labels is not None and self.np_id:
-            self.labels.request(self.np_id, [f.index for f in step.features])
+        if self.labels is not None:
+            wanted: dict[str, list[int]] = {}
+            for f in step.features:
+                np_id = self.np_ids.get(f.layer, self.np_id)
+                if np_id:
+                    wanted.setdefault(np_id, []).append(f.index)
+            for np_id, indices in wanted.items():
+                self.labels.request(np_id, indices)
 
     def frame_wait(self, scale: float = 1.0, now: float | None = None) -> float:
         """Seconds until another frame may be sent (``scale`` stretches the interval)."""
@@ -177,27 +206,34 @@ class RunSession:
 
     # ---- reading ----------------------------------------------------------
 
-    def label(self, index: int) -> str:
-        """The feature's label, or its number while unknown. Known labels are
-        kept for the session (they do not change); unknown ones are asked again
-        only after new labels arrived, so a frame of 300 nodes and 200 tokens
-        does not query the label store a thousand times."""
+    def label(self, key: int) -> str:
+        """The feature's label (``key``: a graph node, see :attr:`FeatureHit.key`;
+        looked up under its own SAE's Neuronpedia id), or its number while
+        unknown. Known labels are kept for the session (they do not change);
+        unknown ones are asked again only after new labels arrived, so a frame
+        of 300 nodes and 200 tokens does not query the label store a thousand times."""
+        layer, index = split_key(key)
         if self.labels is None:
             return fallback_label(index)
-        known = self._known.get(index)
+        known = self._known.get(key)
         if known is not None:
             return known
         epoch = getattr(self.labels, "arrivals", None)
         if epoch != self._unknown_epoch:
             self._unknown, self._unknown_epoch = {}, epoch
-        if index in self._unknown:
-            return self._unknown[index]
-        label = self.labels.label(self.np_id, index)
-        if self.labels.known(self.np_id, index) is not None:
-            self._known[index] = label
+        if key in self._unknown:
+            return self._unknown[key]
+        np_id = self.np_ids.get(layer, self.np_id)
+        label = self.labels.label(np_id, index)
+        if self.labels.known(np_id, index) is not None:
+            self._known[key] = label
         else:
-            self._unknown[index] = label
+            self._unknown[key] = label
         return label
+
+    def key(self, index: int, layer: int | None = None) -> int:
+        """The graph node of feature ``index`` (of the SAE at ``layer`` in a run of several)."""
+        return node_key(layer if self.layered else None, index)
 
     def ms_per_token(self) -> float | None:
         """The engine's median time per new token of this run (ms), or, when
@@ -234,16 +270,75 @@ class RunSession:
                 snap = self.graph.snapshot_at(self.at, among=positions)
             elif not relayout:
                 snap = self.graph.snapshot(max_nodes=self.max_nodes)
-            a, b, score, _ = score_edge_columns(self.graph, snap, self.edge_kind, w_dec=self.w_dec)
-            shift = 1.0 if self.edge_kind == "npmi_all" else 0.0  # NPMI in [-1, 1] → width in [0, 2]
-            self._figure = figure_dict(snap, positions, self.label, edges=(a, b, score + shift))
+            kind = self.edge_kind
+            if kind == "causal":
+                a, b, score = self._causal_columns()
+            else:
+                kind = kind if self.layered or kind != "virtual" else "npmi"
+                a, b, score, _ = score_edge_columns(self.graph, snap, kind, w_dec=self.w_dec,
+                                                    saes={la: x.sae for la, x in self.by_layer.items()})
+            shift = 1.0 if kind == "npmi_all" else 0.0  # NPMI in [-1, 1] → width in [0, 2]
+            planes = {z: self._plane_name(layer) for layer, z in self.plane_of.items()}
+            self._figure = figure_dict(snap, positions, self.label, edges=(a, b, score + shift),
+                                       signed=kind in SIGNED_KINDS or kind == "causal", planes=planes or None)
             return self._figure
+
+    def _plane_name(self, layer: int) -> str:
+        x = self.by_layer[layer]
+        return f"layer {layer} · {x.hook_name}"
 
     def _relayout(self):
         snap = self.graph.snapshot(max_nodes=self.max_nodes)
-        self.layout.update_arrays(snap.ids, snap.edge_a, snap.edge_b, snap.edge_weight)
+        planes = None
+        if self.layered:
+            planes = np.array([self.plane_of.get(split_key(k)[0], np.nan) for k in snap.ids.tolist()])
+        self.layout.update_arrays(snap.ids, snap.edge_a, snap.edge_b, snap.edge_weight, planes)
         self._laid_out = self.graph.tokens_seen
         return snap
+
+    # ---- depth: measured effects between layers ---------------------------
+
+    def set_causal(self, checks, position: int) -> list[dict]:
+        """Keep the causal checks of token ``position`` (``depth.CausalCheck`` s,
+        one per source layer) for the ``causal`` edge kind, and return the rows
+        of the side-by-side table: for every (earlier feature, later feature)
+        pair the check measured, its co-firing NPMI over the run, its virtual
+        weight and the measured effect (``effect`` = baseline − ablated
+        activation: > 0, the earlier feature helped the later one fire)."""
+        from .depth import virtual_weights
+
+        rows = []
+        src, dst, effect = [], [], []
+        for check in checks:
+            for target in check.targets:
+                v = virtual_weights(self.by_layer[check.source_layer], self.by_layer[target.layer],
+                                    check.features, target.features)
+                for i, f in enumerate(check.features):
+                    for j, g in enumerate(target.features):
+                        a, b = node_key(check.source_layer, f), node_key(target.layer, g)
+                        moved = -float(target.delta[i, j])
+                        rows.append({
+                            "source": key_name(a), "source_label": self.label(a),
+                            "target": key_name(b), "target_label": self.label(b),
+                            "npmi": self.graph.npmi(a, b) if a in self.graph and b in self.graph else None,
+                            "virtual_weight": float(v[i, j]), "effect": moved,
+                        })
+                        src.append(a), dst.append(b), effect.append(moved)
+        rows.sort(key=lambda r: -abs(r["effect"]))
+        with self.lock:
+            self.causal = {"position": int(position), "a": np.array(src, np.int64),
+                           "b": np.array(dst, np.int64), "effect": np.array(effect, np.float64)}
+        return rows
+
+    def _causal_columns(self, share: float = 0.05):
+        """Edges of the latest causal check: effects at least ``share`` of the largest in size."""
+        c = self.causal
+        if not c or not len(c["effect"]):
+            z = np.zeros(0, np.int64)
+            return z, z, np.zeros(0)
+        keep = np.abs(c["effect"]) >= share * np.abs(c["effect"]).max()
+        keep &= c["effect"] != 0
+        return c["a"][keep], c["b"][keep], c["effect"][keep]
 
     def edge_counts(self) -> dict[str, int]:
         """How many co-firing pairs there are and how many the NPMI filter keeps."""
@@ -258,7 +353,7 @@ class RunSession:
         return to_json(self.figure(relayout)).decode()
 
     def _span(self, s: TokenStep, cls: str = "") -> str:
-        top = ", ".join(f"{self.label(f.index)} ({f.activation:.1f})" for f in s.features[:5])
+        top = ", ".join(f"{self.label(f.key)} ({f.activation:.1f})" for f in s.features[:5])
         prob = f" · p={s.prob:.3f}" if s.prob is not None else ""
         title = html.escape(f"pos {s.position}{prob} · {top or 'no features'}", quote=True)
         return token_span(s, cls, f' data-pos="{s.position}" title="{title}"')
@@ -278,49 +373,64 @@ class RunSession:
             parts = self._spans[: len(steps)]
         marked = {i for i, s in enumerate(steps) if s.position == at}
         if highlight is not None:
-            marked |= {i for i, s in enumerate(steps) if any(f.index == highlight for f in s.features)}
+            marked |= {i for i, s in enumerate(steps) if any(f.key == highlight for f in s.features)}
         if marked:
             parts = list(parts)
             for i in marked:
                 s = steps[i]
-                lit = highlight is not None and any(f.index == highlight for f in s.features)
+                lit = highlight is not None and any(f.key == highlight for f in s.features)
                 cls = " ".join(c for c in ("lit" if lit else "", "here" if s.position == at else "") if c)
                 parts[i] = self._span(s, cls)
         return f'<div class="axon-text">{"".join(parts)}</div>'
 
     def table(self, n: int = 20) -> list[dict]:
         """Top features: of the newest token and then the brightest; when
-        scrubbed, the features of that token."""
+        scrubbed, the features of that token. ``feature`` is the SAE's index,
+        ``layer`` the block of the SAE it belongs to."""
         with self.lock:
             if self.at is None:
-                return self.graph.top_features_table(self.label, n=n)
-            step = next((s for s in self.steps if s.position == self.at), None)
-            rows = []
-            for f in (step.features if step else ())[:n]:
-                node = self.graph.node(f.index)
-                rows.append({"feature": f.index, "label": self.label(f.index), "activation": f.activation,
-                             "peak": node.peak, "tokens": node.tokens, "attribution": f.attribution})
-            return rows
+                rows = self.graph.top_features_table(self.label, n=n)
+            else:
+                step = next((s for s in self.steps if s.position == self.at), None)
+                rows = []
+                for f in (step.features if step else ())[:n]:
+                    node = self.graph.node(f.key)
+                    rows.append({"feature": f.key, "label": self.label(f.key), "activation": f.activation,
+                                 "peak": node.peak, "tokens": node.tokens, "attribution": f.attribution})
+        for row in rows:
+            layer, row["feature"] = split_key(row["feature"])
+            row["layer"] = self.primary_layer if layer is None else layer
+        return rows
 
-    def inspector(self, index: int, tokenizer_decode=None) -> dict[str, Any] | None:
-        """What the inspector shows for one feature, or None if it is not in this run."""
-        if index not in self.graph:
+    @property
+    def primary_layer(self) -> int | None:
+        """The block of the run's (first) SAE."""
+        return self.saes[0].layer if self.saes else hook_layer(self.meta.get("hook_name") or "")
+
+    def inspector(self, key: int, tokenizer_decode=None) -> dict[str, Any] | None:
+        """What the inspector shows for one feature (a graph node, see
+        :meth:`key`), or None if it is not in this run."""
+        if key not in self.graph:
             return None
-        node = self.graph.node(index)
+        node = self.graph.node(key)
         decode = tokenizer_decode or (lambda t: f"#{t}")
-        url = NEURONPEDIA_PAGE.format(np_id=self.np_id, index=index) if self.np_id else None
+        layer, index = split_key(key)
+        np_id = self.np_ids.get(layer, self.np_id)
+        url = NEURONPEDIA_PAGE.format(np_id=np_id, index=index) if np_id else None
         return {
             "index": index,
-            "label": self.label(index),
+            "layer": self.primary_layer if layer is None else layer,
+            "name": key_name(key),
+            "label": self.label(key),
             "activation": node.activation,
             "peak": node.peak,
             "tokens": node.tokens,
             "history": list(node.history),
             "neighbours": [
-                {"feature": j, "label": self.label(j), "npmi": v, "co_fired": c}
-                for j, v, c in npmi_neighbours(self.graph, index)
+                {"feature": key_name(j) if self.layered else j, "label": self.label(j), "npmi": v, "co_fired": c}
+                for j, v, c in npmi_neighbours(self.graph, key)
             ],
-            "pushes": [{"token": decode(t), "attribution": a} for t, a in self.graph.top_pushes(index)],
+            "pushes": [{"token": decode(t), "attribution": a} for t, a in self.graph.top_pushes(key)],
             "url": url,
         }
 
@@ -337,7 +447,11 @@ class RunSession:
 
     def export_json(self, versions: dict[str, str] | None = None) -> dict:
         meta = {**self.meta, "versions": versions or {}, "ms_per_token": self.ms_per_token()}
-        return run_to_json(self.steps, self.settings, meta, self.graph, self.label)
+        if not self.layered:
+            return run_to_json(self.steps, self.settings, meta, self.graph, self.label)
+        layer_labels = {layer: (lambda i, la=layer: self.label(node_key(la, i))) for layer in self.by_layer}
+        return run_to_json(self.steps, self.settings, meta, self.graph, self.label, saes=self.saes,
+                           layer_labels=layer_labels)
 
     def export_html(self) -> str:
         fig = self._figure or self.figure(relayout=False)
@@ -370,7 +484,7 @@ def comparison_html(plain: RunSession, steered: RunSession) -> str:
                        for s in run.steps)
 
     def feats(rows):
-        return ", ".join(f"#{i} {html.escape(plain.label(i))} ({d:+.1f})" for i, d in rows) or "none"
+        return ", ".join(f"{key_name(i)} {html.escape(plain.label(i))} ({d:+.1f})" for i, d in rows) or "none"
 
     where = ("identical texts" if cmp.first_divergence is None
              else f"first divergence at position {cmp.first_divergence} (after {cmp.shared_tokens} shared new tokens)")

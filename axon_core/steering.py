@@ -65,7 +65,7 @@ class Comparison:
     """How a steered run differs from the plain one."""
 
     first_divergence: int | None  # position of the first differing token (None: identical)
-    gained: tuple[tuple[int, float], ...]  # features much stronger when steered: (index, Δpeak)
+    gained: tuple[tuple[int, float], ...]  # features much stronger when steered: (key, Δpeak); key: FeatureHit.key
     lost: tuple[tuple[int, float], ...]  # features much weaker when steered: (index, Δpeak)
     shared_tokens: int  # tokens identical before the divergence (generated ones)
 
@@ -74,7 +74,7 @@ def _peaks(steps) -> dict[int, float]:
     peaks: dict[int, float] = {}
     for s in steps:
         for f in s.features:
-            peaks[f.index] = max(peaks.get(f.index, 0.0), f.activation)
+            peaks[f.key] = max(peaks.get(f.key, 0.0), f.activation)
     return peaks
 
 

@@ -1,7 +1,7 @@
 """The run as a token × feature heatmap (a Plotly dict, like figure.py).
 
 Tokens run along x (in order, labelled by their text), the run's strongest
-features along y (by peak activation), colour is the activation of that
+features along y (by peak activation; ``L5 #123`` in a run of several layers), colour is the activation of that
 feature on that token (0 where it did not fire). Every cell carries the token's
 position as ``customdata`` so a click can highlight that token's features.
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from .features import key_name
 from .figure import BACKGROUND, COLORSCALE, hover_label
 from .generation import TokenStep
 
@@ -24,7 +25,7 @@ def strongest_features(steps: Sequence[TokenStep], n: int) -> list[int]:
     peaks: dict[int, float] = {}
     for s in steps:
         for f in s.features:
-            peaks[f.index] = max(peaks.get(f.index, 0.0), f.activation)
+            peaks[f.key] = max(peaks.get(f.key, 0.0), f.activation)
     return sorted(peaks, key=lambda i: (-peaks[i], i))[:n]
 
 
@@ -36,10 +37,10 @@ def timeline_figure(steps: Sequence[TokenStep], label_of: Callable[[int], str], 
     z = [[0.0] * len(steps) for _ in features]
     for c, s in enumerate(steps):
         for f in s.features:
-            if f.index in row:
-                z[row[f.index]][c] = round(f.activation, 3)
+            if f.key in row:
+                z[row[f.key]][c] = round(f.activation, 3)
     ticks = [hover_label(repr(s.text)[:14]) for s in steps]  # token text is untrusted too
-    names = [f"#{f} {hover_label(label_of(f)[:28])}" for f in features]  # cut, then escape
+    names = [f"{key_name(f)} {hover_label(label_of(f)[:28])}" for f in features]  # cut, then escape
     text = [[f"{names[r]}<br>token {hover_label(steps[c].text)!s} (pos {steps[c].position})"
              f"<br>activation {z[r][c]:.2f}" for c in range(len(steps))] for r in range(len(features))]
     heat = {

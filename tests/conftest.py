@@ -7,10 +7,12 @@ HF_HUB_CACHE / HF_HUB_OFFLINE must be set before huggingface_hub is imported
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import importlib
 import io
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -19,6 +21,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 _HUB = Path(os.environ.get("AXON_TEST_HUB") or tempfile.mkdtemp(prefix="axon-test-hub-"))
+if not os.environ.get("AXON_TEST_HUB"):  # a private hub (~100 MB with the families) goes with the run
+    atexit.register(shutil.rmtree, _HUB, True)
 os.environ["HF_HUB_CACHE"] = str(_HUB)
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")

@@ -32,7 +32,7 @@ BASE = {
     "prompt": "The capital of France is", "model": "gpt2-small", "release": "gpt2-small-res-jb",
     "sae_id": "blocks.8.hook_resid_pre", "temperature": 0.8, "top_k": 50, "top_p": 0.95,
     "repetition_penalty": 1.1, "max_tokens": 1, "seed": 0, "feature_k": 12, "threshold": 0.1,
-    "steer": "", "edge_kind": "npmi",
+    "steer": "", "edge_kind": "npmi", "layers": [],
 }
 ORDER = list(BASE)
 STATUS, RUN = 3, 4  # indices of the status line and the run JSON in predict()'s result
@@ -129,7 +129,9 @@ HOSTILE = {
     "threshold": [-1, 0, 10, 10.5, 1e300, "x", None, "nan", 1e-320],
     "steer": ["", None, "1:2", "abc:def", "99999999:5", "1:nan,2:inf", "1:1," * 20, "5:1e308", ",,,", 7,
               "0:-100", "1023:5", "1:2:3"],
-    "edge_kind": ["npmi", "npmi_all", "cooccurrence", "decoder", "nope", None, 3, [1], ""],
+    "edge_kind": ["npmi", "npmi_all", "cooccurrence", "decoder", "virtual", "causal", "nope", None, 3, [1], ""],
+    "layers": [[], [2, 5], [2, 5, 11, 8], [0, 1, 2, 3, 4], "2,5", "x", None, [99], "1,2,99", "2,99", [-1], "<b>",
+               [8], [2, 2, 2]],
 }
 # What the status line must then say (a clamped value, or the reason for a refusal).
 EXPECT = {
@@ -146,7 +148,8 @@ EXPECT = {
     ("max_tokens", 10**9): f"clamped to {MAX_NEW_TOKENS}", ("max_tokens", 0): "max_tokens 0 clamped to 1",
     ("seed", -1): "seed -1 clamped to 0", ("seed", "x"): "is not a number", ("feature_k", 65): "clamped to 64",
     ("threshold", 10.5): "threshold 10.5 clamped to 10", ("steer", "abc:def"): "skipped bad entry",
-    ("steer", "99999999:5"): "not in this SAE",
+    ("steer", "99999999:5"): "not in this SAE", ("layers", "2,99"): "has no SAE like blocks.8.hook_resid_pre at 99",
+    ("layers", "x"): "layers: skipped", ("layers", "2,5"): "layers 2, 5, 8",
 }
 FAILURE_WORDS = ("Traceback", "Generation failed", "Error(", "exception")
 
@@ -187,7 +190,7 @@ def _call_all(app, cases: list[dict], sessions: int) -> list:
 
 
 def is_run(value) -> bool:
-    return isinstance(value, dict) and value.get("schema") == "axon-run/1"
+    return isinstance(value, dict) and value.get("schema") == "axon-run/2"
 
 
 def test_hostile_inputs_get_a_message_or_a_clamped_value(app, client):
@@ -196,6 +199,7 @@ def test_hostile_inputs_get_a_message_or_a_clamped_value(app, client):
     cases = hostile_cases()
     outs = _call_all(app, cases, sessions=1)  # on 2 cores, more sessions only add contention
     counts: dict[str, int] = {}
+    finished = 0
     for case, out in zip(cases, outs):
         for key in case:
             counts[key] = counts.get(key, 0) + 1
@@ -210,12 +214,15 @@ def test_hostile_inputs_get_a_message_or_a_clamped_value(app, client):
                     assert words in status, (case, status)
         run = out[RUN]
         if is_run(run):  # a finished run: what the settings were clamped to is what ran
+            finished += 1
             s = run["settings"]
             assert 1 <= s["max_new_tokens"] <= MAX_NEW_TOKENS and 0 <= s["top_k"] <= 200
             assert 0 < s["top_p"] <= 1 and 0 <= s["activation_threshold"] <= 10
             assert len(run["meta"]["prompt"]) <= MAX_PROMPT_CHARS
             assert sum(not t["is_prompt"] for t in run["tokens"]) <= s["max_new_tokens"]
-            assert all(len(t["features"]) <= s["feature_k"] for t in run["tokens"])
+            saes = max(1, len(run["meta"].get("saes", ())))  # feature_k per SAE read
+            assert all(len(t["features"]) <= s["feature_k"] * saes for t in run["tokens"])
+    assert finished > len(cases) // 2, finished  # most cases ran, clamped: their settings were checked
     assert app.proc.poll() is None
     print(f"\nhostile API cases: {len(cases)} calls; per input: {counts}")
 
@@ -475,3 +482,29 @@ def test_streamed_numbers_match_plain_transformerlens_and_saelens(app, client, p
             assert abs(f["attribution"] - direct) <= 1e-4
             checked += 1
     assert checked > 50
+
+
+def test_a_run_of_several_layers_reads_them_all_and_changes_nothing_else(client):
+    """layers=[2, 5, 11] with the block-8 SAE: one run reads four SAEs; the
+    tokens and the block-8 features are exactly those of the run of one SAE."""
+    over = dict(prompt="The capital of France is", seed=4, max_tokens=6, temperature=1.0, top_k=0, top_p=1.0,
+                repetition_penalty=1.0, feature_k=6, threshold=0.1)
+    one = call(client, **over)[RUN]
+    out = call(client, layers=[11, 2, 5], **over)
+    deep = out[RUN]
+    assert "layers 2, 5, 8, 11" in out[STATUS]
+    assert [s["layer"] for s in deep["meta"]["saes"]] == [8, 2, 5, 11]
+    assert [s["neuronpedia_id"] for s in deep["meta"]["saes"]] == [f"gpt2-small/{x}-res-jb" for x in (8, 2, 5, 11)]
+    assert [t["token_id"] for t in deep["tokens"]] == [t["token_id"] for t in one["tokens"]]
+    for a, b in zip(one["tokens"], deep["tokens"]):
+        primary = [(f["index"], f["activation"]) for f in b["features"] if f["layer"] == 8]
+        assert [i for i, _ in primary] == [f["index"] for f in a["features"]]
+        assert all(abs(x - f["activation"]) <= 1e-4 for (_, x), f in zip(primary, a["features"]))
+    assert {f["layer"] for t in deep["tokens"] for f in t["features"]} == {2, 5, 8, 11}
+    assert any(k.startswith("2:") for k in deep["labels"])  # labels keyed by layer
+    table = out[2]
+    assert table["headers"][:2] == ["feature", "layer"] and {row[1] for row in table["data"]} <= {2, 5, 8, 11}
+    # more layers than a run reads: the first ones kept, with a notice
+    out = call(client, layers=[0, 2, 5, 11], **over)
+    assert "layers: a run reads at most 4 SAEs; kept 0, 2, 5, 8" in out[STATUS]
+    assert "SAE gpt2-small-res-jb / blocks.0.hook_resid_pre" in out[STATUS]  # not in this (offline) hub

@@ -43,7 +43,9 @@ def test_trace_shapes_and_customdata():
     assert set(fig) == {"data", "layout"}
     assert all(t["type"] == "scatter3d" for t in fig["data"])
     names = [t["name"] for t in fig["data"]]
-    assert names == ["edges weak", "edges mid", "edges strong", "features", "active"]
+    assert names == ["edges weak", "edges mid", "edges strong", "features", "active", "edges negative weak",
+                     "edges negative mid", "edges negative strong", "planes"]
+    assert all(fig["data"][i]["x"] == [] for i in (5, 6, 7, 8))  # unsigned, one layer: nothing there
     nodes = fig["data"][3]
     assert len(nodes["x"]) == len(nodes["y"]) == len(nodes["z"]) == len(snap.nodes) == 3
     assert nodes["customdata"] == [10, 20, 30] and nodes["hoverinfo"] == "text"
@@ -60,7 +62,8 @@ def test_trace_shapes_and_customdata():
 def test_edges_segments_and_buckets():
     snap, pos = small()
     fig = figure_dict(snap, pos, None)
-    edge_traces = [t for t in fig["data"] if t["mode"] == "lines"]
+    edge_traces = fig["data"][:3]
+    assert all(t["mode"] == "lines" and t["x"] == [] for t in fig["data"][5:])  # unsigned: no negative edges
     points = sum(len(t["x"]) for t in edge_traces)
     assert points == 3 * len(snap.edges) == 9
     for t in edge_traces:

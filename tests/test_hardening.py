@@ -242,8 +242,10 @@ def test_sliders_cover_exactly_what_the_validator_allows(app_module):
 
 query_value = st.one_of(numberish, st.text(st.characters(exclude_categories=()), max_size=30),
                         st.sampled_from(["gpt2-small", DEFAULT_RELEASE, "blocks.2.hook_resid_pre", "nope",
-                                         "gemma-2-2b", "gpt2-small-hook-z-kk", "1:2,3:nan", "1"]))
-QUERY_KEYS = ["prompt", "model", "release", "sae_id", "steer", "autorun", "edge_kind", "at", "embed"] + SETTING_KEYS
+                                         "gemma-2-2b", "gpt2-small-hook-z-kk", "1:2,3:nan", "1", "2,5,11",
+                                         "0,1,2,3,4,5", "99", "2,x"]))
+QUERY_KEYS = ["prompt", "model", "release", "sae_id", "steer", "autorun", "edge_kind", "at", "embed",
+              "layers"] + SETTING_KEYS
 
 
 @settings(max_examples=150, **QUICK)
@@ -255,7 +257,10 @@ def test_any_link_fills_the_page_with_values_it_can_show(app_module, params):
     with contextlib.redirect_stdout(io.StringIO()):
         out = app_module.from_query(_Request(params))
     (prompt, model, release, sae_id, temperature, top_k, top_p, rep, max_tokens, seed, feature_k,
-     threshold, steer, autorun, at, embed_open) = out
+     threshold, steer, autorun, at, embed_open, layers) = out
+    # layers: only those the picked SAE's release has (a run of at most max_layers SAEs)
+    assert layers["choices"] == app_module.layer_choices(release["value"], sae_id["value"])
+    assert set(layers["value"]) <= set(layers["choices"]) and len(layers["value"]) <= app_module.LIMITS.max_layers
     assert at is None or (isinstance(at, int) and 0 <= at <= 10**6)
     assert isinstance(embed_open, str) and "<script" not in embed_open.lower()
     assert (embed_open.startswith('<a class="axon-open" href="http') and "embed=" not in embed_open) or not embed_open
@@ -272,8 +277,9 @@ def test_any_link_fills_the_page_with_values_it_can_show(app_module, params):
     assert isinstance(prompt, str) and len(prompt) <= app_module.prompt.max_length
     assert isinstance(autorun, bool)
     req, notices = app_module._request_from_inputs(prompt, model, release["value"], sae_id["value"], temperature,
-                                                   top_k, top_p, rep, max_tokens, seed, feature_k, threshold, steer)
-    assert notices == [] and req.prompt == prompt
+                                                   top_k, top_p, rep, max_tokens, seed, feature_k, threshold, steer,
+                                                   layers["value"])
+    assert notices == [] and req.prompt == prompt and list(req.layers) == sorted(layers["value"])
 
 
 any_value = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), numberish,
