@@ -804,7 +804,8 @@ with gr.Blocks(title="AXON", delete_cache=(int(EXPORT_MAX_AGE), int(EXPORT_MAX_A
             scrub = gr.Slider(0, 1, value=0, step=1, label="Show the graph at token (drag; the end follows the run)",
                               interactive=True, elem_id="axon-scrub")
             table = gr.Dataframe(pd.DataFrame(columns=TABLE_COLUMNS), label="Top features (latest token)",
-                                 interactive=False, wrap=True, max_height=300, elem_classes=FULL + ["axon-table"])
+                                 interactive=False, wrap=True, max_height=300, elem_classes=FULL + ["axon-table"],
+                                 column_widths=["13%", "10%", "29%", "14%", "11%", "10%", "13%"])
             embed_open = gr.HTML("", elem_classes=["axon-embed-only"])
         with gr.Column(scale=3, min_width=360, elem_classes=["axon-graph-col"]):
             graph = gr.HTML(value="", html_template='<div class="axon-plot axon-graph"></div>', js_on_load=GRAPH_JS,

@@ -205,8 +205,9 @@ def figure_dict(snapshot: GraphSnapshot, positions: Mapping[Hashable, tuple], la
         plane_trace["x"] += [c[0] for c in corners] + [None]
         plane_trace["y"] += [c[1] for c in corners] + [None]
         plane_trace["z"] += [round(float(z), 3)] * 5 + [None]
-        annotations.append({"x": -half, "y": -half, "z": round(float(z), 3), "text": plotly_text(name, 40),
-                            "name": f"plane {name}", "showarrow": False, "xanchor": "left", "yshift": -10,
+        # on the plane's edge on the left of the opening camera's view
+        annotations.append({"x": half, "y": -0.4 * half, "z": round(float(z), 3), "text": plotly_text(name, 40),
+                            "name": f"plane {name}", "showarrow": False, "xanchor": "left", "yshift": 9,
                             "font": {"color": ACTIVE_RING, "size": 11}})
     axis_range = [-half, half]
     scene = {name: {**_axis(), "range": axis_range} for name in ("xaxis", "yaxis", "zaxis")}

@@ -284,8 +284,7 @@ class RunSession:
             return self._figure
 
     def _plane_name(self, layer: int) -> str:
-        x = self.by_layer[layer]
-        return f"layer {layer} · {x.hook_name}"
+        return f"layer {layer}"
 
     def _relayout(self):
         snap = self.graph.snapshot(max_nodes=self.max_nodes)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import html.parser
 import importlib
 import os
+import re
 import shutil
 import urllib.parse
 import warnings
@@ -835,3 +836,57 @@ def test_picker_loads_another_family_and_streams_its_features(app, browser):
     assert run["meta"]["model"] == "pythia-70m-deduped" and run["meta"]["sae_id"] == "blocks.2.hook_resid_post"
     assert [t["text"] for t in run["tokens"]] == [t.replace("↵", "\n") for t in shown]
     assert ringed == {f["index"] for f in run["tokens"][-1]["features"]} & drawn and ringed
+
+
+# ---- 18: depth: several layers on their own planes, and the causal check ---------------------
+
+
+def test_layers_from_a_link_are_depth_planes_and_a_token_can_be_tested(app, browser):
+    """A link with layers=2,5,11 (the block-8 SAE picked): the graph holds nodes
+    of all four layers, each layer on one plane of its own (z), named in the
+    scene; the causal check of the shown token fills the side-by-side table and
+    draws its measured effects as edges; Copy link keeps the layers."""
+    query = {"prompt": "Depth through the layers", "max_tokens": 10, "seed": 2, "autorun": 1, "layers": "2,5,11"}
+    w = Watched(browser, app.url + "?" + urllib.parse.urlencode(query))
+    try:
+        page = w.page
+        wait_for_autorun(page)
+        page.wait_for_function(f"{STATUS}.includes('layers 2, 5, 8, 11')")
+        nodes = page.evaluate("(() => { const t = document.querySelector('.axon-graph')._fullData"
+                              ".find(t => t.name === 'features'); return t.customdata.map((k, i) => [k, t.z[i]]); })()")
+        planes: dict[int, set] = {}
+        for key, z in nodes:
+            planes.setdefault(key // (1 << 24) - 1, set()).add(z)
+        print(f"\ndepth planes: { {layer: sorted(zs) for layer, zs in sorted(planes.items())} }")
+        assert sorted(planes) == [2, 5, 8, 11] and all(len(zs) == 1 for zs in planes.values())
+        heights = [next(iter(planes[x])) for x in (2, 5, 8, 11)]
+        assert heights == sorted(heights) and len(set(heights)) == 4
+        names = page.evaluate("document.querySelector('.axon-graph')._fullLayout.scene.annotations"
+                              ".map(a => a.text)")
+        assert [n for n in names if n.startswith("layer ")] == [f"layer {x}" for x in (2, 5, 8, 11)]
+        OUT.mkdir(parents=True, exist_ok=True)
+        page.set_viewport_size({"width": 1280, "height": 800})
+        page.screenshot(path=str(OUT / "depth-1280x800.png"))
+        # the causal check of the newest token
+        page.get_by_text("Depth: which earlier features caused these?", exact=True).click()
+        page.get_by_role("button", name="Test the shown token by ablation", exact=True).click()
+        page.wait_for_function("document.body.innerText.includes('ablations in')")
+        note = page.evaluate("[...document.querySelectorAll('.prose')].map(e => e.innerText)"
+                             ".find(t => t.includes('ablations in'))")
+        table = page.evaluate("[...document.querySelectorAll('.block')].map(e => e.innerText)"
+                              ".filter(t => t.includes('virtual_weight')).pop()")
+        rows = len(re.findall(r"L(?:2|5|8) #\d+\s+.*\s+L(?:5|8|11) #\d+", table))
+        kind = page.evaluate("document.querySelector('input[type=radio][value=causal]').checked")
+        edges = page.evaluate("document.querySelector('.axon-graph')._fullData.filter(t => t.name.startsWith('edges'))"
+                              ".reduce((n, t) => n + t.x.length, 0)")
+        print(f"causal check: {note!r}, {rows} rows, {edges // 3} edge segments drawn")
+        assert "24 ablations" in note and rows > 0 and kind and edges > 0, (note, rows, kind, edges)
+        page.screenshot(path=str(OUT / "depth-causal-1280x800.png"), full_page=True)
+        page.get_by_role("button", name="Copy link", exact=True).click()
+        page.wait_for_function("[...document.querySelectorAll('textarea, input')].some(e => e.value.includes('layers='))")
+        link = page.evaluate("[...document.querySelectorAll('textarea, input')].map(e => e.value)"
+                             ".find(v => v.includes('layers='))")
+        assert "layers=2%2C5%2C11" in link, link
+        assert not w.errors, w.errors
+    finally:
+        w.close()

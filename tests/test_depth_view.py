@@ -107,7 +107,7 @@ def test_each_layer_is_a_plane_and_keeps_its_own_labels(layered_run):
     assert planes == sorted(planes) and len(set(planes)) == 4  # ... distinct, earliest lowest
     assert len(fig["data"][8]["x"]) == 4 * 6  # four plane outlines
     names = [a["text"] for a in fig["layout"]["scene"]["annotations"] if a["name"].startswith("plane")]
-    assert names == [f"layer {x} · blocks.{x}.hook_resid_pre" for x in LAYERS]
+    assert names == [f"layer {x}" for x in LAYERS]
     # labels: each feature under its own SAE's Neuronpedia id
     wanted = {f"gpt2-small/{x}-res-jb": {f.index for s in steps for f in s.features if f.layer == x} for x in LAYERS}
     assert labels.requested == wanted
