@@ -329,15 +329,16 @@ def test_labels_are_text_and_the_inspector_opens(live, neuronpedia):
     # The table of each run holds the labels known by its last frame (the fake
     # answers at once); 20 rows a run, a fifth of all features are hostile.
     seen = [r for rows in live.tables for r in rows]
-    assert seen and all(len(r) == 6 and r[0].isdigit() for r in seen), live.tables
+    # columns: feature, layer, label, activation, peak, tokens, attribution
+    assert seen and all(len(r) == 7 and r[0].isdigit() and r[1] == "8" for r in seen), live.tables
     print(f"tables: {[len(rows) for rows in live.tables]} rows, "
-          f"{sum(r[1] == XSS for r in seen)} labelled {XSS!r}, e.g. {seen[:2]}")
-    for feature, label, *_ in seen:  # labels arrive as text (or not yet: the fallback)
+          f"{sum(r[2] == XSS for r in seen)} labelled {XSS!r}, e.g. {seen[:2]}")
+    for feature, _, label, *_ in seen:  # labels arrive as text (or not yet: the fallback)
         assert label in (XSS if int(feature) % 5 == 0 else f"concept {feature}", f"Feature {feature}"), label
-    assert any(r[1] == XSS for r in seen), seen
+    assert any(r[2] == XSS for r in seen), seen
     rows = table_rows(page)
     assert rows == live.tables[-1]
-    hostile = [r for r in rows if r[1] == XSS] or rows[:1]
+    hostile = [r for r in rows if r[2] == XSS] or rows[:1]
     assert page.locator(f"{TABLE} img").count() == 0
 
     hover = page.evaluate("""() => document.querySelector('.axon-graph')._fullData

@@ -217,3 +217,24 @@ def test_graph_selects_pairs_by_membership_like_isin():
     assert len(a) > 0
     assert len(g._edges.columns(np.array([10**9]))[0]) == 0  # unknown features select nothing
 
+
+
+def test_steering_one_layer_shows_downstream_and_leaves_upstream_alone(layer_pairs):  # noqa: F811
+    """Steering the block-8 SAE's feature in a run that reads blocks 2, 5, 8, 11:
+    on the prompt (same tokens), layers 2 and 5 are exactly the plain run's,
+    layers 8 and 11 move."""
+    from axon_core.steering import steering_edit
+
+    extra = [layer_pairs[i] for i in (2, 5, 11)]
+    plain = Generation(layer_pairs[8], PROMPT, SETTINGS, extra=extra).start()
+    edit = steering_edit(layer_pairs[8].sae, ((3, 40.0),))
+    steered = Generation(layer_pairs[8], PROMPT, SETTINGS, edit, extra=extra).start()
+
+    def by_layer(steps, layer):
+        return [[(f.index, round(f.activation, 4)) for f in s.features if f.layer == layer] for s in steps]
+
+    assert [s.token_id for s in plain] == [s.token_id for s in steered]
+    for layer in (2, 5):
+        assert by_layer(plain, layer) == by_layer(steered, layer)
+    for layer in (8, 11):
+        assert by_layer(plain, layer) != by_layer(steered, layer)
