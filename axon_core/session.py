@@ -45,6 +45,7 @@ from .steering import compare_runs
 from .timeline import timeline_figure
 
 NEURONPEDIA_PAGE = "https://www.neuronpedia.org/{np_id}/{index}"
+EXPORT_ZOOM = 0.72  # the standalone page's camera distance, relative to the app's
 PLANE_GAP = 3.0  # distance between two layers' planes, in ideal edge lengths of the layout
 
 
@@ -453,9 +454,14 @@ class RunSession:
                            layer_labels=layer_labels)
 
     def export_html(self) -> str:
+        """The graph as one offline page: the camera closer than the app's (a
+        page-wide canvas, not a 620 px box) and the text with whole characters."""
         fig = self._figure or self.figure(relayout=False)
+        scene = fig["layout"]["scene"]
+        eye = {k: round(v * EXPORT_ZOOM, 3) for k, v in scene["camera"]["eye"].items()}
+        fig = {**fig, "layout": {**fig["layout"], "scene": {**scene, "camera": {**scene["camera"], "eye": eye}}}}
         title = f"AXON · {self.meta.get('release', '')} / {self.meta.get('sae_id', '')}"
-        return standalone_html(fig, title, "".join(s.text for s in self.steps))
+        return standalone_html(fig, title, "".join(s.text if s.display is None else s.display for s in self.steps))
 
     def settings_dict(self) -> dict:
         return asdict(self.settings)

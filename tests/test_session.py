@@ -142,6 +142,27 @@ def test_labels_are_text_everywhere(pair, tmp_path):
     assert "<img src=x" not in standalone
 
 
+def test_standalone_page_zooms_in_and_shows_whole_characters(pair):
+    """The exported page: the same figure with the camera closer (the app's own
+    figure unchanged) and a character split across tokens shown once."""
+    import orjson
+
+    from axon_core.session import EXPORT_ZOOM
+
+    run = RunSession(_meta(pair), SETTINGS, None, frame_interval=0.0)
+    for s in generate(pair, "Brains 🧠 think", SETTINGS):
+        run.add(s)
+    fig = run.figure()
+    page = run.export_html()
+    embedded = orjson.loads(page.split('id="axon-figure">', 1)[1].split("</script>", 1)[0])
+    eye, app_eye = embedded["layout"]["scene"]["camera"]["eye"], fig["layout"]["scene"]["camera"]["eye"]
+    assert eye == {k: round(v * EXPORT_ZOOM, 3) for k, v in app_eye.items()} and EXPORT_ZOOM < 1
+    assert app_eye == run.figure(relayout=False)["layout"]["scene"]["camera"]["eye"]  # the app's view as it was
+    assert embedded["data"] == json.loads(json.dumps(fig["data"]))
+    text = page.split('<div id="text">', 1)[1].split("</div>", 1)[0]
+    assert "Brains 🧠 think" in text and "\ufffd" not in text
+
+
 def test_inspector_and_export_round_trip(pair, tmp_path):
     run = RunSession(_meta(pair), SETTINGS, None, frame_interval=0.0)
     steps = list(generate(pair, "The capital of France is", SETTINGS))
