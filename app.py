@@ -171,7 +171,7 @@ def _request_from_inputs(prompt, model, release, sae_id, temperature, top_k, top
     return parse_query({k: "" if v is None else str(v) for k, v in raw.items()}, LIMITS)
 
 
-def layer_pairs(pair, layers, notices: list[str]) -> list:
+def layer_pairs(pair, layers, notices: list[str], progress=None) -> list:
     """The other SAEs a run reads at once: for each layer of ``layers`` but the
     primary's, the release's SAE like the primary at that layer (see
     :meth:`Release.by_layer`), at most ``LIMITS.max_layers`` in all. What cannot
@@ -196,7 +196,7 @@ def layer_pairs(pair, layers, notices: list[str]) -> list:
         wanted = wanted[: LIMITS.max_layers - 1]
     extra = []
     for layer in wanted:
-        other = PAIRS.get(pair.choice.release, by_layer[layer])
+        other = PAIRS.get(pair.choice.release, by_layer[layer], progress=progress)
         if other.model is not pair.model:  # another session switched models meanwhile
             raise LoadError("The model changed while the run's SAEs were loading: press Generate again.")
         extra.append(other)
@@ -336,7 +336,7 @@ def run_generation(prompt, model, release, sae_id, temperature, top_k, top_p, re
     try:
         pair = PAIRS.get(req.release or DEFAULT_RELEASE, req.sae_id or DEFAULT_SAE_ID,
                          progress=lambda frac, msg: progress(frac, desc=msg))
-        extra = layer_pairs(pair, req.layers, notices)
+        extra = layer_pairs(pair, req.layers, notices, progress=lambda frac, msg: progress(frac, desc=msg))
     except LoadError as err:
         yield _failure("; ".join([str(err)] + notices))
         return
