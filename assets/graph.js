@@ -7,6 +7,11 @@
 const div = element.querySelector(".axon-plot");
 const isGraph = div.classList.contains("axon-graph");
 let drawing = false, queued = false, shown = null;
+// plotly.js draws a 3D scene at twice the canvas size by default (plotGlPixelRatio 2)
+// whatever the screen: on a screen of device pixel ratio 1 that is four times the
+// pixels to render and composite every frame, for nothing the eye can see.
+const CONFIG = { displaylogo: false, responsive: true,
+                 plotGlPixelRatio: Math.min(2, Math.max(1, window.devicePixelRatio || 1)) };
 window.__axonFrames = window.__axonFrames || 0;
 window.__axonFrameTimes = window.__axonFrameTimes || [];  // when each graph frame was drawn (ms)
 
@@ -31,7 +36,7 @@ function draw() {
   try { fig = JSON.parse(value); } catch (e) { shown = value; return; }
   drawing = true;
   shown = value;
-  window.Plotly.react(div, fig.data, fig.layout, { displaylogo: false, responsive: true })
+  window.Plotly.react(div, fig.data, fig.layout, CONFIG)
     .then(() => {
       if (isGraph) {
         window.__axonFrames += 1;

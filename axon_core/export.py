@@ -145,7 +145,8 @@ h1 {{ font-size: 1.1rem; margin: 0.8rem 1rem 0.4rem; }}
 <script>{plotly}</script>
 <script>
 var fig = JSON.parse(document.getElementById("axon-figure").textContent);
-Plotly.newPlot("graph", fig.data, fig.layout, {{responsive: true, displaylogo: false}});
+Plotly.newPlot("graph", fig.data, fig.layout, {{responsive: true, displaylogo: false,
+  plotGlPixelRatio: Math.min(2, Math.max(1, window.devicePixelRatio || 1))}});
 </script>
 </body></html>
 """
