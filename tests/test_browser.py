@@ -652,9 +652,10 @@ def test_frames_reach_the_browser_eight_times_a_second(app, browser):
     """With tokens every few ms (tiny model), the view sends a frame every 100 ms
     and the page draws the newest one it has. The target is 8 frames a second
     (a median gap of 125 ms); in this headless browser, which renders WebGL in
-    software on the same 2 cores as the server, a page spends 100-300 ms per
-    frame in Gradio's own updates, so this guards against regressions at 350 ms
-    and prints the median (the closing note: ~140 ms measured on the GPT-2-small shape)."""
+    software on the same 2 cores as the server and runs are ~1 s long, the
+    median was 170-190 ms (230-340 ms before the 3D canvas followed the screen's
+    pixel ratio), so this guards against regressions at 280 ms and prints the
+    median (on the GPT-2-small shape, 100-125 ms: the closing note)."""
     w = Watched(browser, app.url + "?" + urllib.parse.urlencode({"prompt": "Count the frames", "max_tokens": 200,
                                                                   "seed": 8, "feature_k": 6}))
     try:
@@ -675,7 +676,7 @@ def test_frames_reach_the_browser_eight_times_a_second(app, browser):
         median = gaps[len(gaps) // 2] if gaps else float("inf")
         status = page.evaluate(STATUS)
         print(f"\n{len(times)} frames drawn during the run; median gap {median:.0f} ms; status: {status[:90]}")
-        assert len(gaps) >= 4 and median <= 350, (len(times), gaps)
+        assert len(gaps) >= 4 and median <= 280, (len(times), gaps)
     finally:
         w.close()
 
