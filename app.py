@@ -346,7 +346,7 @@ def run_generation(prompt, model, release, sae_id, temperature, top_k, top_p, re
     meta = {"model": pair.choice.model, "release": pair.choice.release, "sae_id": pair.choice.sae_id,
             "hook_name": pair.hook_name, "neuronpedia_id": pair.neuronpedia_id, "device": pair.device,
             "prompt": req.prompt}
-    kind = edge_kind if isinstance(edge_kind, str) and edge_kind in EDGE_KINDS else "npmi"
+    kind = edge_kind if isinstance(edge_kind, str) and edge_kind in EDGE_KINDS + ("causal",) else "npmi"
     run = RunSession({**meta, "steer": req.steer}, req.settings, LABELS, w_dec=pair.sae.W_dec, edge_kind=kind,
                      frame_interval=FRAME_INTERVAL, saes=[pair, *extra] if extra else None)
     lives, pulls = [], [None, None]
@@ -738,6 +738,47 @@ def engine_stats() -> dict:
 
 
 SESSION_RUNS = SessionRuns()
+_GONE = object()
+
+
+def drop_stale_entries(blocks, session_hash: str | None) -> int:
+    """Free what Gradio (6.31) keeps of a session's past outputs; returns how many entries.
+
+    Gradio keeps, per browser session (``Blocks.state_holder.session_data``),
+    a table of the page's blocks and each one's latest config and value
+    (``SessionState.blocks_config.blocks`` and ``.config_values``). An output
+    that gets a prop update (``gr.skip()``, ``gr.update(...)``) is replaced in
+    that table by a new component with a new id, and a later plain value for
+    it is stored under that new id as a new entry, never removed. A run's
+    frames skip the run JSON, the timeline, the comparison (and the table
+    between redraws) until its end, so each run left its run JSON (~0.2 MB for
+    4 tokens) behind for the session's life: ~30 MB per 100 runs (found with
+    tracemalloc and a reference chain ``demo.state_holder.session_data[hash]
+    .config_values[<new id>]["props"]["value"]``).
+
+    Removes, for one session, the entries of ids that are neither one of the
+    page's blocks nor a session's current replacement of one (a frame in flight
+    may still use that). Does nothing (0) for an unknown session, before
+    launch, or where Gradio keeps sessions another way (tests/test_gradio_state.py).
+    """
+    if not session_hash:
+        return 0
+    try:
+        state = blocks.state_holder.session_data.get(session_hash)
+        own = blocks.blocks  # the page's blocks: id -> block
+        if state is None:
+            return 0
+        table = state.blocks_config.blocks
+        values = state.config_values
+    except AttributeError:  # not launched, or another Gradio
+        return 0
+    current = {getattr(block, "_id", None) for key, block in list(table.items()) if key in own}
+    removed = 0
+    for mapping in (table, values):
+        for key in [k for k in list(mapping) if k not in own and k not in current]:
+            if mapping.pop(key, _GONE) is not _GONE:
+                removed += 1
+    return removed
 
 
 def generate_for_session(request: gr.Request, progress=gr.Progress(), *inputs):
@@ -754,6 +795,7 @@ def generate_for_session(request: gr.Request, progress=gr.Progress(), *inputs):
     finally:
         frames.close()  # Stop (or a superseding run) ends the generator at once
         SESSION_RUNS.finish(key, ticket)
+        drop_stale_entries(demo, key)  # what Gradio would keep of this run's frames for the session's life
 
 
 def autorun_generation(request: gr.Request, autorun, *inputs):

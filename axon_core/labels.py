@@ -74,6 +74,7 @@ DEFAULT_DATASETS_URL = "https://neuronpedia-datasets.s3.us-east-1.amazonaws.com"
 USER_AGENT = "axon-labels/1"
 
 Key = tuple[str, int]
+MAX_IDLE_READERS = 4  # reader connections kept open between reads (a busy server opens more, then closes them)
 Progress = Callable[[int, "int | None"], None]
 
 
@@ -301,7 +302,9 @@ class LabelService:
         self._mem_batches: set[tuple[str, int]] = set()  # prefetch bookkeeping without a DB
         self.arrivals = 0  # how many times labels were stored: a view redraws when it changes
 
-        self._local = threading.local()
+        # idle reader connections, lent to one reading thread at a time: a
+        # connection per thread (the server's worker threads come and go) was
+        # never closed and held its own page cache
         self._readers: list[sqlite3.Connection] = []
         self._write_lock = threading.Lock()
         self._writer: sqlite3.Connection | None = None
@@ -609,27 +612,42 @@ class LabelService:
         log.warning(self._store_message)
         return None
 
-    def _reader(self) -> sqlite3.Connection | None:
-        con = getattr(self._local, "con", None)
-        if con is None and self.cache_path is not None and not self._closed:
+    @contextlib.contextmanager
+    def _reader(self) -> Iterator[sqlite3.Connection | None]:
+        """A reader connection for this thread while the block runs (None: no
+        disk cache), taken from the idle ones or opened; given back after, and
+        closed if MAX_IDLE_READERS are idle already or the service is closed."""
+        with self._lock:
+            con = None if self._closed else (self._readers.pop() if self._readers else False)
+        if con is False and self.cache_path is not None:
             try:
                 con = _connect(self.cache_path)
             except sqlite3.Error:
-                return None
-            self._local.con = con
+                con = None
+        if not con:
+            yield None
+            return
+        try:
+            yield con
+        finally:
             with self._lock:
-                self._readers.append(con)
-        return None if self._closed else con
+                keep = not self._closed and len(self._readers) < MAX_IDLE_READERS
+                if keep:
+                    self._readers.append(con)
+            if not keep:
+                with contextlib.suppress(sqlite3.Error):
+                    con.close()
 
     def _read_disk(self, key: Key) -> tuple[str | None, float] | None:
-        con = self._reader()
-        if con is None:
-            return None
-        try:
-            row = con.execute("SELECT label, fetched_at FROM labels WHERE np_id = ? AND idx = ?", key).fetchone()
-        except sqlite3.Error as e:
-            log.debug("label cache read failed: %s", e)
-            return None
+        with self._reader() as con:
+            if con is None:
+                return None
+            try:
+                row = con.execute("SELECT label, fetched_at FROM labels WHERE np_id = ? AND idx = ?",
+                                  key).fetchone()
+            except sqlite3.Error as e:
+                log.debug("label cache read failed: %s", e)
+                return None
         return (row[0], row[1]) if row else None
 
     def _remember(self, rows: list[tuple[str, int, str | None, float]]) -> None:
@@ -650,10 +668,10 @@ class LabelService:
     def _done_batches(self, np_id: str) -> set[int]:
         if self.cache_path is None:
             return {b for n, b in self._mem_batches if n == np_id}
-        con = self._reader()
-        if con is None:
-            return set()
-        return {r[0] for r in con.execute("SELECT batch FROM prefetch_batches WHERE np_id = ?", (np_id,))}
+        with self._reader() as con:
+            if con is None:
+                return set()
+            return {r[0] for r in con.execute("SELECT batch FROM prefetch_batches WHERE np_id = ?", (np_id,))}
 
     def _store_batch(self, np_id: str, batch: int, labels: dict[int, str]) -> int:
         now = time.time()
