@@ -630,7 +630,8 @@ def add_steer(run: RunSession | None, feature, strength, current):
     except (TypeError, ValueError):
         gr.Warning("Pick a feature first (click a node or a table row).")
         return current
-    peak = run.graph.node(feature).peak if run is not None and feature in run.graph else 1.0
+    key = run.key(feature, run.primary_layer) if run is not None else feature  # the picked SAE's feature
+    peak = run.graph.node(key).peak if run is not None and key in run.graph else 1.0
     entry = f"{feature}:{float(strength) * peak:.4g}"
     return f"{current.strip()}, {entry}" if current and current.strip() else entry
 

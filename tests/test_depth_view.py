@@ -238,3 +238,14 @@ def test_steering_one_layer_shows_downstream_and_leaves_upstream_alone(layer_pai
         assert by_layer(plain, layer) == by_layer(steered, layer)
     for layer in (8, 11):
         assert by_layer(plain, layer) != by_layer(steered, layer)
+
+
+def test_add_to_steering_uses_the_picked_layers_peak(layered_run, app_module):
+    """In a run of several layers, "Add to steering" scales by the peak of the
+    picked SAE's feature (the graph keys it by layer), not by 1."""
+    g, steps = layered_run
+    run = _session(g, steps)
+    hit = next(f for s in steps for f in s.features if f.layer == 8)
+    peak = run.graph.node(hit.key).peak
+    assert app_module.add_steer(run, hit.index, 2, "") == f"{hit.index}:{2 * peak:.4g}"
+    assert app_module.add_steer(run, 10**6, 2, "1:1") == "1:1, 1000000:2"  # not in the run: 1 unit
