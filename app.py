@@ -33,7 +33,6 @@ import pandas as pd  # noqa: E402
 import plotly  # noqa: E402
 import spaces  # noqa: E402
 
-from axon_core.edges import EDGE_KINDS  # noqa: E402
 from axon_core.engine import Engine, LiveRun  # noqa: E402
 from axon_core.figure import to_json  # noqa: E402
 from axon_core.catalogue import DEFAULT_MODEL, DEFAULT_RELEASE, DEFAULT_SAE_ID, load_catalogue  # noqa: E402
@@ -43,7 +42,7 @@ from axon_core.generation import forward_lock  # noqa: E402
 from axon_core.residuals import FastWeights  # noqa: E402
 from axon_core.labels import LabelService  # noqa: E402
 from axon_core.loading import LoadError, PairCache  # noqa: E402
-from axon_core.session import RunSession, SessionRuns, comparison_html  # noqa: E402
+from axon_core.session import VIEW_EDGE_KINDS, RunSession, SessionRuns, comparison_html  # noqa: E402
 from axon_core.share import Limits, base_url_for, build_link, parse_query  # noqa: E402
 from axon_core.steering import steering_edit  # noqa: E402
 
@@ -346,7 +345,7 @@ def run_generation(prompt, model, release, sae_id, temperature, top_k, top_p, re
     meta = {"model": pair.choice.model, "release": pair.choice.release, "sae_id": pair.choice.sae_id,
             "hook_name": pair.hook_name, "neuronpedia_id": pair.neuronpedia_id, "device": pair.device,
             "prompt": req.prompt}
-    kind = edge_kind if isinstance(edge_kind, str) and edge_kind in EDGE_KINDS + ("causal",) else "npmi"
+    kind = edge_kind if isinstance(edge_kind, str) and edge_kind in VIEW_EDGE_KINDS else "npmi"
     run = RunSession({**meta, "steer": req.steer}, req.settings, LABELS, w_dec=pair.sae.W_dec, edge_kind=kind,
                      frame_interval=FRAME_INTERVAL, saes=[pair, *extra] if extra else None)
     lives, pulls = [], [None, None]
@@ -637,7 +636,7 @@ def add_steer(run: RunSession | None, feature, strength, current):
 
 
 def redraw(run: RunSession | None, kind):
-    if run is None or kind not in EDGE_KINDS + ("causal",):
+    if run is None or kind not in VIEW_EDGE_KINDS:
         return gr.skip()
     run.edge_kind = kind
     return run.figure_json(relayout=False)
@@ -704,7 +703,7 @@ def causal_for_token(run: RunSession | None):
         log.exception("causal check failed")
         return gr.skip(), gr.skip(), empty, f"The check failed ({type(err).__name__}): {html.escape(str(err)[:200])}"
     ms = 1e3 * (time.perf_counter() - t)
-    rows = run.set_causal(checks, position)
+    rows = run.set_causal(checks)
     run.edge_kind = "causal"
     token = next((s.text for s in run.steps if s.position == position), "")
     df = pd.DataFrame(rows, columns=CAUSAL_COLUMNS).round(3)

@@ -129,12 +129,7 @@ def layer_of(sae_id: str) -> int | None:
 
 def _shared(a: str, b: str) -> int:
     """Length of the common beginning of two strings."""
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
+    return len(os.path.commonprefix((a, b)))
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .features import LAYER_STRIDE, split_key
+from .depth import virtual_weights
+from .features import split_key, split_keys
 
 EDGE_KINDS = ("npmi", "npmi_all", "cooccurrence", "decoder", "virtual")
 SIGNED_KINDS = ("virtual",)  # scores with a sign, drawn in two colours
@@ -136,13 +137,6 @@ def _columns(rows: list[ScoredEdge]):
             np.array([e.score for e in rows], np.float64), np.array([e.count for e in rows], np.int64))
 
 
-def split_keys(keys) -> tuple[np.ndarray, np.ndarray]:
-    """(layer, index) columns of node keys (layer −1 for a run of one SAE)."""
-    keys = np.asarray(keys, np.int64)
-    layer = np.where(keys >= LAYER_STRIDE, keys // LAYER_STRIDE - 1, -1)
-    return layer, np.where(keys >= LAYER_STRIDE, keys % LAYER_STRIDE, keys)
-
-
 def decoder_rows(w_dec: torch.Tensor | Mapping[int, torch.Tensor], keys: list[int]) -> torch.Tensor:
     """The decoder rows of node ``keys``: from one ``W_dec`` (a run of one SAE),
     or from ``{layer: W_dec}`` by each key's layer."""
@@ -163,19 +157,14 @@ def virtual_edge_columns(saes: Mapping[int, Any], keys: list[int], graph=None, m
     layer, index = split_keys(keys)
     layers = [la for la in sorted(set(layer.tolist())) if la in saes]
     parts = []
-    with torch.no_grad():
-        for i, la in enumerate(layers):
-            rows_a = np.flatnonzero(layer == la)
-            w_dec = saes[la].W_dec
-            dec = w_dec[torch.as_tensor(index[rows_a], device=w_dec.device)].float()
-            for lb in layers[i + 1:]:
-                rows_b = np.flatnonzero(layer == lb)
-                w_enc = saes[lb].W_enc
-                enc = w_enc[:, torch.as_tensor(index[rows_b], device=w_enc.device)].float()
-                v = (dec.to(enc.device) @ enc).cpu().numpy().ravel()
-                top = np.argpartition(-np.abs(v), min(max_edges, len(v)) - 1)[:max_edges] if len(v) else v[:0]
-                r, c = np.divmod(top, len(rows_b))
-                parts.append((keys[rows_a[r]], keys[rows_b[c]], v[top].astype(np.float64)))
+    for i, la in enumerate(layers):
+        rows_a = np.flatnonzero(layer == la)
+        for lb in layers[i + 1:]:
+            rows_b = np.flatnonzero(layer == lb)
+            v = virtual_weights(saes[la], saes[lb], index[rows_a], index[rows_b]).float().cpu().numpy().ravel()
+            top = np.argpartition(-np.abs(v), min(max_edges, len(v)) - 1)[:max_edges] if len(v) else v[:0]
+            r, c = np.divmod(top, len(rows_b))
+            parts.append((keys[rows_a[r]], keys[rows_b[c]], v[top].astype(np.float64)))
     if not parts:
         z = np.zeros(0, np.int64)
         return z, z, np.zeros(0), z

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 
@@ -69,6 +70,13 @@ def split_key(key: int) -> tuple[int | None, int]:
         return None, key
     layer, index = divmod(key, LAYER_STRIDE)
     return layer - 1, index
+
+
+def split_keys(keys) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`split_key` of many keys at once: (layer, index) columns, layer −1 for a run of one SAE."""
+    keys = np.asarray(keys, np.int64)
+    layered = keys >= LAYER_STRIDE
+    return np.where(layered, keys // LAYER_STRIDE - 1, -1), np.where(layered, keys % LAYER_STRIDE, keys)
 
 
 def key_name(key: int) -> str:

@@ -96,8 +96,7 @@ class ForceLayout:
         """:meth:`update` from numpy columns (node ids; edge ends and weights;
         optionally each node's plane), without building a tuple per edge; read
         :attr:`positions` after."""
-        self.update(node_ids.tolist(), zip(src.tolist(), dst.tolist(), weight.tolist()),
-                    None if planes is None else np.asarray(planes, np.float64).tolist())
+        self.update(node_ids.tolist(), zip(src.tolist(), dst.tolist(), weight.tolist()), planes)
 
     @staticmethod
     def _edge_arrays(row: dict[Hashable, int], edges: list) -> tuple[np.ndarray, ...]:

@@ -33,9 +33,10 @@ from typing import Any
 
 import numpy as np
 
-from .edges import SIGNED_KINDS, npmi_neighbours, score_edge_columns, score_edges
+from .depth import virtual_weights
+from .edges import EDGE_KINDS, SIGNED_KINDS, npmi_neighbours, score_edge_columns, score_edges
 from .export import run_to_json, standalone_html
-from .features import key_name, node_key, split_key
+from .features import key_name, node_key, split_key, split_keys
 from .figure import figure_dict, to_json
 from .generation import GenerationSettings, LayerSae, TokenStep, hook_layer
 from .graph import GraphState
@@ -47,6 +48,8 @@ from .timeline import timeline_figure
 NEURONPEDIA_PAGE = "https://www.neuronpedia.org/{np_id}/{index}"
 EXPORT_ZOOM = 0.72  # the standalone page's camera distance, relative to the app's
 PLANE_GAP = 3.0  # distance between two layers' planes, in ideal edge lengths of the layout
+# what a view can draw: the edge kinds of axon_core.edges, and the latest causal check's effects
+VIEW_EDGE_KINDS = EDGE_KINDS + ("causal",)
 
 
 def token_span(step: TokenStep, extra_class: str = "", attrs: str = "") -> str:
@@ -91,7 +94,7 @@ class RunSession:
         self.meta, self.settings, self.labels = dict(meta), settings, labels
         self.np_id: str | None = meta.get("neuronpedia_id")
         self.frame_interval, self.max_nodes = frame_interval, max_nodes
-        self.w_dec, self.edge_kind = w_dec, edge_kind  # edge_kind: see edges.EDGE_KINDS, or "causal"
+        self.w_dec, self.edge_kind = w_dec, edge_kind  # edge_kind: one of VIEW_EDGE_KINDS
         self.saes: tuple[LayerSae, ...] = tuple(LayerSae.of(x) for x in (saes or ()))
         self.layered = len(self.saes) > 1
         self.by_layer: dict[int, LayerSae] = {x.layer: x for x in self.saes} if self.layered else {}
@@ -102,7 +105,7 @@ class RunSession:
             order = sorted(self.by_layer)
             self.plane_of = {layer: (r - (len(order) - 1) / 2) * PLANE_GAP for r, layer in enumerate(order)}
             self.w_dec = {layer: x.sae.W_dec for layer, x in self.by_layer.items()}
-        self.causal: dict[str, Any] | None = None  # the latest causal check (see set_causal)
+        self.causal: dict[str, np.ndarray] | None = None  # the latest causal check's edges (see set_causal)
         self.at: int | None = None  # scrubbed to this token position (None: follow the run)
         self.graph = GraphState()
         self.layout = ForceLayout(seed=0)
@@ -279,34 +282,30 @@ class RunSession:
                 a, b, score, _ = score_edge_columns(self.graph, snap, kind, w_dec=self.w_dec,
                                                     saes={la: x.sae for la, x in self.by_layer.items()})
             shift = 1.0 if kind == "npmi_all" else 0.0  # NPMI in [-1, 1] → width in [0, 2]
-            planes = {z: self._plane_name(layer) for layer, z in self.plane_of.items()}
+            planes = {z: f"layer {layer}" for layer, z in self.plane_of.items()}
             self._figure = figure_dict(snap, positions, self.label, edges=(a, b, score + shift),
                                        signed=kind in SIGNED_KINDS or kind == "causal", planes=planes or None)
             return self._figure
-
-    def _plane_name(self, layer: int) -> str:
-        return f"layer {layer}"
 
     def _relayout(self):
         snap = self.graph.snapshot(max_nodes=self.max_nodes)
         planes = None
         if self.layered:
-            planes = np.array([self.plane_of.get(split_key(k)[0], np.nan) for k in snap.ids.tolist()])
+            layer, _ = split_keys(snap.ids)
+            planes = np.array([self.plane_of.get(la, np.nan) for la in layer.tolist()])
         self.layout.update_arrays(snap.ids, snap.edge_a, snap.edge_b, snap.edge_weight, planes)
         self._laid_out = self.graph.tokens_seen
         return snap
 
     # ---- depth: measured effects between layers ---------------------------
 
-    def set_causal(self, checks, position: int) -> list[dict]:
-        """Keep the causal checks of token ``position`` (``depth.CausalCheck`` s,
-        one per source layer) for the ``causal`` edge kind, and return the rows
+    def set_causal(self, checks) -> list[dict]:
+        """Keep the causal checks of one token (``depth.CausalCheck`` s, one per
+        source layer) for the ``causal`` edge kind, and return the rows
         of the side-by-side table: for every (earlier feature, later feature)
         pair the check measured, its co-firing NPMI over the run, its virtual
         weight and the measured effect (``effect`` = baseline − ablated
         activation: > 0, the earlier feature helped the later one fire)."""
-        from .depth import virtual_weights
-
         rows = []
         src, dst, effect = [], [], []
         for check in checks:
@@ -326,7 +325,7 @@ class RunSession:
                         src.append(a), dst.append(b), effect.append(moved)
         rows.sort(key=lambda r: -abs(r["effect"]))
         with self.lock:
-            self.causal = {"position": int(position), "a": np.array(src, np.int64),
+            self.causal = {"a": np.array(src, np.int64),
                            "b": np.array(dst, np.int64), "effect": np.array(effect, np.float64)}
         return rows
 
@@ -420,7 +419,6 @@ class RunSession:
         return {
             "index": index,
             "layer": self.primary_layer if layer is None else layer,
-            "name": key_name(key),
             "label": self.label(key),
             "activation": node.activation,
             "peak": node.peak,

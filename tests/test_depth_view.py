@@ -164,7 +164,7 @@ def test_causal_edges_and_the_side_by_side_table(layered_run, layer_pairs):  # n
     model = layer_pairs[8].model
     checks = [causal_check(model, tokens, position, layer_pairs[la], [layer_pairs[x] for x in LAYERS if x > la], k=4)
               for la in LAYERS[:-1]]
-    rows = run.set_causal(checks, position)
+    rows = run.set_causal(checks)
     assert len(rows) == sum(len(c.features) * len(t.features) for c in checks for t in c.targets)
     # every row: the measured effect (−Δ), the virtual weight and the co-firing NPMI of that pair
     c, t = checks[0], checks[0].targets[0]
