@@ -181,12 +181,17 @@ def figure_dict(snapshot: GraphSnapshot, positions: Mapping[Hashable, tuple], la
     # cost ~200 ms a frame to rebuild in a software-rendered browser.
     strength = snapshot.latest[rows]
     named = sorted(on, key=lambda r: (-float(strength[r]), ids[r]))[:n_labels]
+    # The newest token's features sit close together (a new node is placed beside
+    # its strongest neighbour), so their names fan out on leader lines, strongest
+    # at the top, alternately left and right, instead of stacking on one spot.
     annotations = [{
         "x": float(coords[r, 0]), "y": float(coords[r, 1]), "z": float(coords[r, 2]),
         "text": plotly_text(label(ids[r]) or key_name(ids[r]), SCENE_LABEL_CHARS), "name": str(ids[r]),
-        "showarrow": False, "yshift": 12, "font": {"color": SCENE_LABEL_COLOUR, "size": 12},
-        "bgcolor": "rgba(11,15,25,0.55)",
-    } for r in named]
+        "showarrow": True, "arrowhead": 0, "arrowwidth": 1, "arrowcolor": "rgba(255,243,176,0.45)",
+        "ax": 70 if k % 2 else -70, "ay": -78 + 22 * (k // 2),
+        "xanchor": "left" if k % 2 else "right", "font": {"color": SCENE_LABEL_COLOUR, "size": 12},
+        "bgcolor": "rgba(11,15,25,0.7)",
+    } for k, r in enumerate(named)]
     row = {i: r for r, i in enumerate(ids)}
     if edges is None:
         edges = (snapshot.edge_a, snapshot.edge_b, snapshot.edge_weight)
