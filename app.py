@@ -33,7 +33,7 @@ import pandas as pd  # noqa: E402
 import plotly  # noqa: E402
 import spaces  # noqa: E402
 
-from axon_core.engine import Engine, LiveRun  # noqa: E402
+from axon_core.engine import Engine, LiveRun, share_cpus  # noqa: E402
 from axon_core.figure import to_json  # noqa: E402
 from axon_core.catalogue import DEFAULT_MODEL, DEFAULT_RELEASE, DEFAULT_SAE_ID, load_catalogue  # noqa: E402
 from axon_core.depth import causal_check, run_tokens  # noqa: E402
@@ -90,6 +90,9 @@ TABLE_COLUMNS = ["feature", "layer", "label", "activation", "peak", "tokens", "a
 CATALOGUE = load_catalogue()
 PAIRS = PairCache(max_saes=LIMITS.max_layers + 1)  # a run of four layers, and the next pick
 LABELS = LabelService()
+# Torch gets all CPUs but one on a CPU machine; the other is the server's (frames,
+# Gradio, labels), so a view never stalls the engine's parallel ops. AXON_TORCH_THREADS overrides.
+TORCH_THREADS = share_cpus(PAIRS.device, os.environ.get("AXON_TORCH_THREADS"))
 # The engine thread's Python glue between torch ops must get the GIL back quickly
 # while views build frames: hand it over every 0.5 ms instead of every 5 ms.
 sys.setswitchinterval(0.0005)

@@ -17,6 +17,12 @@ Views never wait on the engine for anything but new steps, and the engine
 never waits on a view: frames are built in the viewer's own thread at its own
 cadence (see :mod:`axon_core.session`).
 
+On a CPU machine the engine and the server share the cores: :func:`share_cpus`
+gives torch all but one of the CPUs this process may use (a cgroup quota
+counts: a CPU Space's 2 vCPUs), so frames, Gradio and label fetches have a
+core of their own and do not stall torch's parallel ops (on 2 cores the
+engine alone is also faster with one thread: its step is bound by memory).
+
 On ZeroGPU, GPU work may only happen inside a ``@spaces.GPU`` call (in a
 worker process, per call), so there the app does not use the engine: each
 view computes its run inside one decorated call (see app.py, ``gpu_steps``).
@@ -37,11 +43,14 @@ Worked example::
 from __future__ import annotations
 
 import logging
+import math
+import os
 import threading
 import time
 import uuid
 from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import cachetools
@@ -52,6 +61,49 @@ from .generation import Generation, GenerationSettings, LayerSae, TokenStep
 from .steering import steering_edit
 
 log = logging.getLogger("axon.engine")
+
+def usable_cpus(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """CPUs this process may use: its affinity mask, capped by a cgroup CPU
+    quota (a container's limit, which ``os.cpu_count()`` does not see).
+
+    >>> usable_cpus() >= 1
+    True
+    """
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    for quota_f, period_f in (("cpu.max", None), ("cpu/cpu.cfs_quota_us", "cpu/cpu.cfs_period_us")):
+        try:
+            fields = (cgroup / quota_f).read_text().split()
+            quota, period = fields[0], (fields[1] if period_f is None else (cgroup / period_f).read_text().strip())
+            if quota not in ("max", "-1"):
+                n = min(n, max(1, math.ceil(int(quota) / int(period))))
+            break
+        except (OSError, ValueError, IndexError):
+            continue
+    return max(1, n)
+
+
+def engine_threads(device: str, cpus: int) -> int:
+    """Torch threads for the engine: on CPU all but one of ``cpus`` (one is
+    the server's: views, Gradio, label fetches), elsewhere (GPU) at most ``cpus``.
+
+    >>> engine_threads("cpu", 2), engine_threads("cpu", 8), engine_threads("cpu", 1), engine_threads("cuda", 2)
+    (1, 7, 1, 2)
+    """
+    return max(1, cpus - 1) if device == "cpu" else max(1, min(cpus, torch.get_num_threads()))
+
+
+def share_cpus(device: str, override: str | None = None) -> int:
+    """Set torch's thread count for this process by :func:`engine_threads`
+    (``override``: a number from the person running the app) and return it."""
+    try:
+        threads = int(override) if override not in (None, "") else 0
+    except ValueError:
+        log.warning("torch threads %r is not a number; choosing by the CPUs", override)
+        threads = 0
+    threads = threads if threads >= 1 else engine_threads(device, usable_cpus())
+    torch.set_num_threads(threads)
+    return threads
+
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 ACTIVE = (QUEUED, RUNNING)
@@ -266,14 +318,15 @@ class Engine:
         return sum(1 for r in self._live if not r.finished)
 
     def stats(self) -> dict[str, Any]:
-        """Counters, the batching table, and recent runs' step counts and times
-        (for tests and the crowd benchmark; no prompts or other content)."""
+        """Counters, the batching table, torch's thread count, and recent runs'
+        step counts and times (for tests and the crowd benchmark; no prompts or other content)."""
         with self._lock:
             recent = list(self._recent)
             live = sum(1 for r in self._live if not r.finished)
             replay = len(self._replay)
         return {
             **vars(self.counters), "live": live, "replay_cached": replay, "batching": self.chooser.table(),
+            "torch_threads": torch.get_num_threads(),
             "runs": [{"id": r.id, "state": r.state, "steps": len(r.steps), "viewers": r.viewers,
                       "step_times": [round(t, 4) for t in r.step_times]} for r in recent],
         }

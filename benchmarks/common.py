@@ -10,10 +10,17 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
+import subprocess
+import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def use_offline_hub(hub: str | None, prefix: str, size: str = "gpt2-small", layers=(8,)) -> Path:
@@ -50,3 +57,42 @@ def axon_style_step(model, sae, hook_name: str):
         return int(torch.multinomial(logits[0, -1].float().softmax(-1), 1))
 
     return step
+
+
+@contextlib.contextmanager
+def running_app(hub: Path, work: Path, env: dict | None = None):
+    """``python app.py`` on the offline ``hub`` (Neuronpedia unreachable, temp
+    and caches under ``work``), as a stranger reaches it: yields ``(proc, url)``
+    once the page is served; stops it after."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    tmp = work / "tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("HF_HUB")}
+    environ.update(AXON_OFFLINE_HUB=str(hub), AXON_PORT=str(port), AXON_HOST="127.0.0.1",
+                   AXON_LABEL_CACHE=str(work / "labels.sqlite"), AXON_CACHE_DIR=str(work / "cache"),
+                   AXON_NEURONPEDIA_URL="http://127.0.0.1:9", AXON_NEURONPEDIA_DATASETS_URL="http://127.0.0.1:9",
+                   TMPDIR=str(tmp), GRADIO_TEMP_DIR=str(tmp / "gradio"), GRADIO_ANALYTICS_ENABLED="False",
+                   **(env or {}))
+    log = open(work / "app.log", "w")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "app.py")], cwd=ROOT, env=environ, stdout=log,
+                            stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        for _ in range(240):
+            if proc.poll() is not None:
+                raise RuntimeError(f"app.py exited with {proc.returncode}; see {work / 'app.log'}")
+            try:
+                urllib.request.urlopen(url, timeout=2)
+                break
+            except OSError:
+                time.sleep(0.5)
+        yield proc, url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()

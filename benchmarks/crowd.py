@@ -21,21 +21,18 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 
-from app_server import free_port  # noqa: E402
+from benchmarks.common import running_app  # noqa: E402
 
 SETTINGS = dict(temperature=0.8, top_k=50, top_p=0.95, repetition_penalty=1.1, seed=0, feature_k=12, threshold=0.1)
 PROMPTS = ["The capital of France is", "def fibonacci(n):", "In 1969, the first person to walk on the Moon was",
@@ -95,24 +92,7 @@ def main() -> None:
         write_offline_hub(hub, "gpt2-small")
     work = Path(tempfile.mkdtemp(prefix="axon-crowd-"))
     tmp = work / "tmp"
-    tmp.mkdir()
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_HUB")}
-    env.update(AXON_OFFLINE_HUB=str(hub), AXON_PORT=str(port), AXON_HOST="127.0.0.1",
-               AXON_LABEL_CACHE=str(work / "labels.sqlite"), AXON_CACHE_DIR=str(work / "cache"),
-               AXON_NEURONPEDIA_URL="http://127.0.0.1:9", AXON_NEURONPEDIA_DATASETS_URL="http://127.0.0.1:9",
-               TMPDIR=str(tmp), GRADIO_TEMP_DIR=str(tmp / "gradio"), GRADIO_ANALYTICS_ENABLED="False")
-    log = open(work / "app.log", "w")
-    proc = subprocess.Popen([sys.executable, str(ROOT / "app.py")], cwd=ROOT, env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        for _ in range(240):
-            try:
-                urllib.request.urlopen(url, timeout=2)
-                break
-            except OSError:
-                time.sleep(0.5)
+    with running_app(hub, work) as (proc, url):
         from gradio_client import Client
 
         def client():
@@ -215,13 +195,6 @@ def main() -> None:
         print(f"crowd: solo_tok_s={solo_tok_s:.1f} tok_s_8={tok_s_8:.1f} gain_8={tok_s_8 / solo_tok_s:.2f} "
               f"first_frame_p95_8_s={p95:.2f} same_link_50_computed={computed} "
               f"rss_mb_per_100_runs={rss_per_100:.1f} disk_mb_per_100_runs={disk_per_100:.2f}")
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 if __name__ == "__main__":

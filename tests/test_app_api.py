@@ -343,6 +343,14 @@ def alternations(a: list[float], b: list[float]) -> int:
     return sum(x != y for x, y in zip(merged, merged[1:]))
 
 
+def test_the_engine_leaves_the_server_a_core(client):
+    """The app gives torch all CPUs but one (the server's: frames, Gradio,
+    labels); on 2 cores one torch thread, so views do not stall the engine."""
+    from axon_core.engine import engine_threads, usable_cpus
+
+    assert client.predict(api_name="/engine_stats")["torch_threads"] == engine_threads("cpu", usable_cpus())
+
+
 def test_a_sessions_new_run_supersedes_its_old_one(app):
     """One session holds at most one run: its next run stops the previous one."""
     c = new_client(app)

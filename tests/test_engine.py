@@ -203,3 +203,46 @@ def test_batch_chooser_follows_the_measurements():
     assert c.batch(8)
     assert BatchChooser("never").batch(16) is False and BatchChooser("always").batch(2) is True
     assert c.table()["batched_ms"] == {"4": 300.0, "8": 200.0}
+
+
+def test_usable_cpus_reads_a_cgroup_quota(tmp_path):
+    """A container's CPU quota (a CPU Space: 2 vCPUs on a larger host) caps the
+    count torch would otherwise take from the host; no quota leaves the affinity mask."""
+    import os
+
+    from axon_core.engine import usable_cpus
+
+    mask = len(os.sched_getaffinity(0))
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    assert usable_cpus(v2) == mask  # no files: the mask
+    (v2 / "cpu.max").write_text("max 100000\n")
+    assert usable_cpus(v2) == mask
+    (v2 / "cpu.max").write_text("50000 100000\n")  # half a CPU rounds up to one
+    assert usable_cpus(v2) == 1
+    (v2 / "cpu.max").write_text(f"{(mask + 3) * 100000} 100000\n")  # a quota above the mask: the mask
+    assert usable_cpus(v2) == mask
+    (v2 / "cpu.max").write_text("garbage\n")
+    assert usable_cpus(v2) == mask
+    v1 = tmp_path / "v1"
+    (v1 / "cpu").mkdir(parents=True)
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("100000\n")
+    (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert usable_cpus(v1) == 1
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    assert usable_cpus(v1) == mask
+
+
+def test_torch_threads_leave_the_server_a_core_on_cpu():
+    from axon_core.engine import engine_threads, share_cpus, usable_cpus
+
+    assert [engine_threads("cpu", n) for n in (1, 2, 4, 16)] == [1, 1, 3, 15]
+    assert engine_threads("cuda", 1) == 1 and engine_threads("cuda", 64) <= 64
+    before = torch.get_num_threads()
+    try:
+        assert share_cpus("cpu") == torch.get_num_threads() == engine_threads("cpu", usable_cpus())
+        assert share_cpus("cpu", "3") == torch.get_num_threads() == 3  # the person's override
+        assert share_cpus("cpu", "many") == torch.get_num_threads() == engine_threads("cpu", usable_cpus())
+        assert share_cpus("cpu", "0") == engine_threads("cpu", usable_cpus())
+    finally:
+        torch.set_num_threads(before)
