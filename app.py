@@ -923,7 +923,10 @@ with gr.Blocks(title="AXON", delete_cache=(int(EXPORT_MAX_AGE), int(EXPORT_MAX_A
               max_tokens, seed, feature_k, threshold, steer_box, edge_kind, at_state, layers]
     # A run's progress shows on the status line only: Gradio's progress overlay on
     # all eleven outputs costs the browser a re-layout every frame.
-    STREAMING = dict(show_progress="minimal", show_progress_on=[status])
+    # trigger_mode "multiple": a new Generate (or Enter, or Steer) starts at once, also
+    # while this session's run or its label tail is still streaming (Gradio's default
+    # for a click, "once", dropped the press); SessionRuns then stops the older run.
+    STREAMING = dict(show_progress="minimal", show_progress_on=[status], trigger_mode="multiple")
     outputs = [text, graph, table, status, run_state, run_json, json_btn, html_btn, timeline, compare, scrub]
     # preprocess=False: every input reaches _request_from_inputs as sent, which clamps
     # or ignores it with a notice, so no API value (a string for a number, a value

@@ -127,8 +127,8 @@ def app(offline_hub, pythia_hub, neuronpedia, tmp_path_factory):
     # run should be known by its last frame.
     with AppServer(offline_hub, neuronpedia=neuronpedia, log_dir=tmp_path_factory.mktemp("app"),
                    env={"AXON_NEURONPEDIA_RATE": "500",
-                        # one torch thread: the browser (software WebGL) shares this machine's 2 cores
-                        "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}) as server:
+                        # one torch thread: the browser (software WebGL) shares this machine's cores
+                        "AXON_TORCH_THREADS": "1"}) as server:
         yield server
         assert "Traceback" not in server.log_text(), server.log_text()[-3000:]
 
@@ -677,6 +677,36 @@ def test_frames_reach_the_browser_eight_times_a_second(app, browser):
         status = page.evaluate(STATUS)
         print(f"\n{len(times)} frames drawn during the run; median gap {median:.0f} ms; status: {status[:90]}")
         assert len(gaps) >= 4 and median <= 280, (len(times), gaps)
+    finally:
+        w.close()
+
+
+def test_generate_again_while_a_run_streams_starts_the_new_run(app, browser):
+    """Generate pressed while this page's run is still streaming (or just after
+    it ends, while its labels are still drawn) starts the new run at once and
+    stops the old one. With Gradio's default for a click ("once") the press was
+    dropped: nothing happened until the old event had ended."""
+    w = Watched(browser, app.url + "?" + urllib.parse.urlencode({"prompt": "An older run that streams",
+                                                                  "max_tokens": 200, "seed": 5,
+                                                                  "layers": "2,5,11"}))
+    state = "(() => { const b = document.querySelector('#axon-status [data-state]'); return b && b.dataset.state; })()"
+    try:
+        page = w.page
+        page.wait_for_function("document.querySelector('textarea').value === 'An older run that streams'")
+        page.wait_for_function(f"{BUSY} === 0")  # the link's settings are in (3 layers, 200 tokens: ~6 s)
+        page.get_by_role("button", name="Generate", exact=True).click()
+        page.wait_for_function(f"{state} === 'running'")
+        for prompt in ("A newer run", "The newest run"):  # during the run; then straight after the last one
+            page.locator("textarea").first.fill(prompt)
+            pressed_while = page.evaluate(state)
+            page.get_by_role("button", name="Generate", exact=True).click()
+            page.wait_for_function(
+                f"p => {state} === 'done' && [...document.querySelectorAll('.axon-text')][0].textContent.startsWith(p)",
+                arg=prompt)
+            print(f"\nGenerate pressed while the last run was {pressed_while}: {prompt!r} ran")
+            assert "".join(main_tokens(page)).startswith(prompt)
+            assert pressed_while == ("running" if prompt == "A newer run" else "done")
+        assert not w.errors, w.errors
     finally:
         w.close()
 
