@@ -62,6 +62,7 @@ from .steering import steering_edit
 
 log = logging.getLogger("axon.engine")
 
+
 def usable_cpus(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
     """CPUs this process may use: its affinity mask, capped by a cgroup CPU
     quota (a container's limit, which ``os.cpu_count()`` does not see).
