@@ -93,6 +93,27 @@ def _extent(coords: np.ndarray) -> float:
     return max(1.0, math.ceil(reach * 1.1 * 2.0) / 2.0)
 
 
+def _label_side(point: np.ndarray, k: int, half: float) -> str:
+    """Which side of its node the k-th scene name goes. The opening camera looks
+    from (0.95, 0.95, 0.7) at the origin, so the screen's horizontal is y - x:
+    a node right of the middle is named on its left, and the other way round;
+    near the middle they alternate (left first).
+
+    >>> _label_side(np.array([-5.0, 5.0, 0.0]), 0, 10.0), _label_side(np.array([5.0, -5.0, 0.0]), 0, 10.0)
+    ('left', 'right')
+    """
+    across = float(point[1] - point[0]) / (2.0 * half)
+    if abs(across) > 0.1:
+        return "left" if across > 0 else "right"
+    return "right" if k % 2 else "left"
+
+
+def _screen_up(point: np.ndarray) -> float:
+    """How high a point shows at the opening camera (eye (0.95, 0.95, 0.7), z up):
+    its component along the screen's up direction, z less the view direction's share."""
+    return 0.78 * float(point[2]) - 0.298 * float(point[0] + point[1])
+
+
 def _segments(coords: np.ndarray, ends: np.ndarray) -> list[list]:
     """x, y, z lists of line segments between rows ``ends[:, 0]`` and ``ends[:, 1]``,
     each followed by a gap (None)."""
@@ -182,16 +203,27 @@ def figure_dict(snapshot: GraphSnapshot, positions: Mapping[Hashable, tuple], la
     strength = snapshot.latest[rows]
     named = sorted(on, key=lambda r: (-float(strength[r]), ids[r]))[:n_labels]
     # The newest token's features sit close together (a new node is placed beside
-    # its strongest neighbour), so their names fan out on leader lines, strongest
-    # at the top, alternately left and right, instead of stacking on one spot.
-    annotations = [{
-        "x": float(coords[r, 0]), "y": float(coords[r, 1]), "z": float(coords[r, 2]),
-        "text": plotly_text(label(ids[r]) or key_name(ids[r]), SCENE_LABEL_CHARS), "name": str(ids[r]),
-        "showarrow": True, "arrowhead": 0, "arrowwidth": 1, "arrowcolor": "rgba(255,243,176,0.45)",
-        "ax": 70 if k % 2 else -70, "ay": -78 + 22 * (k // 2),
-        "xanchor": "left" if k % 2 else "right", "font": {"color": SCENE_LABEL_COLOUR, "size": 12},
-        "bgcolor": "rgba(11,15,25,0.7)",
-    } for k, r in enumerate(named)]
+    # its strongest neighbour), so their names fan out on leader lines instead of
+    # stacking on one spot: toward the middle of the opening view for nodes off to
+    # one side (a name pointing outward is cut at the canvas edge in a small
+    # embed), else alternately left and right.
+    half = _extent(coords)
+    sides = {r: _label_side(coords[r], k, half) for k, r in enumerate(named)}
+    # each side's names stack top to bottom in the order their nodes do on screen
+    # (at the opening camera), so no two names of one side land on each other
+    rank = {r: i for side in ("left", "right")
+            for i, r in enumerate(sorted((r for r in named if sides[r] == side), key=lambda r: -_screen_up(coords[r])))}
+    annotations = []
+    for r in named:
+        side = sides[r]
+        annotations.append({
+            "x": float(coords[r, 0]), "y": float(coords[r, 1]), "z": float(coords[r, 2]),
+            "text": plotly_text(label(ids[r]) or key_name(ids[r]), SCENE_LABEL_CHARS), "name": str(ids[r]),
+            "showarrow": True, "arrowhead": 0, "arrowwidth": 1, "arrowcolor": "rgba(255,243,176,0.45)",
+            "ax": 70 if side == "right" else -70, "ay": -78 + 22 * rank[r],
+            "xanchor": "left" if side == "right" else "right", "font": {"color": SCENE_LABEL_COLOUR, "size": 12},
+            "bgcolor": "rgba(11,15,25,0.7)",
+        })
     row = {i: r for r, i in enumerate(ids)}
     if edges is None:
         edges = (snapshot.edge_a, snapshot.edge_b, snapshot.edge_weight)
@@ -202,7 +234,6 @@ def figure_dict(snapshot: GraphSnapshot, positions: Mapping[Hashable, tuple], la
     placed = (ends >= 0).all(axis=1)
     weight = np.asarray(weight, np.float64)[placed]
     ends = ends[placed]
-    half = _extent(coords)
     plane_trace = {"type": "scatter3d", "mode": "lines", "name": "planes", "x": [], "y": [], "z": [],
                    "line": {"width": 1.5, "color": PLANE_COLOUR}, "hoverinfo": "skip", "showlegend": False}
     for z, name in sorted((planes or {}).items()):

@@ -59,6 +59,28 @@ def test_trace_shapes_and_customdata():
     assert all((a["x"], a["y"], a["z"]) == tuple(round(float(c), 3) for c in pos[int(a["name"])]) for a in named)
 
 
+def test_scene_names_point_inward_and_never_stack_on_one_another():
+    """The newest token's eight names: a node right of the opening view's middle
+    (screen horizontal: y - x) is named on its left, and the other way round, so
+    no name is pushed past the canvas edge; on each side the names stack in the
+    order their nodes show top to bottom, 22 px apart, so none lands on another."""
+    snap, pos = big()
+    fig = figure_dict(snap, pos, {})
+    named = fig["layout"]["scene"]["annotations"]
+    assert len(named) == 8
+    half = fig["layout"]["scene"]["xaxis"]["range"][1]
+    for a in named:
+        across = (a["y"] - a["x"]) / (2 * half)
+        if abs(across) > 0.1:
+            assert (a["ax"] < 0) == (across > 0), a
+        assert (a["xanchor"] == "right") == (a["ax"] < 0)
+    for left in (True, False):
+        side = sorted((a for a in named if (a["ax"] < 0) == left), key=lambda a: a["ay"])
+        assert [a["ay"] for a in side] == [-78 + 22 * i for i in range(len(side))]
+        up = [0.78 * a["z"] - 0.298 * (a["x"] + a["y"]) for a in side]
+        assert up == sorted(up, reverse=True), up  # the highest node's name is the top one
+
+
 def test_edges_segments_and_buckets():
     snap, pos = small()
     fig = figure_dict(snap, pos, None)
