@@ -59,6 +59,9 @@ MAX_LABEL = 120  # characters of a label shown on hover
 SCENE_LABELS = 8  # features of the newest token named in the scene
 SCENE_LABEL_CHARS = 28  # characters of a label written in the scene
 SCENE_LABEL_COLOUR = "#fff3b0"
+# The opening camera: closer than Plotly's default (1.25, 1.25, 1.25), so the graph
+# fills its canvas; scene names are placed for the view from here.
+OPENING_EYE = (0.95, 0.95, 0.7)
 
 
 @lru_cache(maxsize=8192)
@@ -93,25 +96,35 @@ def _extent(coords: np.ndarray) -> float:
     return max(1.0, math.ceil(reach * 1.1 * 2.0) / 2.0)
 
 
+def _screen_axes(eye: tuple[float, float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """Unit vectors of the screen's right and up, in scene coordinates, for a
+    camera at ``eye`` looking at the origin with z up.
+
+    >>> [round(float(v), 3) for v in _screen_axes((1.0, 1.0, 0.0))[0]]
+    [-0.707, 0.707, 0.0]
+    """
+    ahead = -np.asarray(eye, np.float64) / np.linalg.norm(eye)
+    right = np.cross(ahead, (0.0, 0.0, 1.0))
+    right /= np.linalg.norm(right)
+    return right, np.cross(right, ahead)
+
+
+SCREEN_RIGHT, SCREEN_UP = _screen_axes(OPENING_EYE)
+
+
 def _label_side(point: np.ndarray, k: int, half: float) -> str:
-    """Which side of its node the k-th scene name goes. The opening camera looks
-    from (0.95, 0.95, 0.7) at the origin, so the screen's horizontal is y - x:
-    a node right of the middle is named on its left, and the other way round;
+    """Which side of its node the k-th scene name goes, at the opening camera: a
+    node right of the middle (over a tenth of the scene's half-width on screen,
+    half·√2 along the diagonal) is named on its left, and the other way round;
     near the middle they alternate (left first).
 
     >>> _label_side(np.array([-5.0, 5.0, 0.0]), 0, 10.0), _label_side(np.array([5.0, -5.0, 0.0]), 0, 10.0)
     ('left', 'right')
     """
-    across = float(point[1] - point[0]) / (2.0 * half)
+    across = float(point @ SCREEN_RIGHT) / (half * math.sqrt(2.0))
     if abs(across) > 0.1:
         return "left" if across > 0 else "right"
     return "right" if k % 2 else "left"
-
-
-def _screen_up(point: np.ndarray) -> float:
-    """How high a point shows at the opening camera (eye (0.95, 0.95, 0.7), z up):
-    its component along the screen's up direction, z less the view direction's share."""
-    return 0.78 * float(point[2]) - 0.298 * float(point[0] + point[1])
 
 
 def _segments(coords: np.ndarray, ends: np.ndarray) -> list[list]:
@@ -212,7 +225,7 @@ def figure_dict(snapshot: GraphSnapshot, positions: Mapping[Hashable, tuple], la
     # each side's names stack top to bottom in the order their nodes do on screen
     # (at the opening camera), so no two names of one side land on each other
     rank = {r: i for side in ("left", "right")
-            for i, r in enumerate(sorted((r for r in named if sides[r] == side), key=lambda r: -_screen_up(coords[r])))}
+            for i, r in enumerate(sorted((r for r in named if sides[r] == side), key=lambda r: -float(coords[r] @ SCREEN_UP)))}
     annotations = []
     for r in named:
         side = sides[r]
@@ -247,11 +260,10 @@ def figure_dict(snapshot: GraphSnapshot, positions: Mapping[Hashable, tuple], la
                             "font": {"color": ACTIVE_RING, "size": 11}})
     axis_range = [-half, half]
     scene = {name: {**_axis(), "range": axis_range} for name in ("xaxis", "yaxis", "zaxis")}
-    # The opening camera sits closer than Plotly's default (1.25, 1.25, 1.25) so the
-    # graph fills its canvas; once a person moves it, uirevision keeps theirs.
+    # once a person moves the camera, uirevision keeps theirs
     scene.update(aspectmode="cube", bgcolor=BACKGROUND, uirevision="axon",
                  dragmode="orbit", hovermode="closest", annotations=annotations,
-                 camera={"eye": {"x": 0.95, "y": 0.95, "z": 0.7}})
+                 camera={"eye": dict(zip("xyz", OPENING_EYE))})
     layout = {
         "paper_bgcolor": BACKGROUND, "plot_bgcolor": BACKGROUND,
         "font": {"color": "#d8dcf0"}, "margin": {"l": 0, "r": 0, "t": 0, "b": 0},

@@ -69,6 +69,9 @@ def test_scene_names_point_inward_and_never_stack_on_one_another():
     named = fig["layout"]["scene"]["annotations"]
     assert len(named) == 8
     half = fig["layout"]["scene"]["xaxis"]["range"][1]
+    eye = fig["layout"]["scene"]["camera"]["eye"]  # the view the figure opens with, looking at the origin
+    ahead = -np.array([eye["x"], eye["y"], eye["z"]])
+    screen_up = np.array([0.0, 0.0, 1.0]) - (ahead @ [0.0, 0.0, 1.0]) / (ahead @ ahead) * ahead
     for a in named:
         across = (a["y"] - a["x"]) / (2 * half)
         if abs(across) > 0.1:
@@ -77,7 +80,7 @@ def test_scene_names_point_inward_and_never_stack_on_one_another():
     for left in (True, False):
         side = sorted((a for a in named if (a["ax"] < 0) == left), key=lambda a: a["ay"])
         assert [a["ay"] for a in side] == [-78 + 22 * i for i in range(len(side))]
-        up = [0.78 * a["z"] - 0.298 * (a["x"] + a["y"]) for a in side]
+        up = [float(np.array([a["x"], a["y"], a["z"]]) @ screen_up) for a in side]
         assert up == sorted(up, reverse=True), up  # the highest node's name is the top one
 
 
