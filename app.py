@@ -92,7 +92,7 @@ PAIRS = PairCache(max_saes=LIMITS.max_layers + 1)  # a run of four layers, and t
 LABELS = LabelService()
 # Torch gets all CPUs but one on a CPU machine; the other is the server's (frames,
 # Gradio, labels), so a view never stalls the engine's parallel ops. AXON_TORCH_THREADS overrides.
-TORCH_THREADS = share_cpus(PAIRS.device, os.environ.get("AXON_TORCH_THREADS"))
+share_cpus(PAIRS.device, os.environ.get("AXON_TORCH_THREADS"))
 # The engine thread's Python glue between torch ops must get the GIL back quickly
 # while views build frames: hand it over every 0.5 ms instead of every 5 ms.
 sys.setswitchinterval(0.0005)

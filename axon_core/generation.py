@@ -79,6 +79,11 @@ class TokenStep:
     notice: str | None = None  # e.g. "stopped: context window full"
     display: str | None = None  # what to show: whole characters (see GlyphJoiner); None → text
 
+    @property
+    def shown(self) -> str:
+        """What a person sees of this token: ``display`` where set, else ``text``."""
+        return self.text if self.display is None else self.display
+
 
 _LAYER = re.compile(r"^blocks\.(\d+)\.")
 

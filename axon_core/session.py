@@ -56,7 +56,7 @@ def token_span(step: TokenStep, extra_class: str = "", attrs: str = "") -> str:
     """One token of a text as an HTML span (escaped; newlines shown as ↵). A token
     that only begins a character split across tokens shows nothing; the token
     that completes it shows the whole character (see GlyphJoiner)."""
-    shown = step.text if step.display is None else step.display
+    shown = step.shown
     cls = ("tok prompt" if step.is_prompt else "tok gen") + ("" if shown else " part")
     cls += f" {extra_class}" if extra_class else ""
     text = html.escape(shown).replace("\n", "↵<br>")
@@ -459,7 +459,7 @@ class RunSession:
         eye = {k: round(v * EXPORT_ZOOM, 3) for k, v in scene["camera"]["eye"].items()}
         fig = {**fig, "layout": {**fig["layout"], "scene": {**scene, "camera": {**scene["camera"], "eye": eye}}}}
         title = f"AXON · {self.meta.get('release', '')} / {self.meta.get('sae_id', '')}"
-        return standalone_html(fig, title, "".join(s.text if s.display is None else s.display for s in self.steps))
+        return standalone_html(fig, title, "".join(s.shown for s in self.steps))
 
     def settings_dict(self) -> dict:
         return asdict(self.settings)
