@@ -14,6 +14,12 @@ const CONFIG = { displaylogo: false, responsive: true,
                  plotGlPixelRatio: Math.min(2, Math.max(1, window.devicePixelRatio || 1)) };
 window.__axonFrames = window.__axonFrames || 0;
 window.__axonFrameTimes = window.__axonFrameTimes || [];  // when each graph frame was drawn (ms)
+// Counts the tests read instead of wall time: values that reached the graph, values
+// drawn, and draws that started on a value older than the newest one received.
+window.__axonGraphCounts = window.__axonGraphCounts || { received: 0, drawn: 0, stale: 0, caughtUp: true };
+const counts = window.__axonGraphCounts;
+let latest = props.value || null;  // the newest value this element has been given
+if (isGraph && latest) { counts.received += 1; counts.caughtUp = false; }
 
 function bindClicks() {
   if (div.__axonBound) return;
@@ -36,11 +42,14 @@ function draw() {
   try { fig = JSON.parse(value); } catch (e) { shown = value; return; }
   drawing = true;
   shown = value;
+  if (isGraph && value !== latest) counts.stale += 1;
   window.Plotly.react(div, fig.data, fig.layout, CONFIG)
     .then(() => {
       if (isGraph) {
         window.__axonFrames += 1;
         window.__axonFrameTimes.push(performance.now());
+        counts.drawn += 1;
+        counts.caughtUp = props.value === value;
       }
       bindClicks();
     })
@@ -59,5 +68,12 @@ function schedule() {
   requestAnimationFrame(draw);
 }
 
-watch("value", schedule);
+watch("value", () => {
+  if (isGraph && props.value && props.value !== latest) {
+    latest = props.value;
+    counts.received += 1;
+    counts.caughtUp = false;
+  }
+  schedule();
+});
 schedule();

@@ -648,35 +648,42 @@ def test_newest_tokens_labels_are_scene_text_and_inert(live, app):
     assert page.evaluate("typeof window.__xss") == "undefined"
 
 
-def test_frames_reach_the_browser_eight_times_a_second(app, browser):
+def test_frames_are_drawn_newest_first_and_the_page_catches_up(app, browser):
     """With tokens every few ms (tiny model), the view sends a frame every 100 ms
-    and the page draws the newest one it has. The target is 8 frames a second
-    (a median gap of 125 ms); in this headless browser, which renders WebGL in
-    software on the same 2 cores as the server and runs are ~1 s long, the
-    median was 170-190 ms (230-340 ms before the 3D canvas followed the screen's
-    pixel ratio), so this guards against regressions at 280 ms and prints the
-    median (on the GPT-2-small shape, 100-125 ms: the closing note)."""
+    and the page draws the newest value it has, skipping those that arrived
+    during a draw. Asserted from counts the page keeps, not from wall time (a
+    slower or busier machine draws fewer frames, never stale ones): each run's
+    frames are drawn (at least one per run), no draw starts on a value older than
+    the newest received, no value is drawn twice, and after each run the page
+    shows its last frame. The drawn-frame rate is printed as a figure only (the
+    GPT-2-small shape's: benchmarks/app_speed.py)."""
     w = Watched(browser, app.url + "?" + urllib.parse.urlencode({"prompt": "Count the frames", "max_tokens": 200,
                                                                   "seed": 8, "feature_k": 6}))
+    counts = "Object.assign({}, window.__axonGraphCounts)"
     try:
         page = w.page
         page.wait_for_function(f"{BUSY} === 0")
-        generate(page, "A first run warms WebGL up", run=12)  # a fresh page's first frame costs ~1 s
+        generate(page, "A first run warms WebGL up", run=12)
         gaps, times = [], []
-        for prompt in ("Count the frames", "Count the frames again"):  # each run lasts about a second
+        for prompt in ("Count the frames", "Count the frames again"):
             page.locator("textarea").first.fill(prompt)
-            before = page.evaluate(STATUS)
+            before, c0 = page.evaluate(STATUS), page.evaluate(counts)
             t0 = page.evaluate("performance.now()")
             page.get_by_role("button", name="Generate", exact=True).click()
             page.wait_for_function(f"before => {BUSY} === 0 && {STATUS} !== before", arg=before)
-            drawn = [t for t in page.evaluate(FRAME_TIMES) if t > t0]
-            times += drawn
-            gaps += [b - a for a, b in zip(drawn, drawn[1:])]
+            page.wait_for_function("window.__axonGraphCounts.caughtUp")  # the last frame is drawn
+            c1 = page.evaluate(counts)
+            received, drawn = c1["received"] - c0["received"], c1["drawn"] - c0["drawn"]
+            assert received >= 2 and 1 <= drawn <= received, (c0, c1)
+            assert c1["stale"] == 0, c1
+            drawn_at = [t for t in page.evaluate(FRAME_TIMES) if t > t0]
+            times += drawn_at
+            gaps += [b - a for a, b in zip(drawn_at, drawn_at[1:])]
+            print(f"\n{prompt!r}: {received} frames received, {drawn} drawn")
         gaps.sort()
-        median = gaps[len(gaps) // 2] if gaps else float("inf")
-        status = page.evaluate(STATUS)
-        print(f"\n{len(times)} frames drawn during the run; median gap {median:.0f} ms; status: {status[:90]}")
-        assert len(gaps) >= 4 and median <= 280, (len(times), gaps)
+        median = gaps[len(gaps) // 2] if gaps else float("nan")
+        print(f"{len(times)} frames drawn over two runs; median gap {median:.0f} ms (a figure, not a guard)")
+        assert not w.errors, w.errors
     finally:
         w.close()
 
