@@ -496,33 +496,3 @@ def comparison_html(plain: RunSession, steered: RunSession) -> str:
             f'<div class="cols"><div><h4>plain</h4><div class="axon-text">{text(plain)}</div></div>'
             f'<div><h4>steered</h4><div class="axon-text">{text(steered)}</div></div></div>'
             f"<p>stronger when steered: {feats(cmp.gained)}<br>weaker: {feats(cmp.lost)}</p></div>")
-
-
-class SessionRuns:
-    """At most one generating run per browser session: a session's new run
-    supersedes its previous one, which stops at its next frame. So one session
-    never holds more than one of the queue's CONCURRENCY workers, and none holds
-    it longer than MAX_RUN_SECONDS a run; QUEUE_SIZE bounds who waits."""
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._current: dict[str, object] = {}
-
-    def start(self, key: str | None) -> object:
-        ticket = object()
-        if key:
-            with self._lock:
-                self._current[key] = ticket
-        return ticket
-
-    def superseded(self, key: str | None, ticket: object) -> bool:
-        return bool(key) and self._current.get(key) is not ticket
-
-    def finish(self, key: str | None, ticket: object) -> None:
-        if key:
-            with self._lock:
-                if self._current.get(key) is ticket:
-                    del self._current[key]
-
-    def __len__(self) -> int:
-        return len(self._current)
