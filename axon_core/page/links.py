@@ -3,11 +3,11 @@
 Worked example::
 
     base = base_url(None, {"host": "localhost:7860"})        # 'http://localhost:7860/'
-    share_link(services, base, at=6, prompt="Hi", model="gpt2-small", ...)
-    # 'http://localhost:7860/?prompt=Hi&autorun=1&at=6'
+    share_link(services, base, 6, "Hi", "gpt2-small", ...)   # at token 6; the page's inputs in order
+    # 'http://localhost:7860/?prompt=Hi&seed=0&autorun=1&at=6'
     fill = from_query(services, {"prompt": "Hi", "temperature": "9", "autorun": "1"}, base)
     fill.prompt, fill.temperature, fill.autorun    # ('Hi', 2.0, True)
-    fill.notices                                   # ['temperature: 9 clamped to 2.0']
+    fill.notices                                   # ['temperature 9 clamped to 2']
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ Worked example::
     req, notices = request_from_inputs(limits, "Hi", "gpt2-small", "gpt2-small-res-jb",
                                        "blocks.8.hook_resid_pre", "9", 50, 0.95, 1.1, 20, 0, 12, 0.1,
                                        layers=[2, 5])
-    req.settings.temperature, notices    # (2.0, ['temperature: 9 clamped to 2.0'])
+    req.settings.temperature, notices    # (2.0, ['temperature 9 clamped to 2'])
     req.layers                           # (2, 5)
     layer_pairs(services, pair, req.layers, notices)   # the SAEs at layers 2 and 5, loaded
 """
