@@ -52,6 +52,8 @@ the job of each renderer, not of this module.
 
 from .client import LabelFetchError, PrefetchError, RateLimited
 from .service import LabelService
+from .store import MAX_IDLE_READERS
 from .text import fallback_label, safe_text
 
-__all__ = ["LabelFetchError", "LabelService", "PrefetchError", "RateLimited", "fallback_label", "safe_text"]
+__all__ = ["LabelFetchError", "LabelService", "MAX_IDLE_READERS", "PrefetchError", "RateLimited", "fallback_label",
+           "safe_text"]
