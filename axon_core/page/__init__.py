@@ -12,6 +12,7 @@ into Gradio updates. In the order a visit goes:
 | ``picker.py`` | the model / release / SAE / layer choices; loading a pick; prefetching its labels |
 | ``request.py`` | inputs → a clamped run request with notices; the other layers' SAEs it reads |
 | ``run.py`` | start a run (engine, or ZeroGPU) and view it: a frame per update |
+| ``compare.py`` | a steered run beside the plain one |
 | ``sessions.py`` | one generating run per browser session |
 | ``status.py`` | the status line and the features table |
 | ``view.py`` | the token slider, a click on a token, the edge picker |

@@ -34,8 +34,9 @@ from ..engine import LiveRun
 from ..figure import to_json
 from ..generation import GenerationSettings, PromptError, encode_prompt, generate
 from ..loading import LoadError
-from ..session import VIEW_EDGE_KINDS, RunSession, comparison_html
+from ..session import VIEW_EDGE_KINDS, RunSession
 from ..steering import steering_edit
+from .compare import comparison_html
 from .request import layer_pairs, request_from_inputs
 from .settings import FRAME_INTERVAL, LABEL_TAIL, TABLE_INTERVAL
 from .status import status_line, table_frame
