@@ -90,8 +90,8 @@ TABLE_COLUMNS = ["feature", "layer", "label", "activation", "peak", "tokens", "a
 CATALOGUE = load_catalogue()
 PAIRS = PairCache(max_saes=LIMITS.max_layers + 1)  # a run of four layers, and the next pick
 LABELS = LabelService()
-# Torch gets all CPUs but one on a CPU machine; the other is the server's (frames,
-# Gradio, labels), so a view never stalls the engine's parallel ops. AXON_TORCH_THREADS overrides.
+# Torch's threads: all CPUs but one until the engine has measured (below, after the
+# default pair loads: ENGINE.choose_threads, axon_core/threads.py). AXON_TORCH_THREADS overrides.
 share_cpus(PAIRS.device, os.environ.get("AXON_TORCH_THREADS"))
 # The engine thread's Python glue between torch ops must get the GIL back quickly
 # while views build frames: hand it over every 0.5 ms instead of every 5 ms.
@@ -102,7 +102,7 @@ ENGINE = Engine(max_run_seconds=MAX_RUN_SECONDS, batch=os.environ.get("AXON_BATC
                 replay_bytes=int(_env_number("AXON_REPLAY_MB", 16, 0)) << 20)
 STARTUP_ERROR: str | None = None
 try:  # ZeroGPU expects the model loaded at import
-    PAIRS.get(DEFAULT_RELEASE, DEFAULT_SAE_ID)
+    ENGINE.choose_threads(PAIRS.get(DEFAULT_RELEASE, DEFAULT_SAE_ID), os.environ.get("AXON_TORCH_THREADS"))
 except LoadError as err:
     STARTUP_ERROR = str(err)
 
