@@ -34,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import running_app, use_offline_hub  # noqa: E402
+from benchmarks.common import host_line, running_app, use_offline_hub  # noqa: E402
 
 PROMPTS = ["The capital of France is", "In 1969, the first person to walk on the Moon was",
            "She opened the letter and"]
@@ -111,6 +111,7 @@ def main() -> None:
     if a.engine_only:
         engine_only(a)
         return
+    print(host_line(), flush=True)
     hub = use_offline_hub(a.hub, "axon-bench-hub-")
     a.hub = str(hub)
     engine, engine_all, app, fps = [], [], [], []
