@@ -157,10 +157,11 @@ def measure_startup(chooser: ThreadChooser, step: Callable[[], None], rounds: in
                     timer: Callable[[], float] = time.perf_counter,
                     set_threads: Callable[[int], None] = torch.set_num_threads) -> int:
     """Time ``steps`` calls of ``step`` with each candidate count, ``rounds`` times in
-    turn (after one untimed call per count and round), while ``background`` (if
-    any) runs every ``interval`` seconds in another thread; settle the chooser
-    and set the chosen count in this thread. Returns it. With an override or a
-    single candidate nothing is timed."""
+    turn (after one untimed call per count and round; a count over 1.5× the best
+    median so far drops out), while ``background`` (if any) runs every
+    ``interval`` seconds in another thread; settle the chooser and set the chosen
+    count in this thread. Returns it. With an override or a single candidate
+    nothing is timed."""
     if chooser.fixed is not None or len(chooser.candidates) < 2:
         set_threads(chooser.current)
         return chooser.current
@@ -177,8 +178,9 @@ def measure_startup(chooser: ThreadChooser, step: Callable[[], None], rounds: in
         beside = threading.Thread(target=work, name="axon-threads-load", daemon=True)
         beside.start()
     try:
+        counts = list(chooser.candidates)
         for _ in range(rounds):
-            for n in chooser.candidates:
+            for n in counts:
                 set_threads(n)
                 step()
                 times = []
@@ -187,6 +189,9 @@ def measure_startup(chooser: ThreadChooser, step: Callable[[], None], rounds: in
                     step()
                     times.append(timer() - t)
                 chooser.add_startup(n, times)
+            # a count far behind the best is not timed again (start-up stays short on a busy host)
+            medians = {n: statistics.median(chooser.startup[n]) for n in counts}
+            counts = [n for n in counts if medians[n] <= 1.5 * min(medians.values())]
     finally:
         stop.set()
         if beside is not None:
