@@ -120,9 +120,13 @@ def score_edge_columns(graph, snapshot, kind: str = "npmi", min_support: int = 2
     if kind == "cooccurrence":
         score = weight
     else:
-        score = npmi_array(count, graph.firing_counts(a), graph.firing_counts(b), graph.tokens_seen)
+        if kind == "npmi":  # pairs below the support are dropped anyway: score only the others
+            some = count >= min_support
+            a, b, count = a[some], b[some], count[some]
+        fired = graph.firing_counts(np.concatenate([a, b]))
+        score = npmi_array(count, fired[: len(a)], fired[len(a):], graph.tokens_seen)
         if kind == "npmi":
-            keep = (score > 0.0) & (count >= min_support)
+            keep = score > 0.0
             a, b, count, score = a[keep], b[keep], count[keep], score[keep]
     order = top_rank(score, count, a, b, max_edges)
     return a[order], b[order], score[order], count[order]
