@@ -162,3 +162,25 @@ def test_a_screen_whose_bound_fails_is_never_chosen(cases, family, monkeypatch):
     assert choice.path == "fp32" and choice.failed == ["fp16", "bf16"] and set(choice.ms) == {"fp32"}
     _CHOICES[sae] = choice
     _same(encode_top(sae, resid[5:6], 12, 0.1), _reference(sae, resid[5:6], 12, 0.1))
+
+
+@pytest.mark.parametrize("path", ["fp16", "bf16"])
+def test_jumprelu_thresholds_within_the_screens_error_are_decided_exactly(cases, path):
+    """Jump thresholds just above and just below strong features' pre-activations:
+    the screen cannot tell them apart, the exact rescoring must."""
+    sae, resid = cases["jumprelu"]
+    sae = copy.deepcopy(sae)
+    x = resid[0]
+    with torch.inference_mode():
+        pre = x @ sae.W_enc + sae.b_enc
+        top = pre.topk(6).indices
+        with torch.no_grad():
+            for j, g in enumerate(top.tolist()):
+                sae.threshold[g] = pre[g] * (1 + (1e-5 if j % 2 == 0 else -1e-5))  # dark, lit, dark, ...
+    want = _reference(sae, x[None], 12, 0.1)
+    dark = {g for j, g in enumerate(top.tolist()) if j % 2 == 0}
+    assert want[0] and not dark & {i for i, _ in want[0]}
+    choice = choose_path(sae, x[None], 12, 0.1, measure=_forced(path))
+    assert choice.path == path
+    _CHOICES[sae] = choice
+    _same(encode_top(sae, x[None], 12, 0.1), want)
