@@ -172,21 +172,23 @@ def _build(sae, name: str) -> _Screen | None:
         return _Screen(name, w_t, w.norm(dim=0), w.abs().sum(0))
 
 
-def _median_time(run: Callable[[], object], reps: int = 5) -> float:
-    run()  # once untimed: caches, lazy kernels
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - t)
-    return 1e3 * statistics.median(times)
+def _interleaved(runs: dict[str, Callable[[], object]], rounds: int = 7) -> dict[str, float]:
+    """Median ms of each run, timed in turns (a burst of load elsewhere hits every path alike)."""
+    for run in runs.values():
+        run()  # once untimed: caches, lazy kernels
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            t = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - t)
+    return {name: 1e3 * statistics.median(ts) for name, ts in times.items()}
 
 
 def choose_path(sae, acts: torch.Tensor, k: int, threshold: float, measure: Measure | None = None) -> _Choice:
     """Check every path against ``sae.encode`` on ``acts`` (one row), time those that
-    pass (``measure(path, run) -> ms``, by default the median of a few runs) and
-    return the fastest (ties: the earlier in :data:`PATHS`)."""
-    measure = measure or (lambda name, run: _median_time(run))
+    pass (``measure(path, run) -> ms``; by default the median of seven runs of each,
+    in turns) and return the fastest (ties: the earlier in :data:`PATHS`)."""
     x = _input(sae, acts)
     with torch.inference_mode():
         reference = _plain(sae, acts, k, threshold)[0]
@@ -201,7 +203,10 @@ def choose_path(sae, acts: torch.Tensor, k: int, threshold: float, measure: Meas
         screens[name] = screen
         runs[name] = lambda s=screen: _screened(sae, s, x, k, threshold)
     with torch.inference_mode():
-        ms = {name: float(measure(name, run)) for name, run in runs.items()}
+        if measure is None:
+            ms = _interleaved(runs)
+        else:
+            ms = {name: float(measure(name, run)) for name, run in runs.items()}
     best = min(ms, key=lambda name: (ms[name], PATHS.index(name)))
     return _Choice(best, _stamp(sae), screens.get(best), ms, failed)
 
