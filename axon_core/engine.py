@@ -344,9 +344,13 @@ class Engine:
         chooser = ThreadChooser(cpus, fixed=fixed or None, default=self.threads.current)
         if fixed and not thread_override(override):
             chooser.source = f"rule for {device}"
-        background = view_like_load(pair) if chooser.fixed is None else None
-        with torch.inference_mode():
-            measure_startup(chooser, real_steps(pair), rounds, steps, background=background)
+        try:
+            background = view_like_load(pair) if chooser.fixed is None else None
+            with torch.inference_mode():
+                measure_startup(chooser, real_steps(pair), rounds, steps, background=background)
+        except Exception:  # noqa: BLE001 - a failed measurement must not stop the app: keep the count it had
+            log.exception("measuring torch threads failed; keeping %d", self.threads.current)
+            return self.threads.current
         self.threads = chooser
         log.info("torch threads: %s", chooser.table())
         return chooser.current
