@@ -350,6 +350,7 @@ class Engine:
                 measure_startup(chooser, real_steps(pair), rounds, steps, background=background)
         except Exception:  # noqa: BLE001 - a failed measurement must not stop the app: keep the count it had
             log.exception("measuring torch threads failed; keeping %d", self.threads.current)
+            torch.set_num_threads(self.threads.current)
             return self.threads.current
         self.threads = chooser
         log.info("torch threads: %s", chooser.table())
