@@ -14,7 +14,8 @@ core the view was using); on a 2-core Intel host with AMX one thread was 1.5×
 2. **In use**, :class:`ThreadChooser` keeps the running mean step time of the
    chosen count from the engine's real steps and, every ``recheck_every`` steps,
    tries the neighbouring counts for a few steps under the load there is then;
-   it switches when one is faster by more than ``margin``.
+   it switches when one is faster by more than ``margin`` (10 %: one burst of
+   8 steps against the running mean is noisy; a 3 % margin switched on noise).
 
 ``AXON_TORCH_THREADS`` (an override) fixes the count: nothing is measured.
 The engine applies the count in its own thread (torch's OpenMP thread count
@@ -67,7 +68,7 @@ class ThreadChooser:
     """
 
     def __init__(self, cpus: int, fixed: int | None = None, default: int | None = None,
-                 recheck_every: int = 300, burst: int = 6, margin: float = 0.03, alpha: float = 0.2):
+                 recheck_every: int = 300, burst: int = 8, margin: float = 0.10, alpha: float = 0.2):
         self.candidates = candidate_counts(cpus)
         self.fixed = fixed if fixed and fixed >= 1 else None
         self.current = self.fixed or default or self.candidates[-1]
