@@ -215,12 +215,12 @@ class RunSession:
         unknown. Known labels are kept for the session (they do not change);
         unknown ones are asked again only after new labels arrived, so a frame
         of 300 nodes and 200 tokens does not query the label store a thousand times."""
-        layer, index = split_key(key)
-        if self.labels is None:
-            return fallback_label(index)
         known = self._known.get(key)
         if known is not None:
             return known
+        layer, index = split_key(key)
+        if self.labels is None:
+            return fallback_label(index)
         epoch = getattr(self.labels, "arrivals", None)
         if epoch != self._unknown_epoch:
             self._unknown, self._unknown_epoch = {}, epoch

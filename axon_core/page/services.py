@@ -52,8 +52,8 @@ class Services:
         catalogue = load_catalogue()
         pairs = PairCache(max_saes=settings.limits.max_layers + 1)  # a run of four layers, and the next pick
         labels = LabelService()
-        # Torch gets all CPUs but one on a CPU machine; the other is the server's (frames,
-        # Gradio, labels), so a view never stalls the engine's parallel ops.
+        # Torch's threads: all CPUs but one until the engine has measured (below, after the
+        # default pair loads: Engine.choose_threads, axon_core/threads.py). AXON_TORCH_THREADS overrides.
         share_cpus(pairs.device, settings.torch_threads)
         # The engine thread's Python glue between torch ops must get the GIL back quickly
         # while views build frames: hand it over every 0.5 ms instead of every 5 ms.
@@ -63,8 +63,8 @@ class Services:
         engine = Engine(max_run_seconds=settings.max_run_seconds, batch=settings.batch,
                         replay_bytes=settings.replay_bytes)
         services = cls(settings, catalogue, pairs, labels, engine, hub_notice)
-        try:
-            pairs.get(DEFAULT_RELEASE, DEFAULT_SAE_ID)
+        try:  # ZeroGPU expects the model loaded at import
+            engine.choose_threads(pairs.get(DEFAULT_RELEASE, DEFAULT_SAE_ID), settings.torch_threads)
         except LoadError as err:
             services.startup_error = str(err)
         return services
