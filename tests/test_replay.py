@@ -107,27 +107,25 @@ def test_embeds_exactly_the_runs_tokens_and_features(live):
 def test_each_token_draws_what_the_live_view_shows_scrubbed_there(live):
     run, d = live
     data = replay_data(d)
-    nodes, ring, fired = [], None, []
+    nodes = []
     for f in data["frames"]:
         nodes += f.get("n", [])
-        k = f["f"]
-        fired = [nodes[k[i]][0] for i in range(0, len(k), 2)]
         placed = {n[0]: tuple(v / Q_POS for v in n[3:6]) for n in nodes if len(n) > 3}
-        ring = [name for name in fired if name in placed]
+        fired = [nodes[f["f"][i]][0] for i in range(0, len(f["f"]), 2)]
         run.scrub(f["p"])
         fig = run.figure(relayout=False)
         feats = fig["data"][3]
         live_pos = {key_name(i): (x, y, z) for i, x, y, z in zip(feats["customdata"], feats["x"], feats["y"], feats["z"])}
-        assert set(live_pos) <= set(placed)
-        seen = {n for n in live_pos}
-        drawn = {name: xyz for name, xyz in placed.items() if name in seen}
-        # the nodes drawn at this token are those the live view shows, at its positions
-        assert {n for n in placed if any(n == m for m in live_pos)} == set(live_pos)
+        # drawn at this token: the placed nodes seen so far, exactly the live view's, at its positions
+        seen = {nodes[f2["f"][i]][0] for f2 in data["frames"][: data["frames"].index(f) + 1]
+                for i in range(0, len(f2["f"]), 2)}
+        assert {n for n in placed if n in seen} == set(live_pos)
         for name, xyz in live_pos.items():
-            assert max(abs(a - b) for a, b in zip(drawn[name], xyz)) < 1e-9
-        assert sorted(ring) == sorted(key_name(i) for i in fig["data"][4]["customdata"])
+            assert placed[name] == xyz
+        assert sorted(n for n in fired if n in placed) == sorted(key_name(i) for i in fig["data"][4]["customdata"])
         names = [a["name"] for a in fig["layout"]["scene"]["annotations"]]
         assert [nodes[s[0]][0] for s in f["s"]] == [key_name(int(n)) for n in names]
+        assert f.get("h", None) in (None, fig["layout"]["scene"]["xaxis"]["range"][1])
     run.scrub(None)
 
 
