@@ -443,12 +443,34 @@ class RunSession:
     # ---- exports ----------------------------------------------------------
 
     def export_json(self, versions: dict[str, str] | None = None) -> dict:
+        """The run as JSON (:func:`~axon_core.export.run_to_json`) plus ``"layout"``:
+        the positions a scrub shows (:meth:`layout_json`), so a replay draws the
+        nodes where this view did."""
         meta = {**self.meta, "versions": versions or {}, "ms_per_token": self.ms_per_token()}
         if not self.layered:
-            return run_to_json(self.steps, self.settings, meta, self.graph, self.label)
-        layer_labels = {layer: (lambda i, la=layer: self.label(node_key(la, i))) for layer in self.by_layer}
-        return run_to_json(self.steps, self.settings, meta, self.graph, self.label, saes=self.saes,
-                           layer_labels=layer_labels)
+            d = run_to_json(self.steps, self.settings, meta, self.graph, self.label)
+        else:
+            layer_labels = {layer: (lambda i, la=layer: self.label(node_key(la, i))) for layer in self.by_layer}
+            d = run_to_json(self.steps, self.settings, meta, self.graph, self.label, saes=self.saes,
+                            layer_labels=layer_labels)
+        d["layout"] = self.layout_json()
+        return d
+
+    def layout_json(self) -> dict:
+        """Where this view puts its nodes when scrubbed: ``{"positions": {"7124":
+        [x, y, z], ...}, "max_nodes": 300}`` (keys as in the run JSON's labels,
+        ``"8:7124"`` in a run of several layers; coordinates rounded to 3 decimals,
+        as the figure draws them). Lays out the newest tokens first where a scrub
+        would, so a scrub after this call shows exactly these positions."""
+        with self.lock:
+            if self.steps and self.at is None and self._laid_out != self.graph.tokens_seen:
+                self._relayout()
+            positions = {}
+            for key, xyz in self.layout.positions.items():
+                layer, index = split_key(key)
+                name = str(index) if layer is None else f"{layer}:{index}"
+                positions[name] = [round(float(v), 3) for v in xyz]
+        return {"positions": positions, "max_nodes": self.max_nodes}
 
     def export_html(self) -> str:
         """The graph as one offline page: the camera closer than the app's (a
