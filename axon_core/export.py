@@ -158,32 +158,10 @@ def standalone_html(figure: dict, title: str, text: str) -> str:
                         figure=json_for_script(figure), plotly=plotly_js())
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m axon_core.export replay RUN.json -o run.html [--small] [--app-url URL]``."""
-    import argparse
-    import sys
-
-    parser = argparse.ArgumentParser(prog="python -m axon_core.export",
-                                     description="Turn an exported AXON run JSON into a replay page.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    rep = sub.add_parser("replay", help="write one self-contained page that plays the run back")
-    rep.add_argument("run", help="a run JSON file (schema axon-run/1 or axon-run/2)")
-    rep.add_argument("-o", "--out", required=True, help="the HTML page to write")
-    rep.add_argument("--small", action="store_true",
-                     help="load plotly.js from a pinned CDN URL (with an SRI hash) instead of inlining it")
-    rep.add_argument("--app-url", default=None,
-                     help="the live app the page links back to (default: this Space, or http://127.0.0.1:7860/)")
-    args = parser.parse_args(argv)
-    from .replay import write_replay  # not at import: replay reads the session and figure modules
-
-    try:
-        size = write_replay(args.run, args.out, small=args.small, app_url=args.app_url)
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        print(f"error: cannot replay {args.run}: {err}", file=sys.stderr)
-        return 1
-    print(f"wrote {args.out} ({size / 1024:.0f} KB)")
-    return 0
-
-
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # ``python -m axon_core.export replay RUN.json -o run.html [--small]``: the command
+    # line lives in axon_core/replay.py (replay builds on this module, so importing it
+    # from here would make a circle; run as a script, this file is ``__main__``).
+    import runpy
+
+    runpy.run_module("axon_core.replay", run_name="__main__")

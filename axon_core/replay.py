@@ -49,7 +49,7 @@ import os
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -292,3 +292,33 @@ _PAGE = """<!DOCTYPE html>
 <script>{page}</script>
 </body></html>
 """
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m axon_core.export replay RUN.json -o run.html [--small] [--app-url URL]``."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m axon_core.export",
+                                     description="Turn an exported AXON run JSON into a replay page.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    rep = sub.add_parser("replay", help="write one self-contained page that plays the run back")
+    rep.add_argument("run", help="a run JSON file (schema axon-run/1 or axon-run/2)")
+    rep.add_argument("-o", "--out", required=True, help="the HTML page to write")
+    rep.add_argument("--small", action="store_true",
+                     help="load plotly.js from a pinned CDN URL (with an SRI hash) instead of inlining it")
+    rep.add_argument("--app-url", default=None,
+                     help="the live app the page links back to (default: this Space, or http://127.0.0.1:7860/)")
+    args = parser.parse_args(argv)
+
+    try:
+        size = write_replay(args.run, args.out, small=args.small, app_url=args.app_url)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        print(f"error: cannot replay {args.run}: {err}", file=sys.stderr)
+        return 1
+    print(f"wrote {args.out} ({size / 1024:.0f} KB)")
+    return 0
+
+
+if __name__ == "__main__":  # also what ``python -m axon_core.export replay …`` runs
+    raise SystemExit(main())
