@@ -14,6 +14,7 @@ HUB_NOTICE = configure_hub()  # before anything imports huggingface_hub
 import atexit  # noqa: E402
 import contextlib  # noqa: E402
 import dataclasses  # noqa: E402
+import datetime  # noqa: E402
 import functools  # noqa: E402
 import html  # noqa: E402
 import json  # noqa: E402
@@ -407,11 +408,11 @@ def prepare_download(run: RunSession | None, kind: str):
     person asks for it; nothing is written for runs nobody downloads."""
     if run is None or not run.steps:
         gr.Warning("Generate first: there is no run to download yet.")
-        return gr.skip()
+        return None  # no file: the page's script then starts no download
     path = write_download(run, kind)
     if path is None:
         gr.Warning("Downloads are unavailable: the disk cannot be written.")
-        return gr.skip()
+        return None
     return gr.update(value=str(path))
 
 
@@ -431,11 +432,11 @@ def write_download(run: RunSession, kind: str) -> Path | None:
             except OSError:  # removed meanwhile by another session
                 pass
         folder = Path(tempfile.mkdtemp(prefix="run-", dir=root))
+        # the name the browser saves it under: prompt, model and date
+        path = folder / run.download_name(kind, datetime.datetime.now(datetime.timezone.utc).date())
         if kind == "json":
-            path = folder / "axon-run.json"
             path.write_text(json.dumps(run.export_json(versions())))
         else:
-            path = folder / "axon-graph.html"
             path.write_text(run.export_html())
     except OSError as err:
         log.warning("could not write the download: %s", err)
@@ -829,6 +830,22 @@ EMBED_HEAD = ('<script>if (new URLSearchParams(location.search).get("embed") ===
 EMPTY_TEXT = ('<div class="axon-text axon-empty">Type a prompt and press <b>Generate</b>: the text appears here, '
               'token by token. Hover a token for its features; click it to see the graph as it was then.</div>')
 FULL = ["axon-full"]  # hidden in the embed view
+# Saves the file a download component was just given (Gradio's FileData: url,
+# orig_name): a link with a download name, clicked. From this app's own origin
+# the browser saves the URL itself; from another one (a proxy in between) a
+# link's download name is ignored, so the bytes are fetched into a blob first.
+SAVE_FILE = """async (file) => {
+  if (!file || !file.url) return;
+  const a = document.createElement('a');
+  a.download = file.orig_name || 'axon-download';
+  a.href = file.url;
+  if (new URL(file.url, location.href).origin !== location.origin) {
+    try { a.href = URL.createObjectURL(await (await fetch(file.url)).blob()); }
+    catch (e) { console.error('AXON: download failed', e); return; }
+    setTimeout(() => URL.revokeObjectURL(a.href), 60000);
+  }
+  document.body.appendChild(a); a.click(); a.remove();
+}"""
 
 with gr.Blocks(title="AXON", delete_cache=(int(EXPORT_MAX_AGE), int(EXPORT_MAX_AGE))) as demo:
     run_state = gr.State(None, time_to_live=SESSION_TTL, delete_callback=_forget_run)
@@ -914,7 +931,8 @@ with gr.Blocks(title="AXON", delete_cache=(int(EXPORT_MAX_AGE), int(EXPORT_MAX_A
         html_btn = gr.Button("Download graph (standalone HTML)", interactive=False, size="sm")
         link_box = gr.Textbox(label="Share link", placeholder="Copy link puts a link to this run here",
                               buttons=["copy"], interactive=False, scale=3)
-    # the files behind the two buttons, written on demand, then fetched by a click from the page
+    # the files behind the two buttons, written on demand; holding one makes Gradio
+    # serve it, and SAVE_FILE (below) then saves it from the page
     json_file = gr.DownloadButton("json", elem_id="axon-dl-json", elem_classes=["axon-hidden"])
     html_file = gr.DownloadButton("html", elem_id="axon-dl-html", elem_classes=["axon-hidden"])
     run_json = gr.JSON(visible=False)
@@ -957,11 +975,9 @@ with gr.Blocks(title="AXON", delete_cache=(int(EXPORT_MAX_AGE), int(EXPORT_MAX_A
     inspector_outputs = [inspector_head, inspector_plot, neighbours, pushes, text, steer_feature]
     table.select(inspect_from_table, run_state, inspector_outputs, api_visibility="private")
     graph.select(inspect_from_graph, run_state, inspector_outputs, api_visibility="private")
-    click_file = "() => {{ const b = document.querySelector('#{} a, #{} button'); if (b) b.click(); }}"
-    json_btn.click(functools.partial(prepare_download, kind="json"), run_state, json_file,
-                   api_visibility="private").then(None, js=click_file.format("axon-dl-json", "axon-dl-json"))
-    html_btn.click(functools.partial(prepare_download, kind="html"), run_state, html_file,
-                   api_visibility="private").then(None, js=click_file.format("axon-dl-html", "axon-dl-html"))
+    for button, file, kind in ((json_btn, json_file, "json"), (html_btn, html_file, "html")):
+        button.click(functools.partial(prepare_download, kind=kind), run_state, file,
+                     api_visibility="private").then(None, file, None, js=SAVE_FILE)
     gr.api(engine_stats, api_name="engine_stats", api_visibility="undocumented")
     load_event = demo.load(from_query, None, inputs[:13] + [autorun_state, at_state, embed_open, layers],
                            api_visibility="private")
