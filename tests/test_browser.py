@@ -1030,40 +1030,48 @@ def test_the_live_graph_can_be_orbited_while_the_run_streams(app, browser):
         # A first run starts WebGL and draws the scene; the drag comes as soon as the second one runs.
         page.get_by_role("button", name="Generate", exact=True).click()
         page.wait_for_function(f"{GESTURE_STATE} === 'done' && window.__axonGraphCounts.caughtUp")
-        page.locator("textarea").first.fill("Orbit the graph while it grows again")
-        page.get_by_role("button", name="Generate", exact=True).click()
-        page.wait_for_function(f"{GESTURE_STATE} === 'running'")
-        page.evaluate("document.querySelector('.axon-graph').scrollIntoView({block: 'center'})")
-        box = page.locator(".axon-graph").bounding_box()
-        assert box["y"] >= 0 and box["y"] + box["height"] <= 800, box
-        cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
-        eye0, before = page.evaluate(EYE), page.evaluate(GESTURE_STATE)
-        page.mouse.move(cx, cy)
-        page.mouse.down()
-        pressed = time.monotonic()
-        for i in range(1, 13):  # ~1 s, 180 px to the right
-            page.mouse.move(cx + 15 * i, cy + 5 * i)
-            page.wait_for_timeout(80)
-        c = page.evaluate(COUNTS)
-        page.wait_for_function("c => { const n = window.__axonGraphCounts; return n.received > c.received"
-                               f" && (n.drawn > c.drawn || n.held > c.held) || {GESTURE_STATE} !== 'running'; }}",
-                               arg=c)
-        during = page.evaluate(COUNTS)
-        page.mouse.up()
-        held_s = time.monotonic() - pressed  # printed, not decided on
-        eye1, after = page.evaluate(EYE), page.evaluate(GESTURE_STATE)
-        moved = max(abs(eye1[k] - eye0[k]) for k in "xyz")
-        print(f"\ndrag of {held_s:.1f} s during the run ({before} → {after}): eye {eye0} → {eye1} (moved {moved:.3f}); "
-              f"counts after the moves {c}, before release {during}")
-        assert before == after == "running", "the run ended before the drag did: make it longer"
+        # A busy machine may end a run before the drag is over: then the drag is tried on
+        # a new run (up to 3), decided on the run's state, never on a clock.
+        for attempt in range(3):
+            page.locator("textarea").first.fill(f"Orbit the graph while it grows, try {attempt}")
+            page.get_by_role("button", name="Generate", exact=True).click()
+            page.wait_for_function(f"{GESTURE_STATE} === 'running'")
+            page.evaluate("document.querySelector('.axon-graph').scrollIntoView({block: 'center'})")
+            box = page.locator(".axon-graph").bounding_box()
+            assert box["y"] >= 0 and box["y"] + box["height"] <= 800, box
+            cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+            eye0, before = page.evaluate(EYE), page.evaluate(GESTURE_STATE)
+            page.mouse.move(cx, cy)
+            page.mouse.down()
+            pressed = time.monotonic()
+            for i in range(1, 13):  # ~1 s, 180 px to the right
+                page.mouse.move(cx + 15 * i, cy + 5 * i)
+                page.wait_for_timeout(80)
+            c = page.evaluate(COUNTS)
+            page.wait_for_function("c => { const n = window.__axonGraphCounts; return n.received > c.received"
+                                   f" && (n.drawn > c.drawn || n.held > c.held) || {GESTURE_STATE} !== 'running'; }}",
+                                   arg=c)
+            during = page.evaluate(COUNTS)
+            page.mouse.up()
+            held_s = time.monotonic() - pressed  # printed, not decided on
+            eye1, after = page.evaluate(EYE), page.evaluate(GESTURE_STATE)
+            moved = max(abs(eye1[k] - eye0[k]) for k in "xyz")
+            print(f"\ndrag of {held_s:.1f} s during the run ({before} → {after}): eye {eye0} → {eye1} "
+                  f"(moved {moved:.3f}); counts after the moves {c}, before release {during}")
+            if before == after == "running":
+                break
+            page.wait_for_function(f"{GESTURE_STATE} === 'done' && window.__axonGraphCounts.caughtUp")
+        assert before == after == "running", "three runs ended before the drag did: make the run longer"
         assert moved > 0.1, "a drag during the run did not turn the camera"
         assert during["drawn"] == c["drawn"], "a frame was drawn while the pointer was down"
         # the held frame, then later ones, are drawn; the person's camera stays
-        frames1 = page.evaluate("window.__axonFrames")
-        page.wait_for_function(f"f => window.__axonFrames >= f + 3 || {GESTURE_STATE} === 'done'", arg=frames1)
-        frames2, eye2 = page.evaluate("window.__axonFrames"), page.evaluate(EYE)
+        # (counted from before the release: the held frame is the first one drawn after it)
+        frames1 = during["drawn"]
+        page.wait_for_function(f"f => window.__axonGraphCounts.drawn >= f + 3 || {GESTURE_STATE} === 'done'",
+                               arg=frames1)
+        page.wait_for_function(f"f => window.__axonGraphCounts.drawn >= f + 2", arg=frames1)
+        frames2, eye2 = page.evaluate("window.__axonGraphCounts.drawn"), page.evaluate(EYE)
         print(f"{frames2 - frames1} frames drawn after the drag; eye then {eye2}")
-        assert frames2 - frames1 >= 2, "too few frames after the drag to check the camera holds: make the run longer"
         assert max(abs(eye2[k] - eye1[k]) for k in "xyz") < 1e-6, (eye1, eye2)
         page.wait_for_function(f"{GESTURE_STATE} === 'done' && window.__axonGraphCounts.caughtUp")
         eye3 = page.evaluate(EYE)
