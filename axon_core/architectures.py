@@ -37,18 +37,14 @@ Worked example::
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 
-Edit = Callable[[torch.Tensor], torch.Tensor]
+from .stepping import HOOK, Edit, StepOutput
 
-_HOOK = re.compile(
-    r"^blocks\.(\d+)\.(hook_resid_pre|hook_resid_mid|hook_resid_post|hook_attn_out|hook_mlp_out|attn\.hook_z)$"
-)
 _ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
     "gelu_fast": lambda x: F.gelu(x, approximate="tanh"),
@@ -311,7 +307,7 @@ class FamilyStepper:
 
     def __init__(self, weights: FamilyWeights, hook_name: str, edit: Edit | None = None,
                  capacity: int | None = None, extra_hooks=(), extra_edits=None):
-        m = _HOOK.match(hook_name)
+        m = HOOK.match(hook_name)
         if m is None:
             raise ValueError(f"FamilyStepper cannot read hook {hook_name!r}")
         self.w = weights
@@ -325,7 +321,7 @@ class FamilyStepper:
             raise ValueError(f"edits at hooks not among extra_hooks: {sorted(unread)}")
         self.taps: dict[tuple[int, str], list[str]] = {}
         for name in (hook_name, *self.extra_hooks):
-            mm = _HOOK.match(name)
+            mm = HOOK.match(name)
             if mm is None:
                 raise ValueError(f"FamilyStepper cannot read hook {name!r}")
             layer, site = int(mm.group(1)), mm.group(2)
@@ -334,7 +330,7 @@ class FamilyStepper:
             if site == "hook_resid_mid" and weights.parallel:
                 raise ValueError("a parallel attention+MLP block has no hook_resid_mid")
         for name in self.extra_hooks:
-            mm = _HOOK.match(name)
+            mm = HOOK.match(name)
             self.taps.setdefault((int(mm.group(1)), mm.group(2)), []).append(name)
         self.edit = edit
         self.length = 0
@@ -386,8 +382,6 @@ class FamilyStepper:
 
     @torch.inference_mode()
     def step(self, tokens: torch.Tensor):
-        from .residuals import StepOutput
-
         w, n = self.w, tokens.shape[0]
         start, end = self.length, self.length + n
         if end > w.n_ctx:

@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import torch
 
-from .residuals import FastStepper, StepOutput, _layer_norm
+from .residuals import FastStepper, _layer_norm
+from .stepping import StepOutput
 
 
 def can_batch(steppers: list) -> bool:

@@ -68,6 +68,23 @@ def npmi(count_ab: int, count_a: int, count_b: int, n: int) -> float:
     return float(npmi_array(np.array([count_ab]), np.array([count_a]), np.array([count_b]), n)[0])
 
 
+def top_rank(score: np.ndarray, count: np.ndarray, a: np.ndarray, b: np.ndarray, n: int) -> np.ndarray:
+    """``np.lexsort((b, a, -count, -score))[:n]`` (highest score first, then most
+    co-firings, then by (a, b)), sorting only the rows that can make the first
+    ``n`` (score at least the n-th largest; ties at the cut included), not every pair.
+
+    >>> s, c, x = np.array([0.5, 0.9, 0.5, 0.1]), np.array([1, 1, 2, 1]), np.arange(4)
+    >>> top_rank(s, c, x, x, 2).tolist(), np.lexsort((x, x, -c, -s))[:2].tolist()
+    ([1, 2], [1, 2])
+    """
+    if n <= 0:
+        return np.zeros(0, np.intp)
+    if len(score) <= n:
+        return np.lexsort((b, a, -count, -score))
+    cut = np.partition(score, len(score) - n)[len(score) - n]  # the n-th largest score
+    rows = np.flatnonzero(score >= cut)
+    return rows[np.lexsort((b[rows], a[rows], -count[rows], -score[rows]))[:n]]
+
 @dataclass(frozen=True)
 class ScoredEdge:
     source: int
@@ -103,11 +120,15 @@ def score_edge_columns(graph, snapshot, kind: str = "npmi", min_support: int = 2
     if kind == "cooccurrence":
         score = weight
     else:
-        score = npmi_array(count, graph.firing_counts(a), graph.firing_counts(b), graph.tokens_seen)
+        if kind == "npmi":  # pairs below the support are dropped anyway: score only the others
+            some = count >= min_support
+            a, b, count = a[some], b[some], count[some]
+        fired = graph.firing_counts(np.concatenate([a, b]))
+        score = npmi_array(count, fired[: len(a)], fired[len(a):], graph.tokens_seen)
         if kind == "npmi":
-            keep = (score > 0.0) & (count >= min_support)
+            keep = score > 0.0
             a, b, count, score = a[keep], b[keep], count[keep], score[keep]
-    order = np.lexsort((b, a, -count, -score))[:max_edges]
+    order = top_rank(score, count, a, b, max_edges)
     return a[order], b[order], score[order], count[order]
 
 

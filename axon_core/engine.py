@@ -17,11 +17,13 @@ Views never wait on the engine for anything but new steps, and the engine
 never waits on a view: frames are built in the viewer's own thread at its own
 cadence (see :mod:`axon_core.session`).
 
-On a CPU machine the engine and the server share the cores: :func:`share_cpus`
-gives torch all but one of the CPUs this process may use (a cgroup quota
-counts: a CPU Space's 2 vCPUs), so frames, Gradio and label fetches have a
-core of their own and do not stall torch's parallel ops (on 2 cores the
-engine alone is also faster with one thread: its step is bound by memory).
+On a CPU machine the engine and the server share the cores. How many torch
+threads the engine should use depends on the host, so it is measured
+(:mod:`axon_core.threads`): :meth:`Engine.choose_threads` times real steps of
+the default pair with each sensible count while frames are built beside them,
+before the first visitor, and the engine re-checks the neighbouring counts now
+and then under real load. Until then :func:`share_cpus` gives torch all but
+one of the CPUs this process may use (a cgroup quota counts).
 
 On ZeroGPU, GPU work may only happen inside a ``@spaces.GPU`` call (in a
 worker process, per call), so there the app does not use the engine: each
@@ -57,8 +59,10 @@ import cachetools
 import torch
 
 from .batching import can_batch, step_batch
+from .fast_encode import encode_paths
 from .generation import Generation, GenerationSettings, LayerSae, TokenStep
 from .steering import steering_edit
+from .threads import ThreadChooser, measure_startup, real_steps, view_like_load
 
 log = logging.getLogger("axon.engine")
 
@@ -93,15 +97,21 @@ def engine_threads(device: str, cpus: int) -> int:
     return max(1, cpus - 1) if device == "cpu" else max(1, min(cpus, torch.get_num_threads()))
 
 
-def share_cpus(device: str, override: str | None = None) -> int:
-    """Set torch's thread count for this process by :func:`engine_threads`
-    (``override``: a number from the person running the app) and return it."""
+def thread_override(override: str | None) -> int:
+    """A thread count from the person running the app (``AXON_TORCH_THREADS``), 0 for none."""
     try:
         threads = int(override) if override not in (None, "") else 0
     except ValueError:
         log.warning("torch threads %r is not a number; choosing by the CPUs", override)
         threads = 0
-    threads = threads if threads >= 1 else engine_threads(device, usable_cpus())
+    return max(0, threads)
+
+
+def share_cpus(device: str, override: str | None = None) -> int:
+    """Set torch's thread count for this process by :func:`engine_threads`
+    (``override``: a number from the person running the app) and return it:
+    the count until :meth:`Engine.choose_threads` has measured."""
+    threads = thread_override(override) or engine_threads(device, usable_cpus())
     torch.set_num_threads(threads)
     return threads
 
@@ -256,6 +266,9 @@ class Engine:
                  replay_bytes: int = 64 << 20, replay_ttl: float = 3600.0, recent: int = 64):
         self.max_run_seconds = float(max_run_seconds)
         self.chooser = BatchChooser(batch)
+        # torch threads: measured by choose_threads, re-checked as runs step
+        self.threads = ThreadChooser(usable_cpus(), default=torch.get_num_threads())
+        self._applied = 0  # the count the engine thread last set for itself
         self.counters = EngineCounters()
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
@@ -318,16 +331,51 @@ class Engine:
         """Runs being computed now (views draw less often when there are many)."""
         return sum(1 for r in self._live if not r.finished)
 
+    def choose_threads(self, pair, override: str | None = None, rounds: int = 3, steps: int = 4) -> int:
+        """Choose the engine's torch thread count by timing real steps of ``pair``
+        with each sensible count (:func:`~axon_core.threads.measure_startup`),
+        while a view-like frame is built beside them every 0.1 s. ``override``
+        (``AXON_TORCH_THREADS``) fixes the count; off the CPU the rule of
+        :func:`engine_threads` holds. Call it before the first visitor; returns the count."""
+        cpus, fixed = usable_cpus(), thread_override(override)
+        device = str(getattr(pair, "device", "cpu"))
+        if not fixed and device != "cpu":
+            fixed = engine_threads(device, cpus)
+        chooser = ThreadChooser(cpus, fixed=fixed or None, default=self.threads.current)
+        if fixed and not thread_override(override):
+            chooser.source = f"rule for {device}"
+        try:
+            background = view_like_load(pair) if chooser.fixed is None else None
+            with torch.inference_mode():
+                measure_startup(chooser, real_steps(pair), rounds, steps, background=background)
+        except Exception:  # noqa: BLE001 - a failed measurement must not stop the app: keep the count it had
+            log.exception("measuring torch threads failed; keeping %d", self.threads.current)
+            torch.set_num_threads(self.threads.current)
+            return self.threads.current
+        self.threads = chooser
+        log.info("torch threads: %s", chooser.table())
+        return chooser.current
+
+    def _apply_threads(self) -> int:
+        """Set the chooser's count in the engine thread (OpenMP's count is per thread)."""
+        want = self.threads.threads()
+        if want != self._applied:
+            torch.set_num_threads(want)
+            self._applied = want
+        return want
+
     def stats(self) -> dict[str, Any]:
-        """Counters, the batching table, torch's thread count, and recent runs'
-        step counts and times (for tests and the crowd benchmark; no prompts or other content)."""
+        """Counters, the batching table, the torch thread count and how it was
+        chosen, the encode path of each SAE in use, and recent runs' step counts
+        and times (for tests and the crowd benchmark; no prompts or other content)."""
         with self._lock:
             recent = list(self._recent)
             live = sum(1 for r in self._live if not r.finished)
             replay = len(self._replay)
         return {
             **vars(self.counters), "live": live, "replay_cached": replay, "batching": self.chooser.table(),
-            "torch_threads": torch.get_num_threads(),
+            "torch_threads": self._applied or self.threads.current, "threads": self.threads.table(),
+            "encode": encode_paths(),
             "runs": [{"id": r.id, "state": r.state, "steps": len(r.steps), "viewers": r.viewers,
                       "step_times": [round(t, 4) for t in r.step_times]} for r in recent],
         }
@@ -391,6 +439,7 @@ class Engine:
         return False
 
     def _start(self, run: LiveRun) -> None:
+        self._apply_threads()
         run.started = time.monotonic()
         run.state = RUNNING
         try:
@@ -403,17 +452,21 @@ class Engine:
             self._finish(run, DONE)
 
     def _step_one(self, run: LiveRun) -> None:
+        threads = self._apply_threads()
         t = time.perf_counter()
         try:
             step = run.generation.step()
         except Exception as err:  # noqa: BLE001
             self._fail(run, err)
             return
-        self.chooser.record(1, time.perf_counter() - t)
+        seconds = time.perf_counter() - t
+        self.chooser.record(1, seconds)
+        self.threads.record(threads, seconds)
         self.counters.single_steps += 1
         self._after_step(run, step)
 
     def _step_batched(self, group: list[LiveRun]) -> None:
+        self._apply_threads()
         t = time.perf_counter()
         try:
             gens = [r.generation for r in group]

@@ -100,6 +100,38 @@ def top_features(acts: torch.Tensor, k: int, threshold: float) -> list[tuple[int
     return [(int(i), float(v)) for i, v in zip(indices[keep].tolist(), values[keep].tolist())]
 
 
+def equal_up_to_ties(got: list[tuple[int, float]], want: list[tuple[int, float]], tol: float = 1e-5) -> bool:
+    """Whether two top-feature lists (strongest first, as :func:`top_features` gives)
+    are the same features with the same activations (to ``tol``, relative above 1),
+    where features whose activations tie (within ``tol``) may come in either order,
+    and a tie at the end of the lists may have been cut either way.
+
+    >>> equal_up_to_ties([(4, 24.0535), (9, 24.0535), (1, 3.0)], [(9, 24.0535), (4, 24.0535), (1, 3.0)])
+    True
+    >>> equal_up_to_ties([(4, 5.0), (9, 2.0)], [(9, 5.0), (4, 2.0)])
+    False
+    >>> equal_up_to_ties([(1, 3.0), (4, 2.0)], [(1, 3.0), (7, 2.0)])  # a tie cut at k
+    True
+    """
+    if len(got) != len(want):
+        return False
+
+    def close(a: float, b: float) -> bool:
+        return abs(a - b) <= tol * max(1.0, abs(a), abs(b))
+
+    if not all(close(a, b) for (_, a), (_, b) in zip(got, want)):
+        return False
+    i = 0
+    while i < len(got):  # runs of tied activations: the same set of features (the last may be cut at k)
+        j = i + 1
+        while j < len(got) and close(got[j][1], got[i][1]) and close(want[j][1], want[i][1]):
+            j += 1
+        if j < len(got) and {f for f, _ in got[i:j]} != {f for f, _ in want[i:j]}:
+            return False
+        i = j
+    return True
+
+
 def decoder_logit_effect(
     w_dec_rows: torch.Tensor,
     w_u_column: torch.Tensor,

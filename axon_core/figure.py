@@ -83,6 +83,12 @@ def hover_label(label: str) -> str:
     return plotly_text(label)
 
 
+@lru_cache(maxsize=8192)
+def _hover_head(label: str, key: int) -> str:
+    """The part of a node's hover text that changes only with its label."""
+    return f"{hover_label(label)}<br>{key_name(key)} · now "
+
+
 def _axis() -> dict:
     return {"visible": False, "showbackground": False, "showgrid": False,
             "zeroline": False, "showticklabels": False, "title": {"text": ""}}
@@ -188,7 +194,7 @@ def figure_dict(snapshot: GraphSnapshot, positions: Mapping[Hashable, tuple], la
     peak, tokens = snapshot.peak[rows], snapshot.tokens[rows]
     peak_top = float(peak.max()) if len(peak) else 1.0
     size = np.round(np.minimum(4.0 + 5.0 * np.sqrt(act), 30.0), 1)
-    hover = [f"{hover_label(label(i))}<br>{key_name(i)} · now {a:.2f} · peak {p:.2f} · {t} tok"
+    hover = [f"{_hover_head(label(i), i)}{a:.2f} · peak {p:.2f} · {t} tok"
              for i, a, p, t in zip(ids, act.tolist(), peak.tolist(), tokens.tolist())]
     node_trace = {
         "type": "scatter3d", "mode": "markers", "name": "features",

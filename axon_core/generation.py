@@ -172,8 +172,8 @@ def encode_prompt(model, prompt: str, prepend_bos: bool = True) -> torch.Tensor:
 
 
 def _features(pair, acts: torch.Tensor, settings: GenerationSettings) -> list[list[tuple[int, float]]]:
-    # top_features of SAELens's encode for each row; one row through a half-precision screen
-    # that reads half the encoder's bytes and rescores its candidates exactly (fast_encode)
+    # top_features of SAELens's encode for each row; one row by the fastest exact path measured
+    # for this SAE (a half-precision screen rescored exactly, or plain float32: fast_encode)
     return encode_top(pair.sae, acts, settings.feature_k, settings.activation_threshold)
 
 

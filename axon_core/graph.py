@@ -32,7 +32,7 @@ from itertools import combinations
 
 import numpy as np
 
-from .edges import npmi
+from .edges import npmi, top_rank
 from .features import FeatureHit
 from .generation import TokenStep
 
@@ -205,6 +205,7 @@ def rank(score: np.ndarray, count: np.ndarray, a: np.ndarray, b: np.ndarray) -> 
     return np.lexsort((b, a, -count, -score))
 
 
+
 def edge_views(a, b, count, weight, order) -> list[EdgeView]:
     return [EdgeView(int(x), int(y), int(c), float(w))
             for x, y, c, w in zip(a[order].tolist(), b[order].tolist(), count[order].tolist(),
@@ -366,7 +367,7 @@ class GraphState:
         activation = c["last_act"] * self.decay ** since.astype(np.float64)
         latest = np.where(since == 0, c["last_act"], 0.0)
         a, b, count, weight = self._edges.columns(ids if n > max_nodes else None)
-        order = rank(weight, count, a, b)[:max_edges]
+        order = top_rank(weight, count, a, b, max_edges)
         return GraphSnapshot(ids.copy(), activation, c["peak"].copy(), c["tokens"].copy(), latest, since,
                              a[order], b[order], count[order], weight[order],
                              self.position, self.active, self.tokens_seen, self)
@@ -393,7 +394,7 @@ class GraphState:
         ids, act, peak, tokens, latest, since = (np.array(col) for col in zip(*rows))
         ids, tokens, since = ids.astype(np.int64), tokens.astype(np.int64), since.astype(np.int64)
         a, b, count, weight = self._edges.columns(ids, by_position=position)
-        order = rank(weight, count, a, b)[:max_edges]
+        order = top_rank(weight, count, a, b, max_edges)
         active = frozenset(int(i) for i in ids[latest > 0])
         seen = sum(1 for p in self._positions if p <= position)
         return GraphSnapshot(ids, act.astype(np.float64), peak.astype(np.float64), tokens, latest.astype(np.float64),

@@ -19,7 +19,7 @@ Three steppers, chosen by :func:`make_stepper`:
   forward with ``TransformerLensKeyValueCache`` and hooks, logits computed as
   one plain matmul from ``ln_final``'s output.
 
-Both are tested against a full ``run_with_cache`` forward (tests/test_residuals.py).
+All three are tested against a full ``run_with_cache`` forward (tests/test_residuals.py).
 
 Worked example::
 
@@ -33,18 +33,15 @@ Worked example::
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 
-Edit = Callable[[torch.Tensor], torch.Tensor]  # acts at the hook point → new acts (steering)
+from .architectures import FamilyStepper, FamilyWeights
+from .stepping import HOOK, Edit, StepOutput
 
-_HOOK = re.compile(
-    r"^blocks\.(\d+)\.(hook_resid_pre|hook_resid_mid|hook_resid_post|hook_attn_out|hook_mlp_out|attn\.hook_z)$"
-)
 _ACTIVATIONS = {
     "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
     "gelu_fast": lambda x: F.gelu(x, approximate="tanh"),
@@ -52,15 +49,6 @@ _ACTIVATIONS = {
     "gelu": F.gelu,
     "relu": F.relu,
 }
-
-
-@dataclass
-class StepOutput:
-    acts: torch.Tensor  # [n_new, *hook_shape]: activation at the hook point
-    last_logits: torch.Tensor  # [d_vocab]: logits at the last new position
-    final_scale: torch.Tensor  # [n_new]: final LayerNorm scale (ones if the model has none)
-    # {hook_name: [n_new, *hook_shape]}: the stepper's ``extra_hooks``, read in the same forward
-    extra: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def make_stepper(model: Any, hook_name: str, edit: Edit | None = None, weights: "FastWeights | None" = None,
@@ -75,10 +63,8 @@ def make_stepper(model: Any, hook_name: str, edit: Edit | None = None, weights: 
     ``StepOutput.extra``), ``extra_edits`` optional edits at them; a stepper
     class without ``supports_extra_hooks`` is then passed over.
     """
-    from .architectures import FamilyStepper, FamilyWeights
-
     extras = {"extra_hooks": tuple(extra_hooks), "extra_edits": extra_edits} if extra_hooks or extra_edits else {}
-    hooks_ok = all(_HOOK.match(h) for h in (hook_name, *extra_hooks))
+    hooks_ok = all(HOOK.match(h) for h in (hook_name, *extra_hooks))
     if hooks_ok:
         if isinstance(weights, FastWeights) or (weights is None and FastWeights.supports(model)):
             return FastStepper(weights or FastWeights.from_model(model), hook_name, edit, capacity, **extras)
@@ -95,8 +81,6 @@ def fast_weights_for(model: Any):
     where only TransformerLens's own forward can run it: :class:`FastWeights`
     for GPT-2, :class:`~axon_core.architectures.FamilyWeights` for the other
     families (Pythia, Gemma 2, Gemma 3, ...)."""
-    from .architectures import FamilyWeights
-
     if FastWeights.supports(model):
         return FastWeights.from_model(model)
     if FamilyWeights.supports(model):
@@ -204,7 +188,7 @@ def _taps(extra_hooks: Sequence[str], extra_edits: Mapping[str, Edit] | None, n_
     """``{(layer, site): [hook names]}`` for extra hooks, checked (and the edits' hooks among them)."""
     taps: dict[tuple[int, str], list[str]] = {}
     for name in extra_hooks:
-        m = _HOOK.match(name)
+        m = HOOK.match(name)
         if m is None or int(m.group(1)) >= n_layers:
             raise ValueError(f"{who} cannot read hook {name!r}")
         if name not in taps.setdefault((int(m.group(1)), m.group(2)), []):
@@ -237,7 +221,7 @@ class FastStepper:
     def __init__(self, weights: FastWeights, hook_name: str, edit: Edit | None = None,
                  capacity: int | None = None, extra_hooks: Sequence[str] = (),
                  extra_edits: Mapping[str, Edit] | None = None):
-        m = _HOOK.match(hook_name)
+        m = HOOK.match(hook_name)
         if m is None:
             raise ValueError(f"FastStepper cannot read hook {hook_name!r}")
         self.w = weights

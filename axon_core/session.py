@@ -42,7 +42,6 @@ from .generation import GenerationSettings, LayerSae, TokenStep, hook_layer
 from .graph import GraphState
 from .labels import fallback_label
 from .layout import ForceLayout
-from .steering import compare_runs
 from .timeline import timeline_figure
 
 NEURONPEDIA_PAGE = "https://www.neuronpedia.org/{np_id}/{index}"
@@ -216,12 +215,12 @@ class RunSession:
         unknown. Known labels are kept for the session (they do not change);
         unknown ones are asked again only after new labels arrived, so a frame
         of 300 nodes and 200 tokens does not query the label store a thousand times."""
-        layer, index = split_key(key)
-        if self.labels is None:
-            return fallback_label(index)
         known = self._known.get(key)
         if known is not None:
             return known
+        layer, index = split_key(key)
+        if self.labels is None:
+            return fallback_label(index)
         epoch = getattr(self.labels, "arrivals", None)
         if epoch != self._unknown_epoch:
             self._unknown, self._unknown_epoch = {}, epoch
@@ -482,53 +481,3 @@ class _Finished:
 
     def ms_per_token(self):
         return self._ms
-
-
-def comparison_html(plain: RunSession, steered: RunSession) -> str:
-    """Both texts side by side, the first diverging token marked, and what changed in the graph."""
-    cmp = compare_runs(plain.steps, steered.steps)
-
-    def text(run):
-        return "".join(token_span(s, "diverge" if s.position == cmp.first_divergence else "")
-                       for s in run.steps)
-
-    def feats(rows):
-        return ", ".join(f"{key_name(i)} {html.escape(plain.label(i))} ({d:+.1f})" for i, d in rows) or "none"
-
-    where = ("identical texts" if cmp.first_divergence is None
-             else f"first divergence at position {cmp.first_divergence} (after {cmp.shared_tokens} shared new tokens)")
-    spec = ", ".join(f"#{f} {c:+.2f}" for f, c in steered.meta.get("steer", ()))
-    return (f'<div class="axon-compare"><p><b>Steering</b> {html.escape(spec)} · {where}</p>'
-            f'<div class="cols"><div><h4>plain</h4><div class="axon-text">{text(plain)}</div></div>'
-            f'<div><h4>steered</h4><div class="axon-text">{text(steered)}</div></div></div>'
-            f"<p>stronger when steered: {feats(cmp.gained)}<br>weaker: {feats(cmp.lost)}</p></div>")
-
-
-class SessionRuns:
-    """At most one generating run per browser session: a session's new run
-    supersedes its previous one, which stops at its next frame. So one session
-    never holds more than one of the queue's CONCURRENCY workers, and none holds
-    it longer than MAX_RUN_SECONDS a run; QUEUE_SIZE bounds who waits."""
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._current: dict[str, object] = {}
-
-    def start(self, key: str | None) -> object:
-        ticket = object()
-        if key:
-            with self._lock:
-                self._current[key] = ticket
-        return ticket
-
-    def superseded(self, key: str | None, ticket: object) -> bool:
-        return bool(key) and self._current.get(key) is not ticket
-
-    def finish(self, key: str | None, ticket: object) -> None:
-        if key:
-            with self._lock:
-                if self._current.get(key) is ticket:
-                    del self._current[key]
-
-    def __len__(self) -> int:
-        return len(self._current)

@@ -4,7 +4,7 @@ side by side in one run, on the GPT-2-small-shape offline hub.
 Rounds alternate, so a busy neighbour on the machine hits both sides alike:
 
 (a) the engine alone: a fresh process loads the pair, sets torch's threads as
-    the app does (:func:`axon_core.engine.share_cpus`), and computes the runs
+    the app does (by measurement: :meth:`~axon_core.engine.Engine.choose_threads`), and computes the runs
     through :class:`~axon_core.engine.Engine` with nobody viewing them;
 (b) the app: ``python app.py``, one ``gradio_client`` session, the same
     requests; the ms/token its status line shows (the engine's median gap
@@ -12,6 +12,10 @@ Rounds alternate, so a busy neighbour on the machine hits both sides alike:
     Gradio serialises and streams frames, and the client reads them), and the
     frames a second the client received while the run was generating;
 (c) the engine alone with torch's default threads (all CPUs), for reference.
+
+The app and the engine alone (a) choose torch's threads by measurement
+(:meth:`~axon_core.engine.Engine.choose_threads`); the app's choice, its
+start-up timings and its re-checks are printed.
 
 Usage: ``python benchmarks/app_speed.py [--hub DIR] [--rounds 3 --runs 3 --tokens 80]``
 Last line: ``app_speed: engine_ms=… app_ms=… ratio=… engine_all_cpus_ms=…
@@ -34,7 +38,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import running_app, use_offline_hub  # noqa: E402
+from benchmarks.common import host_line, running_app, use_offline_hub  # noqa: E402
 
 PROMPTS = ["The capital of France is", "In 1969, the first person to walk on the Moon was",
            "She opened the letter and"]
@@ -49,9 +53,10 @@ def engine_only(a) -> None:
     from axon_core.generation import GenerationSettings
     from axon_core.loading import PairCache
 
-    threads = share_cpus("cpu", a.threads)
+    share_cpus("cpu", a.threads)
     pair = PairCache(device="cpu").get(*SAE)
     engine = Engine()
+    threads = engine.choose_threads(pair, a.threads)  # measured, as the app does (or the count asked for)
     s = SAMPLING
     out = []
     for i, prompt in enumerate(["Warm up the engine"] + PROMPTS[:a.runs]):
@@ -111,6 +116,7 @@ def main() -> None:
     if a.engine_only:
         engine_only(a)
         return
+    print(host_line(), flush=True)
     hub = use_offline_hub(a.hub, "axon-bench-hub-")
     a.hub = str(hub)
     engine, engine_all, app, fps = [], [], [], []
@@ -120,22 +126,31 @@ def main() -> None:
         client = Client(url, verbose=False, download_files=False)
         client.predict("Warm up the app", "gpt2-small", *SAE, 1.0, 0, 1.0, 1.0, 20, 0, 12, 0.1, "", "npmi", [],
                        api_name="/generate")
-        threads = client.predict(api_name="/engine_stats")["torch_threads"]
+        stats = client.predict(api_name="/engine_stats")
+        chosen = stats["threads"]
+        print(f"app's torch threads: {chosen['chosen']} ({chosen['source']}; start-up ms/step by count "
+              f"{chosen['startup_ms']}); encode paths {[(e['hook'], e['path'], e['ms']) for e in stats['encode']]}",
+              flush=True)
         for r in range(a.rounds):
             seed = 1 + 100 * r  # every round new runs: a repeated request would be a replay
-            _, ms = engine_alone(a, "", seed)
+            alone_threads, ms = engine_alone(a, "", seed)
             engine += ms
             got, got_fps = app_runs(client, a, seed)
             app += got
             fps += got_fps
             all_threads, ms = engine_alone(a, str(os.cpu_count() or 1), seed)
             engine_all += ms
-            print(f"round {r + 1}: engine alone {[round(x, 1) for x in engine[-a.runs:]]} ms/token; "
+            print(f"round {r + 1}: engine alone ({alone_threads} threads, measured) "
+                  f"{[round(x, 1) for x in engine[-a.runs:]]} ms/token; "
                   f"app's status line {got} ms/token at {[round(f, 1) for f in got_fps]} frames/s; "
                   f"engine alone on {all_threads} threads {[round(x, 1) for x in ms]}", flush=True)
+        final = client.predict(api_name="/engine_stats")["threads"]
     e, p, e_all = statistics.median(engine), statistics.median(app), statistics.median(engine_all)
+    print(f"app's torch threads at the end: {final['chosen']} ({final['source']}; re-checks {final['rechecks']}, "
+          f"switches {final['switches']}, running means {final['mean_ms']} ms); app / best engine "
+          f"{p / min(e, e_all):.2f}", flush=True)
     print(f"app_speed: engine_ms={e:.1f} app_ms={p:.1f} ratio={p / e:.2f} engine_all_cpus_ms={e_all:.1f} "
-          f"torch_threads={threads} client_fps={statistics.median(fps):.1f}")
+          f"torch_threads={final['chosen']} client_fps={statistics.median(fps):.1f}")
 
 
 if __name__ == "__main__":

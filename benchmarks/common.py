@@ -3,6 +3,7 @@ and the AXON-style step they are measured against.
 
 Example::
 
+    print(host_line())   # host: cpu="AMD EPYC" flags=avx2 no=avx512f,... torch_cpu=AVX2 cpus=2 usable=2 copy_gbps=9.8
     hub = use_offline_hub(None, "axon-bench-hub-")     # HF_HUB_CACHE -> a fresh GPT-2-small-shape hub
     step = axon_style_step(pair.model, pair.sae, pair.hook_name)
     next_token = step(tokens)                            # one full forward over the whole sequence
@@ -21,6 +22,53 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "avx512_fp16")  # what the encode and GEMV kernels can use
+
+
+def copy_bandwidth(mib: int = 256, reps: int = 5) -> float:
+    """Bytes a second one tensor copy moves (median of ``reps``; the count read, as
+    the generation benchmark's floor takes it)."""
+    import statistics
+
+    import torch
+
+    src = torch.ones(mib * 2**18)
+    dst = torch.empty_like(src)
+    dst.copy_(src)  # pages in
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        dst.copy_(src)
+        times.append(time.perf_counter() - t)
+    return src.numel() * src.element_size() / statistics.median(times)
+
+
+def host_line() -> str:
+    """One line saying where a benchmark ran: CPU model, the SIMD flags that matter
+    (present, and absent after ``no=``), torch's CPU capability, CPUs (and those this
+    process may use: affinity and cgroup quota) and the measured copy bandwidth."""
+    import torch
+
+    sys.path.insert(0, str(ROOT))
+    from axon_core.engine import usable_cpus
+
+    model, flags = "unknown", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and model == "unknown":
+                model = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    except OSError:
+        import platform
+
+        model = platform.processor() or platform.machine()
+    have = [f for f in FLAGS if f in flags]
+    lack = [f for f in FLAGS if f not in flags]
+    return (f'host: cpu="{model}" flags={",".join(have) or "-"} no={",".join(lack) or "-"} '
+            f"torch_cpu={torch.backends.cpu.get_cpu_capability()} cpus={os.cpu_count()} usable={usable_cpus()} "
+            f"copy_gbps={copy_bandwidth() / 1e9:.1f}")
 
 
 def use_offline_hub(hub: str | None, prefix: str, size: str = "gpt2-small", layers=(8,)) -> Path:

@@ -32,7 +32,7 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import running_app  # noqa: E402
+from benchmarks.common import host_line, running_app  # noqa: E402
 
 SETTINGS = dict(temperature=0.8, top_k=50, top_p=0.95, repetition_penalty=1.1, seed=0, feature_k=12, threshold=0.1)
 PROMPTS = ["The capital of France is", "def fibonacci(n):", "In 1969, the first person to walk on the Moon was",
@@ -85,6 +85,7 @@ def main() -> None:
     ap.add_argument("--sessions", type=int, default=100, help="sessions for the memory and disk part")
     ap.add_argument("--mem-tokens", type=int, default=4, help="new tokens per run of the memory part")
     a = ap.parse_args()
+    print(host_line(), flush=True)
     hub = Path(a.hub)
     if not (hub / "AXON_OFFLINE_HUB.json").exists():
         from scripts.offline_hub import write_offline_hub

@@ -33,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import use_offline_hub  # noqa: E402
+from benchmarks.common import host_line, use_offline_hub  # noqa: E402
 
 PROMPT = "In a quiet village by the sea, an old fisherman told"
 LAYERS = (2, 5, 8, 11)
@@ -49,6 +49,7 @@ def parse_args():
 
 def main() -> None:
     args = parse_args()
+    print(host_line(), flush=True)
     use_offline_hub(args.hub, "axon-bench-hub-", layers=LAYERS)
 
     import torch

@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import use_offline_hub  # noqa: E402
+from benchmarks.common import host_line, use_offline_hub  # noqa: E402
 
 
 def main() -> None:
@@ -22,6 +22,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=40)
     ap.add_argument("--prompt", default="The capital of France is")
     args = ap.parse_args()
+    print(host_line(), flush=True)
     use_offline_hub(args.hub, "axon-edges-hub-", size="tiny")
 
     from axon_core.generation import GenerationSettings, generate

@@ -44,7 +44,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import axon_style_step  # noqa: E402
+from benchmarks.common import axon_style_step, host_line  # noqa: E402
 
 PROMPT = "In a quiet village by the sea, an old fisherman told"
 N_NEW = 100
@@ -84,8 +84,11 @@ def settings(**kw):
 
 
 def features_exact(pair, steps, prepend_bos: bool, s) -> bool:
-    """The streamed features equal sae.encode of a full run_with_cache, to 1e-4."""
+    """The streamed features equal sae.encode of a full run_with_cache, to 1e-4
+    (features whose activations tie count as equal in either order)."""
     import torch
+
+    from axon_core.features import equal_up_to_ties
 
     model, sae = pair.model, pair.sae
     bos = [model.tokenizer.bos_token_id] if prepend_bos else []
@@ -98,7 +101,7 @@ def features_exact(pair, steps, prepend_bos: bool, s) -> bool:
         vals, idx = encoded[st.position].topk(s.feature_k)
         expect = [(int(i), float(v)) for i, v in zip(idx, vals) if v > s.activation_threshold]
         got = [(f.index, f.activation) for f in st.features]
-        if [i for i, _ in got] != [i for i, _ in expect]:
+        if not equal_up_to_ties(got, expect, 1e-4):  # equal activations may come in either order
             ok = False
         worst = max([worst] + [abs(a - b) for (_, a), (_, b) in zip(got, expect)])
     print(f"  exactness: {len(steps)} positions, feature sets {'equal' if ok else 'DIFFER'}, "
@@ -210,6 +213,7 @@ def gemma2_small_exact() -> bool:
 
 def main() -> None:
     args = parse_args()
+    print(host_line(), flush=True)
     hub = Path(args.hub or tempfile.mkdtemp(prefix="axon-families-hub-"))
     os.environ["HF_HUB_CACHE"] = str(hub)
     os.environ["HF_HUB_OFFLINE"] = "1"

@@ -22,6 +22,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from axon_core.features import FeatureHit  # noqa: E402
+from benchmarks.common import host_line  # noqa: E402
 from axon_core.generation import GenerationSettings, TokenStep  # noqa: E402
 from axon_core.session import RunSession  # noqa: E402
 
@@ -38,6 +39,7 @@ def synthetic_steps(n_tokens: int, pool: int = 360, k: int = 12, seed: int = 0):
 
 
 def main() -> None:
+    print(host_line(), flush=True)
     run = RunSession({"neuronpedia_id": "gpt2-small/8-res-jb"}, GenerationSettings(), None, frame_interval=0)
     build, layout_ms, sizes, drifts = [], [], [], []
     prev: dict[int, tuple] = {}

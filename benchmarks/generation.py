@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import axon_style_step, use_offline_hub  # noqa: E402
+from benchmarks.common import axon_style_step, host_line, use_offline_hub  # noqa: E402
 
 PROMPT = "In a quiet village by the sea, an old fisherman told"  # 10 tokens + BOS (below)
 
@@ -46,6 +46,7 @@ def parse_args():
 
 def main() -> None:
     args = parse_args()
+    print(host_line(), flush=True)
     use_offline_hub(args.hub, "axon-bench-hub-")
 
     import torch

@@ -14,6 +14,7 @@ from axon_core.features import FeatureHit, key_name, node_key, split_key
 from axon_core.generation import Generation, TokenStep
 from axon_core.graph import GraphState
 from axon_core.layout import ForceLayout
+from axon_core.page.inspector import add_steer
 from axon_core.session import RunSession
 
 from test_depth import LAYERS, PROMPT, SETTINGS, layer_pairs  # noqa: F401 - the fixture
@@ -240,12 +241,12 @@ def test_steering_one_layer_shows_downstream_and_leaves_upstream_alone(layer_pai
         assert by_layer(plain, layer) != by_layer(steered, layer)
 
 
-def test_add_to_steering_uses_the_picked_layers_peak(layered_run, app_module):
+def test_add_to_steering_uses_the_picked_layers_peak(layered_run):
     """In a run of several layers, "Add to steering" scales by the peak of the
     picked SAE's feature (the graph keys it by layer), not by 1."""
     g, steps = layered_run
     run = _session(g, steps)
     hit = next(f for s in steps for f in s.features if f.layer == 8)
     peak = run.graph.node(hit.key).peak
-    assert app_module.add_steer(run, hit.index, 2, "") == f"{hit.index}:{2 * peak:.4g}"
-    assert app_module.add_steer(run, 10**6, 2, "1:1") == "1:1, 1000000:2"  # not in the run: 1 unit
+    assert add_steer(run, hit.index, 2, "") == (f"{hit.index}:{2 * peak:.4g}", None)
+    assert add_steer(run, 10**6, 2, "1:1") == ("1:1, 1000000:2", None)  # not in the run: 1 unit

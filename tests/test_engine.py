@@ -246,3 +246,110 @@ def test_torch_threads_leave_the_server_a_core_on_cpu():
         assert share_cpus("cpu", "0") == engine_threads("cpu", usable_cpus())
     finally:
         torch.set_num_threads(before)
+
+
+def test_thread_chooser_picks_the_faster_of_two_fake_step_timings_and_rechecks():
+    """Start-up: each count timed in turns (a fake clock: two threads 30 ms a step,
+    one 40 ms) while the view-like load runs beside; in use, a re-check every
+    ``recheck_every`` steps tries the neighbour and switches when the load has
+    made it the faster. A count far behind at start-up is not timed again."""
+    import threading
+
+    from axon_core.threads import ThreadChooser, measure_startup
+
+    chooser = ThreadChooser(cpus=2, recheck_every=10, burst=3)
+    assert chooser.candidates == [1, 2]
+    cost = {1: 0.040, 2: 0.030}
+    state = {"n": 0, "now": 0.0, "steps": {1: 0, 2: 0}}
+    beside = []
+
+    ran = threading.Event()
+
+    def step():
+        ran.wait(5)  # the load beside has started
+        state["now"] += cost[state["n"]]
+        state["steps"][state["n"]] += 1
+
+    def load():
+        beside.append(threading.get_ident())
+        ran.set()
+
+    def set_threads(n):
+        state["n"] = n
+
+    chosen = measure_startup(chooser, step, rounds=2, steps=3, background=load,
+                             interval=0.001, timer=lambda: state["now"], set_threads=set_threads)
+    assert chosen == chooser.threads() == state["n"] == 2 and chooser.source == "measured"
+    assert state["steps"] == {1: 8, 2: 8}  # (1 untimed + 3 timed) x 2 rounds each
+    assert chooser.table()["startup_ms"] == {"1": 40.0, "2": 30.0}
+    assert beside and threading.get_ident() not in beside  # the load ran in another thread
+    # in use: the server's load now makes two threads slower than one
+    cost.update({1: 0.032, 2: 0.040})
+    for _ in range(9):
+        chooser.record(2, cost[2])
+    assert chooser.threads() == 2 and chooser.rechecks == 0
+    chooser.record(2, cost[2])  # the 10th step: a re-check starts
+    assert chooser.rechecks == 1 and chooser.threads() == 1
+    for _ in range(4):  # the first step after a switch is dropped, then 3 timed
+        chooser.record(chooser.threads(), cost[chooser.threads()])
+    assert chooser.threads() == 1 and chooser.switches == 1
+    assert chooser.table()["recheck_ms"] == {"1": 32.0}
+    # a re-check that finds no better count keeps the choice
+    for _ in range(10):
+        chooser.record(1, cost[1])
+    assert chooser.threads() == 2
+    for _ in range(4):
+        chooser.record(2, cost[2])
+    assert chooser.threads() == 1 and chooser.rechecks == 2 and chooser.switches == 1
+    # start-up on a busy host: two threads 3x slower are timed in the first round only
+    busy = ThreadChooser(cpus=2)
+    cost.update({1: 0.030, 2: 0.090})
+    state["steps"] = {1: 0, 2: 0}
+    assert measure_startup(busy, step, rounds=3, steps=3, timer=lambda: state["now"], set_threads=set_threads) == 1
+    assert state["steps"] == {1: 12, 2: 4}
+
+
+def test_thread_override_and_single_cpu_measure_nothing():
+    from axon_core.threads import ThreadChooser, candidate_counts, measure_startup
+
+    assert candidate_counts(1) == [1] and candidate_counts(3) == [1, 2, 3]
+    assert candidate_counts(16) == [1, 2, 4, 8, 15, 16]
+    calls = []
+    fixed = ThreadChooser(cpus=4, fixed=3)
+    assert measure_startup(fixed, lambda: calls.append(1), set_threads=calls.append) == 3
+    assert calls == [3] and fixed.source == "override"
+    for _ in range(1000):
+        fixed.record(3, 0.01)
+    assert fixed.threads() == 3 and fixed.rechecks == 0
+    one = ThreadChooser(cpus=1)
+    assert measure_startup(one, lambda: calls.append("step"), set_threads=calls.append) == 1 and "step" not in calls
+
+
+def test_engine_chooses_threads_by_real_steps_and_applies_them_in_its_thread(pair):
+    """choose_threads times the pair's real steps with every candidate count; the
+    engine thread then runs with the chosen count, and the stats show the measurements."""
+    from axon_core.threads import candidate_counts
+    from axon_core.engine import usable_cpus
+
+    engine = Engine()
+    before = torch.get_num_threads()
+    try:
+        chosen = engine.choose_threads(pair, rounds=1, steps=2)
+        table = engine.stats()["threads"]
+        assert table["chosen"] == chosen and chosen in candidate_counts(usable_cpus())
+        if usable_cpus() > 1:
+            assert table["source"] == "measured"
+            assert set(table["startup_ms"]) == {str(n) for n in candidate_counts(usable_cpus())}
+        other = 2 if chosen == 1 else 1
+        engine.threads.current = other  # as after a re-check: the engine thread must follow
+        torch.set_num_threads(chosen)  # this (the caller's) thread keeps another count
+        seen, record = [], engine.threads.record
+        engine.threads.record = lambda n, s: (seen.append((n, torch.get_num_threads())), record(n, s))
+        wait_done(engine.submit(pair, "The capital of France is", SETTINGS))
+        assert seen and set(seen) == {(other, other)}  # in the engine thread, at every step
+        assert engine.stats()["torch_threads"] == other and torch.get_num_threads() == chosen
+        assert engine.choose_threads(pair, override="1") == 1 and engine.stats()["threads"]["source"] == "override"
+        assert engine.stats()["encode"] and all(r["path"] in ("fp16", "bf16", "fp32") for r in engine.stats()["encode"])
+    finally:
+        engine.close()
+        torch.set_num_threads(before)

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from axon_core.architectures import FamilyStepper, FamilyWeights
+from axon_core.features import equal_up_to_ties
 from axon_core.generation import GenerationSettings, generate
 from axon_core.residuals import FastStepper, TransformerLensStepper, make_stepper
 from axon_core.steering import steering_edit
@@ -160,8 +161,7 @@ def _check_run(pair, steps, prepend_bos, edit_hook=None):
         vals, idx = encoded[step.position].topk(SETTINGS.feature_k)
         expect = [(int(i), float(v)) for i, v in zip(idx, vals) if v > SETTINGS.activation_threshold]
         got = [(f.index, f.activation) for f in step.features]
-        assert [i for i, _ in got] == [i for i, _ in expect], step.position
-        assert max((abs(a - b) for (_, a), (_, b) in zip(got, expect)), default=0) <= 1e-4
+        assert equal_up_to_ties(got, expect, 1e-4), step.position  # tied activations in either order
         n_active += len(got)
     assert n_active > 3 * len(steps)  # the fixture's SAE fires like a real one
     assert sum(not s.is_prompt for s in steps) == SETTINGS.max_new_tokens

@@ -1,18 +1,14 @@
 """Gradio's per-session block table grows by one entry per "skip, then a value"
-of an output (each holding that value) until app.drop_stale_entries removes them."""
+of an output (each holding that value) until ui.gradio_state.drop_stale_entries removes them."""
 
 from __future__ import annotations
 
 import asyncio
 
 import gradio as gr
-import pytest
 from gradio.state_holder import StateHolder
 
-
-@pytest.fixture(scope="module")
-def drop_stale_entries(app_module):
-    return app_module.drop_stale_entries
+from ui.gradio_state import drop_stale_entries
 
 
 def _page():
@@ -36,7 +32,7 @@ def sizes(state):
     return len(state.blocks_config.blocks), len(state.config_values)
 
 
-def test_stale_entries_are_dropped_and_the_latest_values_kept(drop_stale_entries):
+def test_stale_entries_are_dropped_and_the_latest_values_kept():
     demo, holder, fn, out = _page()
     state = holder["s1"]
     start = sizes(state)
@@ -53,7 +49,7 @@ def test_stale_entries_are_dropped_and_the_latest_values_kept(drop_stale_entries
     assert state[out._id] is not None
 
 
-def test_unknown_session_or_an_unlaunched_page_is_left_alone(drop_stale_entries):
+def test_unknown_session_or_an_unlaunched_page_is_left_alone():
     demo, holder, fn, _ = _page()
     assert drop_stale_entries(demo, "nobody") == 0
     assert drop_stale_entries(demo, None) == 0

@@ -16,6 +16,7 @@ import math
 import os
 import re
 import socket
+import tempfile
 import threading
 import time
 import unicodedata
@@ -30,6 +31,9 @@ from axon_core.catalogue import DEFAULT_RELEASE, DEFAULT_SAE_ID, load_catalogue
 from axon_core.export import slug
 from axon_core.generation import MIN_TEMPERATURE, GenerationSettings, PromptError, generate
 from axon_core.loading import LoadError, PairCache
+from axon_core.page.downloads import write_download
+from axon_core.page.request import request_from_inputs
+from axon_core.page.settings import env_number
 from axon_core.share import Limits, parse_query
 
 QUICK = dict(deadline=None, database=None, suppress_health_check=list(HealthCheck))
@@ -211,7 +215,7 @@ def test_a_number_too_long_to_read_is_clamped_not_ignored():
 
 
 class _Request:
-    """What app.from_query reads from a gr.Request."""
+    """What the page's from_query reads from a gr.Request."""
 
     def __init__(self, params: dict, session_hash: str | None = None):
         self.query_params, self.headers, self.session_hash = params, {}, session_hash
@@ -257,11 +261,11 @@ def test_any_link_fills_the_page_with_values_it_can_show(app_module, params):
     component, the dropdowns on catalogue entries, and Generate then accepts
     them as they are (no notices)."""
     with contextlib.redirect_stdout(io.StringIO()):
-        out = app_module.from_query(_Request(params))
+        out = app_module.HANDLERS.from_query(_Request(params))
     (prompt, model, release, sae_id, temperature, top_k, top_p, rep, max_tokens, seed, feature_k,
      threshold, steer, autorun, at, embed_open, layers) = out
     # layers: only those the picked SAE's release has (a run of at most max_layers SAEs)
-    assert layers["choices"] == app_module.layer_choices(release["value"], sae_id["value"])
+    assert layers["choices"] == app_module.HANDLERS.layer_choices(release["value"], sae_id["value"])
     assert set(layers["value"]) <= set(layers["choices"]) and len(layers["value"]) <= app_module.LIMITS.max_layers
     assert at is None or (isinstance(at, int) and 0 <= at <= 10**6)
     assert isinstance(embed_open, str) and "<script" not in embed_open.lower()
@@ -278,7 +282,7 @@ def test_any_link_fills_the_page_with_values_it_can_show(app_module, params):
     assert sae_id["value"] in sae_id["choices"] == cat.by_release[release["value"]].sae_ids()
     assert isinstance(prompt, str) and len(prompt) <= app_module.prompt.max_length
     assert isinstance(autorun, bool)
-    req, notices = app_module._request_from_inputs(prompt, model, release["value"], sae_id["value"], temperature,
+    req, notices = request_from_inputs(app_module.LIMITS, prompt, model, release["value"], sae_id["value"], temperature,
                                                    top_k, top_p, rep, max_tokens, seed, feature_k, threshold, steer,
                                                    layers["value"])
     assert notices == [] and req.prompt == prompt and list(req.layers) == sorted(layers["value"])
@@ -293,7 +297,7 @@ any_value = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), numb
 @given(st.lists(any_value, min_size=13, max_size=13))
 def test_any_api_values_are_clamped_into_the_sliders(app_module, values):
     """What an API call can send for each of Generate's inputs (any JSON value)."""
-    req, notices = app_module._request_from_inputs(*values)
+    req, notices = request_from_inputs(app_module.LIMITS, *values)
     s = req.settings
     for name, slider in _sliders(app_module).items():
         v = getattr(s, name)
@@ -312,9 +316,9 @@ def test_queue_lets_several_sessions_generate_at_once(app_module):
     assert all(fn.concurrency_limit == "default" for fn in runs)
     assert not any(fn.preprocess for fn in runs if fn.fn.__name__ == "generate_for_session")
     if "AXON_CONCURRENCY" not in os.environ:
-        assert app_module.CONCURRENCY == (1 if app_module.ZERO_GPU else 16)
-    assert demo._queue.default_concurrency_limit == app_module.CONCURRENCY
-    assert demo._queue.max_size == app_module.QUEUE_SIZE
+        assert app_module.SERVICES.settings.concurrency == (1 if app_module.SERVICES.settings.zero_gpu else 16)
+    assert demo._queue.default_concurrency_limit == app_module.SERVICES.settings.concurrency
+    assert demo._queue.max_size == app_module.SERVICES.settings.queue_size
     named = [fn for fn in demo.fns.values() if fn.api_name == "generate"]
     assert len(named) == 1 and named[0].fn.__name__ == "generate_for_session"
 
@@ -329,53 +333,53 @@ def test_bad_settings_in_the_environment_keep_the_default(app_module, monkeypatc
         monkeypatch.delenv("AXON_TEST_NUMBER", raising=False)
     else:
         monkeypatch.setenv("AXON_TEST_NUMBER", raw)
-    assert app_module._env_number("AXON_TEST_NUMBER", 2, 1, int) == workers
-    assert app_module._env_number("AXON_TEST_NUMBER", 180.0, 1.0) == seconds
+    assert env_number("AXON_TEST_NUMBER", 2, 1, int) == workers
+    assert env_number("AXON_TEST_NUMBER", 180.0, 1.0) == seconds
 
 
 def test_a_sessions_new_run_supersedes_its_old_one_in_process(app_module):
     req = _Request({}, session_hash="session-a")
     other = _Request({}, session_hash="session-b")
-    first = app_module.generate_for_session(req, app_module.gr.Progress(), *_inputs(app_module, max_tokens=20))
-    bystander = app_module.generate_for_session(other, app_module.gr.Progress(), *_inputs(app_module, max_tokens=3))
+    first = app_module.HANDLERS.generate_for_session(req, app_module.gr.Progress(), *_inputs(app_module, max_tokens=20))
+    bystander = app_module.HANDLERS.generate_for_session(other, app_module.gr.Progress(), *_inputs(app_module, max_tokens=3))
     next(first)
     next(bystander)
-    second = app_module.generate_for_session(req, app_module.gr.Progress(), *_inputs(app_module, max_tokens=2))
+    second = app_module.HANDLERS.generate_for_session(req, app_module.gr.Progress(), *_inputs(app_module, max_tokens=2))
     frames = list(second)
     assert list(first) == []  # superseded: ends without another frame
     assert frames and isinstance(frames[-1][5], dict) and frames[-1][5]["schema"].startswith("axon-run/")
     assert isinstance(list(bystander)[-1][5], dict)  # another session is untouched
-    assert len(app_module.SESSION_RUNS) == 0  # nothing left behind
+    assert len(app_module.HANDLERS.session_runs) == 0  # nothing left behind
 
 
 def test_exports_unwritable_disk_still_finishes_the_run(app_module, monkeypatch, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
-    monkeypatch.setattr(app_module.tempfile, "gettempdir", lambda: str(blocker))
+    monkeypatch.setattr(tempfile, "gettempdir", lambda: str(blocker))
     with contextlib.redirect_stdout(io.StringIO()):
-        frames = list(app_module.run_generation(*_inputs(app_module, max_tokens=2)))
+        frames = list(app_module.HANDLERS.run_generation(*_inputs(app_module, max_tokens=2)))
     last = frames[-1]
     assert last[5]["schema"].startswith("axon-run/")  # the run itself, and its JSON, are intact
     assert last[6]["interactive"] is True and last[7]["interactive"] is True  # downloads are offered
     run = last[4]
-    assert app_module.write_download(run, "json") is None  # asked for: the disk refuses, no crash
-    assert app_module.prepare_download(run, "html") is None  # no file: the page starts no download
+    assert write_download(run, "json") is None  # asked for: the disk refuses, no crash
+    assert app_module.HANDLERS.prepare_download(run, "html") is None  # no file: the page starts no download
 
 
 def test_downloads_are_written_on_demand_and_old_ones_removed(app_module, monkeypatch, tmp_path):
     """Nothing is written for a run nobody downloads; a download is written when
     asked for, and folders older than an hour go first."""
-    monkeypatch.setattr(app_module.tempfile, "gettempdir", lambda: str(tmp_path))
+    monkeypatch.setattr(tempfile, "gettempdir", lambda: str(tmp_path))
     root = tmp_path / f"axon-exports-{os.getpid()}"
     with contextlib.redirect_stdout(io.StringIO()):
-        last = list(app_module.run_generation(*_inputs(app_module, max_tokens=1, seed=11)))[-1]
+        last = list(app_module.HANDLERS.run_generation(*_inputs(app_module, max_tokens=1, seed=11)))[-1]
     assert not root.exists() and list(tmp_path.iterdir()) == []  # a run alone writes nothing
     old = root / "run-old"
     old.mkdir(parents=True)
     (old / "axon-graph.html").write_text("x")
     os.utime(old, (time.time() - 2 * app_module.EXPORT_MAX_AGE,) * 2)
     run = last[4]
-    paths = [Path(app_module.prepare_download(run, kind)["value"]) for kind in ("json", "html")]
+    paths = [Path(app_module.HANDLERS.prepare_download(run, kind)["value"]) for kind in ("json", "html")]
     assert not old.exists()
     assert all(p.exists() and p.parent.parent == root for p in paths)
     # saved under the prompt, model and date (the browser takes the file's own name)
@@ -390,23 +394,23 @@ def test_downloads_are_written_on_demand_and_old_ones_removed(app_module, monkey
 
 def test_runs_stop_at_the_time_cap(app_module, monkeypatch):
     """AXON_MAX_RUN_SECONDS: a run that reaches it ends with what it has, and says why."""
-    monkeypatch.setattr(app_module.ENGINE, "max_run_seconds", 0.0)
+    monkeypatch.setattr(app_module.SERVICES.engine, "max_run_seconds", 0.0)
     with contextlib.redirect_stdout(io.StringIO()):
-        last = list(app_module.run_generation(*_inputs(app_module, max_tokens=50, seed=3)))[-1]
+        last = list(app_module.HANDLERS.run_generation(*_inputs(app_module, max_tokens=50, seed=3)))[-1]
     assert "stopped: runs are limited to 0 s" in last[3]
     assert last[5]["schema"].startswith("axon-run/") and len(last[5]["tokens"]) < 50
 
 
 def test_inspector_when_the_runs_sae_cannot_load_again(app_module, monkeypatch):
     with contextlib.redirect_stdout(io.StringIO()):
-        run = list(app_module.run_generation(*_inputs(app_module, max_tokens=2)))[-1][4]
+        run = list(app_module.HANDLERS.run_generation(*_inputs(app_module, max_tokens=2)))[-1][4]
     feature = run.steps[0].features[0].index
 
     def gone(*args, **kwargs):
         raise LoadError("Could not download SAE gpt2-small-res-jb / blocks.8.hook_resid_pre: offline.")
 
-    monkeypatch.setattr(app_module.PAIRS, "get", gone)
-    head = app_module.inspect(run, feature)[0]
+    monkeypatch.setattr(app_module.SERVICES.pairs, "get", gone)
+    head = app_module.HANDLERS.inspect(run, feature)[0]
     assert head.startswith("Could not download SAE")
 
 
@@ -427,8 +431,8 @@ class _Labels:
     ({"reachable": None, "persistent": False}, "the label cache cannot be written", "unreachable"),
 ])
 def test_status_line_says_what_is_wrong_with_labels(app_module, monkeypatch, status, shown, hidden):
-    monkeypatch.setattr(app_module, "LABELS", _Labels(**status))
-    line = app_module.status_line()
+    monkeypatch.setattr(app_module.SERVICES, "labels", _Labels(**status))
+    line = app_module.HANDLERS.status_line()
     if shown:
         assert shown in line
     assert hidden not in line

@@ -143,3 +143,18 @@ def test_dropped_nodes_forgotten_and_bad_edges_ignored():
     assert all(np.isfinite(v).all() for v in pos.values())
     assert layout.update([], []) == {}
     assert list(layout.update([7], [])) == [7]
+
+
+def test_numpy_columns_give_the_same_positions_as_tuples():
+    """update_arrays (ids looked up by sorting) moves every node exactly as update
+    (dicts and tuples) does, frame after frame, unknown and self-loop edges included,
+    and nodes that leave and come back."""
+    by_tuples, by_arrays = ForceLayout(seed=3), ForceLayout(seed=3)
+    for f, (ids, edges) in enumerate(growth(frames=20, final=120)):
+        if f % 5 == 4:
+            ids = ids[::-2]  # half the nodes leave for a frame, the rest in another order
+        edges = edges + [(ids[0], ids[0], 2.0), (ids[-1], 10**6, 1.0)]
+        want = by_tuples.update(ids, edges)
+        a, b, w = (np.array(col) for col in zip(*edges))
+        by_arrays.update_arrays(np.array(ids, np.int64), a.astype(np.int64), b.astype(np.int64), w.astype(np.float64))
+        assert by_arrays.positions == want and list(by_arrays.positions) == ids

@@ -319,9 +319,9 @@ def test_what_crosses_zerogpus_process_boundary_pickles(app_module):
 
     app = app_module
     settings = GenerationSettings(max_new_tokens=4, seed=5)
-    steps = list(app.gpu_steps("gpt2-small-res-jb", "blocks.8.hook_resid_pre", "The capital of France is", settings))
+    steps = list(app.HANDLERS.gpu_steps("gpt2-small-res-jb", "blocks.8.hook_resid_pre", "The capital of France is", settings))
     assert [pickle.loads(pickle.dumps(s)) for s in steps] == steps
-    pair = app.PAIRS.get("gpt2-small-res-jb", "blocks.8.hook_resid_pre")
+    pair = app.SERVICES.pairs.get("gpt2-small-res-jb", "blocks.8.hook_resid_pre")
     assert steps == list(generate(pair, "The capital of France is", settings))
 
 
@@ -332,10 +332,10 @@ def test_zerogpu_path_streams_the_same_run_as_the_engine(app_module, monkeypatch
     app = app_module
     args = GENERATE_ARGS[:8] + [120, 21] + GENERATE_ARGS[10:]
     with contextlib.redirect_stdout(io.StringIO()):
-        engine_run = list(app.run_generation(*args))[-1][5]
-        monkeypatch.setattr(app, "ZERO_GPU", True)
-        frames = list(app.run_generation(*args))
-        steered = list(app.run_generation(*args[:12], "3:40", "npmi"))[-1]
+        engine_run = list(app.HANDLERS.run_generation(*args))[-1][5]
+        monkeypatch.setattr(app.SERVICES.settings, "zero_gpu", True)
+        frames = list(app.HANDLERS.run_generation(*args))
+        steered = list(app.HANDLERS.run_generation(*args[:12], "3:40", "npmi"))[-1]
     got, want = frames[-1][5]["tokens"], engine_run["tokens"]
     assert len(frames) >= 2 and len(got) == len(want)
     for a, b in zip(got, want):  # the same run (values to float rounding: thread counts may differ)

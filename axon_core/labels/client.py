@@ -1,0 +1,184 @@
+"""Neuronpedia over HTTP: one feature's label, one bulk batch, how many batches there are.
+
+Sources: ``GET {base}/api/feature/{modelId}/{sourceId}/{index}`` (first
+``explanations[].description``), and for bulk the gzip JSON-lines batches
+``{datasets}/v1/{modelId}/{sourceId}/explanations/batch-N.jsonl.gz``, listed
+by an S3 ListObjectsV2 call. Errors worth retrying raise
+:class:`LabelFetchError` (a 429: :class:`RateLimited`, with its
+``Retry-After``); "no such feature" and "no label" are ``None``.
+
+Worked example::
+
+    client = NeuronpediaClient()                       # env-var defaults, see the package doc
+    client.fetch_feature("gpt2-small/8-res-jb", 4821)  # 'European capitals' (None: it has no label)
+    client.count_batches("gpt2-small/8-res-jb")        # 24 (None: the bucket cannot be listed)
+    client.download_batch("gpt2-small/8-res-jb", 0)    # {0: '...', 1: '...', ...}; None past the last
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import gzip
+import json
+import os
+import re
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Mapping
+
+DEFAULT_BASE_URL = "https://www.neuronpedia.org"
+DEFAULT_DATASETS_URL = "https://neuronpedia-datasets.s3.us-east-1.amazonaws.com"
+USER_AGENT = "axon-labels/1"
+
+class LabelFetchError(RuntimeError):
+    """A fetch failed in a way worth retrying later."""
+
+
+class RateLimited(LabelFetchError):
+    def __init__(self, retry_after: float):
+        super().__init__(f"HTTP 429, retry after {retry_after:.0f} s")
+        self.retry_after = retry_after
+
+
+class PrefetchError(LabelFetchError):
+    """A bulk batch could not be downloaded; finished batches are kept."""
+
+
+def split_np_id(np_id: str) -> tuple[str, str]:
+    model_id, _, source_id = np_id.partition("/")
+    if not model_id or not source_id or "/" in source_id:
+        raise ValueError(f"Neuronpedia id must look like 'gpt2-small/8-res-jb', got {np_id!r}")
+    return model_id, source_id
+
+
+def _http_get(url: str, headers: Mapping[str, str], timeout: float):
+    """(status, body, headers); HTTP error statuses are returned, network errors raise."""
+    req = urllib.request.Request(url, headers={"User-Agent": USER_AGENT, **headers})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, resp.read(), resp.headers
+    except urllib.error.HTTPError as e:
+        with contextlib.suppress(Exception):
+            e.close()
+        return e.code, b"", e.headers
+
+
+def _retry_after(value: str | None, default: float = 60.0) -> float:
+    if not value:
+        return default
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError):
+            return default
+    return min(max(seconds, 1.0), 3600.0)
+
+
+def _parse_feature(body: bytes) -> str | None:
+    """The best explanation of a ``/api/feature`` response, None if it has none."""
+    data = json.loads(body)
+    if not isinstance(data, dict) or not isinstance(data.get("explanations"), list):
+        raise ValueError("response has no 'explanations' list")
+    for exp in data["explanations"]:
+        desc = exp.get("description") if isinstance(exp, dict) else None
+        if isinstance(desc, str) and desc.strip():
+            return desc
+    return None
+
+
+def _parse_batch(raw: bytes, source_id: str) -> dict[int, str]:
+    """index -> first description in a (gzipped) JSON-lines explanations batch."""
+    text = gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
+    out: dict[int, str] = {}
+    lines = bad = 0
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        lines += 1
+        try:
+            row = json.loads(line)
+            index, desc = int(row["index"]), row["description"]
+        except (ValueError, TypeError, KeyError):
+            bad += 1
+            continue
+        if row.get("layer", source_id) != source_id:
+            continue
+        if isinstance(desc, str) and desc.strip():
+            out.setdefault(index, desc)
+    if lines and bad == lines:
+        raise ValueError("no line of the batch is an explanation record")
+    return out
+
+
+def _quote(segment: str) -> str:
+    return urllib.parse.quote(segment, safe="")
+
+
+class NeuronpediaClient:
+    """Blocking calls to Neuronpedia's API (``base_url``) and bulk bucket (``datasets_url``)."""
+
+    def __init__(self, base_url: str | None = None, datasets_url: str | None = None, api_key: str | None = None,
+                 timeout: float = 3.0):
+        env = os.environ.get
+        self.base_url = (base_url or env("AXON_NEURONPEDIA_URL") or DEFAULT_BASE_URL).rstrip("/")
+        self.datasets_url = (
+            datasets_url or env("AXON_NEURONPEDIA_DATASETS_URL") or DEFAULT_DATASETS_URL
+        ).rstrip("/")
+        self.api_key = api_key if api_key is not None else env("NEURONPEDIA_API_KEY") or None
+        self.timeout = timeout
+
+    def fetch_feature(self, np_id: str, index: int) -> str | None:
+        """One feature's label; None where Neuronpedia has none (or no such feature)."""
+        model_id, source_id = split_np_id(np_id)
+        url = f"{self.base_url}/api/feature/{_quote(model_id)}/{_quote(source_id)}/{index}"
+        headers = {"Accept": "application/json"}
+        if self.api_key:
+            headers["x-api-key"] = self.api_key
+        status, body, resp_headers = _http_get(url, headers, self.timeout)
+        if status == 200:
+            return _parse_feature(body)
+        if status == 404:
+            return None
+        if status == 429:
+            raise RateLimited(_retry_after(resp_headers.get("Retry-After") if resp_headers else None))
+        raise LabelFetchError(f"HTTP {status}")
+
+    def download_batch(self, np_id: str, batch: int, retries: int = 0,
+                       timeout: float = 60.0) -> dict[int, str] | None:
+        """Batch ``batch`` of ``np_id``'s explanations (index → label), tried
+        ``retries + 1`` times; None where there is no such batch (403/404: past the last).
+        Raises :class:`PrefetchError` when every try failed."""
+        model_id, source_id = split_np_id(np_id)
+        url = f"{self.datasets_url}/v1/{_quote(model_id)}/{_quote(source_id)}/explanations/batch-{batch}.jsonl.gz"
+        err: Exception | None = None
+        for attempt in range(retries + 1):
+            if attempt:
+                time.sleep(min(30.0, 2.0**attempt))
+            try:
+                status, body, _ = _http_get(url, {}, timeout)
+                if status in (403, 404):
+                    return None
+                if status != 200:
+                    raise LabelFetchError(f"HTTP {status}")
+                return _parse_batch(body, source_id)
+            except (OSError, EOFError, ValueError, LabelFetchError) as e:  # network, gzip, JSON
+                err = e
+        raise PrefetchError(f"{url}: {type(err).__name__}: {err}") from err
+
+    def count_batches(self, np_id: str) -> int | None:
+        """Number of batch files, from an S3 ListObjectsV2 call; None if unlistable."""
+        prefix = f"v1/{np_id}/explanations/"
+        url = f"{self.datasets_url}/?list-type=2&prefix={urllib.parse.quote(prefix)}"
+        try:
+            status, body, _ = _http_get(url, {}, self.timeout)
+        except (OSError, ValueError):
+            return None
+        if status != 200 or b"<IsTruncated>true</IsTruncated>" in body:
+            return None
+        keys = re.findall(rb"<Key>([^<]*)</Key>", body)
+        return sum(1 for k in keys if re.search(rb"/batch-\d+\.jsonl\.gz$", k)) or None

@@ -1,0 +1,48 @@
+"""The bulk download: every published explanation batch of one SAE, each stored once, resumable.
+
+Batches are numbered from 0 until the bucket answers 403/404. Each is stored
+with a "done" mark in one transaction (by ``store_batch``), so an interrupted
+prefetch resumes at the first missing batch; ``progress(done, total)`` hears
+each (``total`` None where the bucket cannot be listed).
+
+Worked example (what :meth:`LabelService.prefetch` does)::
+
+    stored = prefetch_all(client, "gpt2-small/8-res-jb", done={0, 1},
+                          store_batch=lambda batch, labels: len(labels),
+                          progress=lambda done, total: print(done, total))
+    # 2 24, 3 24, ..., 24 24 -> the labels stored by this call (batches 0 and 1 were done)
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from .client import NeuronpediaClient, split_np_id
+
+Progress = Callable[[int, "int | None"], None]
+MAX_BATCHES = 1_000_000
+
+
+def prefetch_all(client: NeuronpediaClient, np_id: str, done: set[int],
+                 store_batch: Callable[[int, dict[int, str]], int], progress: Progress | None = None, *,
+                 retries: int = 0, timeout: float = 60.0) -> int:
+    """Download the batches of ``np_id`` not in ``done``, hand each to
+    ``store_batch(batch, labels)``, and return the sum of what it returned.
+    Raises :class:`~axon_core.labels.client.PrefetchError` where a batch fails
+    ``retries + 1`` times (the batches before it stay stored)."""
+    split_np_id(np_id)  # a ValueError before any request
+    total = client.count_batches(np_id)
+    finished, stored, batch = len(done), 0, 0
+    if progress:
+        progress(finished, total)
+    while batch < MAX_BATCHES:
+        if batch not in done:
+            labels = client.download_batch(np_id, batch, retries, timeout)
+            if labels is None:  # 404/403: no more batches
+                break
+            stored += store_batch(batch, labels)
+            finished += 1
+            if progress:
+                progress(finished, max(total, finished) if total else None)
+        batch += 1
+    return stored

@@ -1,0 +1,105 @@
+"""The inspector and the steering box: what one feature did in the run, and a steering entry for it.
+
+Worked example::
+
+    view = inspect(services, run, 4821)
+    view.head            # '### European capitals\\n\\nfeature **#4821** · now 3.20 · peak 5.10 · fired on 4 tokens …'
+    view.history         # DataFrame position, activation: the inspector's plot
+    view.neighbours      # DataFrame feature, label, npmi, co_fired
+    view.steer_feature   # 4821 (None: a feature of another layer than the steered SAE's)
+    add_steer(run, 4821, 2, "88:-3")   # ('88:-3, 4821:10.2', None): 2 × its peak of 5.1
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from ..loading import LoadError
+
+if TYPE_CHECKING:
+    from ..session import RunSession
+    from .services import Services
+
+INSPECT_HINT = ("**Inspector.** Generate, then click a node in the graph or a row of the table: "
+                "its label, activation over the run, co-firing neighbours and the tokens it pushed show here.")
+NEIGHBOUR_COLUMNS = ["feature", "label", "npmi", "co_fired"]
+PUSH_COLUMNS = ["token", "attribution"]
+HISTORY_COLUMNS = ["position", "activation"]
+
+
+@dataclass
+class Inspection:
+    """The inspector's outputs. ``history`` None: clear the plot; ``text`` /
+    ``steer_feature`` None: leave the text and the steering box's feature as they are."""
+
+    head: str
+    history: pd.DataFrame | None
+    neighbours: pd.DataFrame
+    pushes: pd.DataFrame
+    text: str | None = None
+    steer_feature: int | None = None
+
+
+def empty_inspection(head: str = INSPECT_HINT) -> Inspection:
+    return Inspection(head, None, pd.DataFrame(columns=NEIGHBOUR_COLUMNS), pd.DataFrame(columns=PUSH_COLUMNS))
+
+
+def inspect(services: "Services", run: "RunSession | None", key) -> Inspection:
+    """The inspector for one graph node (``key``: the feature's index, or in a
+    run of several layers its :func:`node_key`)."""
+    if run is None or key is None:
+        return empty_inspection()
+    try:
+        key = int(key)
+    except (TypeError, ValueError):
+        return empty_inspection()
+    try:  # the run's SAE may have left the cache since, and not load again (offline, memory)
+        pair_model = services.pairs.get(run.meta["release"], run.meta["sae_id"]).model
+    except LoadError as err:
+        return empty_inspection(html.escape(str(err)))
+    info = run.inspector(key, lambda t: pair_model.tokenizer.decode([t]))
+    if info is None:
+        return empty_inspection()
+    link = f" · [Neuronpedia]({info['url']})" if info["url"] else ""
+    where = f" · layer {info['layer']}" if info["layer"] is not None else ""
+    head = (f"### {html.escape(info['label'])}\n\nfeature **#{info['index']}**{where} · now {info['activation']:.2f}"
+            f" · peak {info['peak']:.2f} · fired on {info['tokens']} tokens{link}")
+    # steering acts on the run's primary SAE: a feature of another layer is not put in the steering box
+    steerable = info["index"] if not run.layered or info["layer"] == run.primary_layer else None
+    return Inspection(head, pd.DataFrame(info["history"], columns=HISTORY_COLUMNS),
+                      pd.DataFrame(info["neighbours"], columns=NEIGHBOUR_COLUMNS).round(3),
+                      pd.DataFrame(info["pushes"], columns=PUSH_COLUMNS).round(3),
+                      run.text_html(highlight=key), steerable)
+
+
+def key_of_row(run: "RunSession | None", row) -> int | None:
+    """The graph key of a features-table row (``[feature, layer, ...]``), or None."""
+    if not row or run is None:
+        return None
+    try:
+        return run.key(int(row[0]), int(row[1]) if row[1] is not None else None)
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
+def format_steer(spec) -> str:
+    """A steering spec as the steering box shows it: ``((1234, 8.5), (88, -3.0))`` → "1234:8.5, 88:-3"."""
+    return ", ".join(f"{f}:{c:g}" for f, c in spec)
+
+
+def add_steer(run: "RunSession | None", feature, strength, current) -> tuple[str, str | None]:
+    """The steering box with "feature:coefficient" appended, and a warning (or
+    None); the strength is in units of the feature's peak activation in the
+    current run (1 unit if it has none)."""
+    try:
+        feature = int(feature)
+    except (TypeError, ValueError):
+        return current, "Pick a feature first (click a node or a table row)."
+    key = run.key(feature, run.primary_layer) if run is not None else feature  # the picked SAE's feature
+    peak = run.graph.node(key).peak if run is not None and key in run.graph else 1.0
+    entry = f"{feature}:{float(strength) * peak:.4g}"
+    return (f"{current.strip()}, {entry}" if current and current.strip() else entry), None

@@ -1,0 +1,230 @@
+"""The page's event handlers: :mod:`axon_core.page`'s plain values, turned into Gradio updates.
+
+Every handler here is thin: it reads what Gradio hands it (``gr.Request``,
+``gr.Progress``, ``gr.SelectData``), asks a Gradio-free function of
+:mod:`axon_core.page` (tested without a server), and returns that as the
+outputs ``app.py`` wired it to: ``None`` there (keep what is shown) becomes
+``gr.skip()``, a notice ``gr.Info``/``gr.Warning`` (escaped: Gradio renders
+them as HTML), a choice list ``gr.update(choices=..., value=...)``.
+
+Worked example (what ``app.py`` does)::
+
+    services = Services.start(hub_notice=configure_hub())
+    handlers = Handlers(services, gpu_steps=gpu_steps_for(services))
+    run_btn.click(handlers.generate_for_session, inputs, outputs, ...)
+    handlers.page = demo            # once the Blocks are built (see generate_for_session)
+"""
+
+from __future__ import annotations
+
+import html
+import os
+
+import gradio as gr
+
+from axon_core.page import causal, downloads, inspector, links, picker, view
+from axon_core.page.run import Frame, Notice, Scrub, run_frames
+from axon_core.page.sessions import SessionRuns
+from axon_core.page.status import status_line
+from axon_core.session import RunSession
+
+from .gradio_state import drop_stale_entries
+
+
+def _or_skip(value):
+    return gr.skip() if value is None else value
+
+
+def scrub_update(scrub: Scrub | None):
+    """The token slider's update (its range and value), or skip."""
+    return gr.skip() if scrub is None else gr.update(minimum=scrub.minimum, maximum=scrub.maximum, value=scrub.value)
+
+
+def notify(text: str, kind: str = "info") -> None:
+    """A pop-up: Gradio renders its text as HTML, so ours is escaped."""
+    (gr.Warning if kind == "warning" else gr.Info)(html.escape(text))
+
+
+def frame_outputs(frame: Frame) -> list:
+    """One frame as Generate's outputs: text, graph, table, status, state, run JSON,
+    the two download buttons, timeline, comparison, token slider."""
+    if frame.warning is not None:
+        notify(frame.warning, "warning")
+    out = [_or_skip(frame.text), _or_skip(frame.figure), _or_skip(frame.table), frame.status, frame.run]
+    if frame.ending is not None:
+        ready = gr.update(interactive=True)
+        out += [frame.ending.run_json, ready, ready, frame.ending.timeline, frame.ending.compare]
+    else:
+        out += [gr.skip()] * 5
+    return out + [scrub_update(frame.scrub)]
+
+
+def _loading(progress):
+    return None if progress is None else (lambda frac, msg: progress(frac, desc=msg))
+
+
+class Handlers:
+    """The handlers of one page, over this process's ``services``."""
+
+    def __init__(self, services, gpu_steps=None):
+        self.services = services
+        self.gpu_steps = gpu_steps  # ZeroGPU's GPU call (ui/zerogpu.py)
+        self.session_runs = SessionRuns()
+        self.page = None  # the Blocks, once built: its per-session state is trimmed after each run
+
+    def status_line(self, run: RunSession | None = None, extra: str | None = None, state: str = "idle") -> str:
+        return status_line(self.services, run, extra, state)
+
+    # ---- generation
+
+    def run_generation(self, *inputs, progress=None):
+        """Generate's frames as output lists (:func:`axon_core.page.run.run_frames`)."""
+        frames = run_frames(self.services, *inputs, progress=_loading(progress), gpu_steps=self.gpu_steps)
+        try:
+            for item in frames:
+                if isinstance(item, Notice):
+                    notify(item.text, item.kind)
+                else:
+                    yield frame_outputs(item)
+        finally:
+            frames.close()
+
+    def generate_for_session(self, request: gr.Request, progress=gr.Progress(), *inputs):
+        """The Generate, Enter and Steer events: :meth:`run_generation` for this
+        browser session, which it keeps to one run at a time (see :class:`SessionRuns`)."""
+        key = getattr(request, "session_hash", None)
+        ticket = self.session_runs.start(key)
+        frames = self.run_generation(*inputs, progress=progress)
+        try:
+            for frame in frames:
+                if self.session_runs.superseded(key, ticket):
+                    return
+                yield frame
+        finally:
+            frames.close()  # Stop (or a superseding run) ends the generator at once
+            self.session_runs.finish(key, ticket)
+            drop_stale_entries(self.page, key)  # what Gradio would keep of this run's frames for the session's life
+
+    def autorun_generation(self, request: gr.Request, autorun, *inputs):
+        if not autorun:
+            return
+        yield from self.generate_for_session(request, gr.Progress(), *inputs)
+
+    @staticmethod
+    def forget_run(run: RunSession | None) -> None:
+        """A session's state expired or the session closed: drop its run's buffers."""
+        if run is not None:
+            run.compact()
+
+    def engine_stats(self) -> dict:
+        """Engine counters (generations computed, attached, replayed; batched and
+        single steps; recent runs' step counts and times): no prompts, no content."""
+        return self.services.engine.stats()
+
+    # ---- downloads
+
+    def prepare_download(self, run: RunSession | None, kind: str):
+        """Write one download when a person asks for it (the hidden DownloadButton's value)."""
+        path, warning = downloads.prepare_download(self.services, run, kind)
+        if path is None:
+            gr.Warning(warning)
+            return None  # no file: the page's script then starts no download
+        return gr.update(value=str(path))
+
+    # ---- picker
+
+    def releases_for(self, model):
+        names = picker.release_names(self.services.catalogue, model)
+        value = names[0] if names else None
+        return gr.update(choices=names, value=value), self.sae_ids_for(value)
+
+    def sae_ids_for(self, release):
+        ids, value = picker.sae_ids_for(self.services.catalogue, release)
+        return gr.update(choices=ids, value=value)
+
+    def layer_choices(self, release, sae_id) -> list[int]:
+        return picker.layer_choices(self.services.catalogue, release, sae_id)
+
+    def layers_for(self, release, sae_id, current):
+        """The layer picker after the SAE changed: its choices, keeping what still applies."""
+        choices = self.layer_choices(release, sae_id)
+        return gr.update(choices=choices, value=picker.kept_layers(current, choices))
+
+    def load_choice(self, release, sae_id, progress=gr.Progress()):
+        line, warning = picker.load_choice(self.services, release, sae_id, progress=_loading(progress))
+        if warning:
+            gr.Warning(warning)
+        return line
+
+    def prefetch_labels(self, release, sae_id, progress=gr.Progress()):
+        return picker.prefetch_labels(self.services, release, sae_id, progress=lambda done, total: progress(
+            (done / total) if total else 0.0, desc=f"labels: batch {done}"))
+
+    # ---- inspector, steering, moving through the run
+
+    def inspect(self, run: RunSession | None, key):
+        """Inspector head, activation plot, neighbours, pushes, text, feature to steer."""
+        v = inspector.inspect(self.services, run, key)
+        plot = None if v.history is None else gr.LinePlot(v.history, x="position", y="activation", height=180)
+        return v.head, plot, v.neighbours, v.pushes, _or_skip(v.text), _or_skip(v.steer_feature)
+
+    def inspect_from_table(self, run, evt: gr.SelectData):
+        return self.inspect(run, inspector.key_of_row(run, getattr(evt, "row_value", None)))
+
+    def inspect_from_graph(self, run, evt: gr.SelectData):
+        return self.inspect(run, evt.value if evt.value is not None else evt.index)
+
+    def add_steer(self, run: RunSession | None, feature, strength, current):
+        text, warning = inspector.add_steer(run, feature, strength, current)
+        if warning:
+            gr.Warning(warning)
+        return text
+
+    def redraw(self, run: RunSession | None, kind):
+        return _or_skip(view.redraw(run, kind))
+
+    @staticmethod
+    def _token_view(v: view.TokenView | None):
+        if v is None:
+            return (gr.skip(),) * 5
+        return v.figure, v.text, v.table, v.timeline, scrub_update(v.scrub)
+
+    def scrub_to(self, run: RunSession | None, position):
+        return self._token_view(view.scrub_to(run, position))
+
+    def highlight_token(self, run: RunSession | None, evt: gr.SelectData):
+        return self._token_view(view.highlight_token(run, evt.value if evt.value is not None else evt.index))
+
+    def causal_for_token(self, run: RunSession | None):
+        """Graph, edge picker, effects table, note."""
+        v = causal.causal_for_token(self.services, run)
+        if v.figure is None:
+            return gr.skip(), gr.skip(), v.table, v.note
+        return v.figure, "causal", v.table, v.note
+
+    # ---- share links
+
+    @staticmethod
+    def _base_url(request: gr.Request | None) -> str:
+        return links.base_url(os.environ.get("SPACE_ID"), request.headers if request else None)
+
+    def share_link(self, run: RunSession | None, prompt, model, release, sae_id, temperature, top_k, top_p,
+                   repetition_penalty, max_tokens, seed, feature_k, threshold, steer, layers, request: gr.Request):
+        """A link that reopens and reruns this prompt with these settings (and, when
+        the graph is scrubbed to a token, shows that token)."""
+        return links.share_link(self.services, self._base_url(request), run.at if run is not None else None,
+                                prompt, model, release, sae_id, temperature, top_k, top_p, repetition_penalty,
+                                max_tokens, seed, feature_k, threshold, steer, layers)
+
+    def from_query(self, request: gr.Request):
+        """Fill the inputs from the page's query string; start at once with autorun=1."""
+        params = dict(request.query_params) if request else {}
+        f = links.from_query(self.services, params, self._base_url(request))
+        if f.notices:
+            notify("Link: " + "; ".join(f.notices)[:300])  # a link's text is not markup
+        if f.layer_notice:
+            notify(f"Link: {f.layer_notice}")
+        return (f.prompt, f.model, gr.update(choices=f.release_choices, value=f.release),
+                gr.update(choices=f.sae_id_choices, value=f.sae_id), f.temperature, f.top_k, f.top_p,
+                f.repetition_penalty, f.max_tokens, f.seed, f.feature_k, f.threshold, f.steer, f.autorun, f.at,
+                f.embed_open, gr.update(choices=f.layer_choices, value=f.layers))
