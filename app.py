@@ -58,6 +58,22 @@ EMBED_HEAD = ('<script>if (new URLSearchParams(location.search).get("embed") ===
 EMPTY_TEXT = ('<div class="axon-text axon-empty">Type a prompt and press <b>Generate</b>: the text appears here, '
               'token by token. Hover a token for its features; click it to see the graph as it was then.</div>')
 FULL = ["axon-full"]  # hidden in the embed view
+# Saves the file a download component was just given (Gradio's FileData: url,
+# orig_name): a link with a download name, clicked. From this app's own origin
+# the browser saves the URL itself; from another one (a proxy in between) a
+# link's download name is ignored, so the bytes are fetched into a blob first.
+SAVE_FILE = """async (file) => {
+  if (!file || !file.url) return;
+  const a = document.createElement('a');
+  a.download = file.orig_name || 'axon-download';
+  a.href = file.url;
+  if (new URL(file.url, location.href).origin !== location.origin) {
+    try { a.href = URL.createObjectURL(await (await fetch(file.url)).blob()); }
+    catch (e) { console.error('AXON: download failed', e); return; }
+    setTimeout(() => URL.revokeObjectURL(a.href), 60000);
+  }
+  document.body.appendChild(a); a.click(); a.remove();
+}"""
 
 with gr.Blocks(title="AXON", delete_cache=(int(EXPORT_MAX_AGE), int(EXPORT_MAX_AGE))) as demo:
     run_state = gr.State(None, time_to_live=SESSION_TTL, delete_callback=HANDLERS.forget_run)
@@ -186,11 +202,9 @@ with gr.Blocks(title="AXON", delete_cache=(int(EXPORT_MAX_AGE), int(EXPORT_MAX_A
     inspector_outputs = [inspector_head, inspector_plot, neighbours, pushes, text, steer_feature]
     table.select(HANDLERS.inspect_from_table, run_state, inspector_outputs, api_visibility="private")
     graph.select(HANDLERS.inspect_from_graph, run_state, inspector_outputs, api_visibility="private")
-    click_file = "() => {{ const b = document.querySelector('#{} a, #{} button'); if (b) b.click(); }}"
-    json_btn.click(functools.partial(HANDLERS.prepare_download, kind="json"), run_state, json_file,
-                   api_visibility="private").then(None, js=click_file.format("axon-dl-json", "axon-dl-json"))
-    html_btn.click(functools.partial(HANDLERS.prepare_download, kind="html"), run_state, html_file,
-                   api_visibility="private").then(None, js=click_file.format("axon-dl-html", "axon-dl-html"))
+    for button, file, kind in ((json_btn, json_file, "json"), (html_btn, html_file, "html")):
+        button.click(functools.partial(HANDLERS.prepare_download, kind=kind), run_state, file,
+                     api_visibility="private").then(None, file, None, js=SAVE_FILE)
     gr.api(HANDLERS.engine_stats, api_name="engine_stats", api_visibility="undocumented")
     load_event = demo.load(HANDLERS.from_query, None, inputs[:13] + [autorun_state, at_state, embed_open, layers],
                            api_visibility="private")

@@ -19,6 +19,8 @@ primary's layer falls back to ``label_of``), and each edge its
 ``"source_layer"`` and ``"target_layer"``. Schema ``axon-run/2`` adds just
 that to ``axon-run/1``, which :func:`run_from_json` still reads.
     page = standalone_html(figure_dict(snap, pos, labels), "AXON run", generated_text)
+    download_name("The capital of France is", "gpt2-small", date(2026, 12, 1), "json")
+    # 'axon-the-capital-of-france-is-gpt2-small-20261201.json'
 
 ``meta`` is passed through as given (model, release, sae_id, neuronpedia_id and a
 ``versions`` dict of torch / transformer_lens / sae_lens / axon are expected);
@@ -31,16 +33,21 @@ script element, and the title and text are HTML-escaped.
 from __future__ import annotations
 
 import html
+import re
+import unicodedata
 from dataclasses import asdict, fields
 from functools import lru_cache
 from importlib import resources
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import orjson
 
 from .features import FeatureHit, split_key
 from .generation import GenerationSettings, TokenStep
 from .graph import GraphState, LabelSource, label_fn
+
+if TYPE_CHECKING:
+    from datetime import date
 
 SCHEMA = "axon-run/2"
 READABLE = ("axon-run/1", SCHEMA)  # /1: one SAE, features without "layer", no meta["saes"]
@@ -156,6 +163,26 @@ def standalone_html(figure: dict, title: str, text: str) -> str:
     """One HTML file that shows ``figure`` and the generated ``text``, offline."""
     return _PAGE.format(title=html.escape(title), text=html.escape(text),
                         figure=json_for_script(figure), plotly=plotly_js())
+
+
+def slug(text: str, max_chars: int = 40) -> str:
+    """``text`` as lowercase ASCII words joined by ``-``, whole words up to ``max_chars``:
+    ``slug("Café, 1969: the Moon!")`` is ``'cafe-1969-the-moon'``; ``slug("東京")`` is ``''``."""
+    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+    words, out = re.findall(r"[a-z0-9]+", ascii_text.lower()), ""
+    for word in words:
+        if out and len(out) + 1 + len(word) > max_chars:
+            break
+        out = f"{out}-{word}" if out else word[:max_chars]
+    return out
+
+
+def download_name(prompt: str, model: str, day: "date", ext: str) -> str:
+    """The name a download is saved under: ``axon-<prompt>-<model>-<yyyymmdd>.<ext>``,
+    each part a :func:`slug` (a prompt with no ASCII letters or digits is left out),
+    so it is safe on any file system and says which run it is."""
+    parts = ["axon", slug(prompt), slug(model.replace("/", " "), 60), day.strftime("%Y%m%d")]
+    return "-".join(p for p in parts if p) + "." + ext
 
 
 if __name__ == "__main__":

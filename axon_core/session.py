@@ -35,7 +35,7 @@ import numpy as np
 
 from .depth import virtual_weights
 from .edges import EDGE_KINDS, SIGNED_KINDS, npmi_neighbours, score_edge_columns, score_edges
-from .export import run_to_json, standalone_html
+from .export import download_name, run_to_json, standalone_html
 from .features import key_name, node_key, split_key, split_keys
 from .figure import figure_dict, to_json
 from .generation import GenerationSettings, LayerSae, TokenStep, hook_layer
@@ -481,6 +481,12 @@ class RunSession:
         fig = {**fig, "layout": {**fig["layout"], "scene": {**scene, "camera": {**scene["camera"], "eye": eye}}}}
         title = f"AXON · {self.meta.get('release', '')} / {self.meta.get('sae_id', '')}"
         return standalone_html(fig, title, "".join(s.shown for s in self.steps))
+
+    def download_name(self, ext: str, day) -> str:
+        """What a download of this run is saved as (``day``: a ``datetime.date``), e.g.
+        ``axon-the-capital-of-france-is-gpt2-small-20261201.json``."""
+        prompt = "".join(s.shown for s in self.steps if s.is_prompt)
+        return download_name(prompt, str(self.meta.get("model") or ""), day, ext)
 
     def settings_dict(self) -> dict:
         return asdict(self.settings)

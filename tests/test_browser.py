@@ -33,6 +33,7 @@ import importlib
 import os
 import re
 import shutil
+import time
 import urllib.parse
 import warnings
 
@@ -926,6 +927,155 @@ def test_layers_from_a_link_are_depth_planes_and_a_token_can_be_tested(app, brow
         link = page.evaluate("[...document.querySelectorAll('textarea, input')].map(e => e.value)"
                              ".find(v => v.includes('layers='))")
         assert "layers=2%2C5%2C11" in link, link
+        assert not w.errors, w.errors
+    finally:
+        w.close()
+
+
+# ---- 18-19: the controls do what they say in a real browser (issues 25, 26) ---------------------
+
+
+class _Figure(html.parser.HTMLParser):
+    """The standalone page's parts: the embedded figure's JSON, the text, the scripts."""
+
+    def __init__(self):
+        super().__init__()
+        self.figure, self.text, self.scripts, self._in = "", "", [], None
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        self._in = "figure" if a.get("id") == "axon-figure" else "text" if a.get("id") == "text" else tag
+        if tag == "script":
+            self.scripts.append("")
+
+    def handle_endtag(self, tag):
+        self._in = None
+
+    def handle_data(self, data):
+        if self._in == "figure":
+            self.figure += data
+        elif self._in == "text":
+            self.text += data
+        if self._in in ("script", "figure") and self.scripts:
+            self.scripts[-1] += data
+
+
+def test_download_buttons_deliver_the_runs_files(app, browser):
+    """After a run, each download button makes the browser save a file: the run
+    JSON (it parses and is the same run as /generate's), and the standalone graph
+    page (it parses, holds the plot of the run's features, plotly.js inlined),
+    each under a name that says which run: prompt, model and date. Before, the
+    page's script looked for a link inside the hidden DownloadButton, found none,
+    and no download ever started."""
+    import json
+
+    query = {"prompt": "The capital of France is", "max_tokens": 12, "seed": 3, "autorun": 1}
+    want = api_run(app, query["prompt"], query["max_tokens"], query["seed"])
+    context = browser.new_context(viewport={"width": 1280, "height": 800}, accept_downloads=True)
+    try:
+        page = context.new_page()
+        page.set_default_timeout(LONG)
+        page.goto(app.url + "?" + urllib.parse.urlencode(query))
+        wait_for_autorun(page)
+        got = {}
+        for name, kind in (("Download run (JSON)", "json"), ("Download graph (standalone HTML)", "html")):
+            with page.expect_download(timeout=60_000) as download:
+                page.get_by_role("button", name=name, exact=True).click()
+            d = download.value
+            assert d.failure() is None, d.failure()
+            got[kind] = (d.suggested_filename, open(d.path(), encoding="utf-8").read())
+            print(f"\n{name}: {d.suggested_filename}, {len(got[kind][1])} characters")
+            assert re.fullmatch(rf"axon-the-capital-of-france-is-gpt2-small-\d{{8}}\.{kind}", d.suggested_filename)
+        run = json.loads(got["json"][1])
+        assert run["schema"] == want["schema"] and run["settings"] == want["settings"]
+        assert run["tokens"] == want["tokens"] and run["edges"] == want["edges"]
+        assert {k: run["meta"][k] for k in ("model", "release", "sae_id")} == \
+            {k: want["meta"][k] for k in ("model", "release", "sae_id")}
+        assert "".join(t["text"] for t in run["tokens"]).startswith("The capital of France is")
+        page_ = _Figure()
+        page_.feed(got["html"][1])
+        figure = json.loads(page_.figure)
+        nodes = next(t for t in figure["data"] if t.get("name") == "features")
+        seen = {f["index"] for t in run["tokens"] for f in t["features"]}
+        assert set(nodes["customdata"]) == seen, "the page's graph is not this run's features"
+        assert page_.text.startswith("The capital of France is")
+        assert max(len(s) for s in page_.scripts) > 1_000_000  # plotly.js inlined: works offline
+        # asked twice, it is written twice (on demand), and delivered again
+        with page.expect_download(timeout=60_000) as again:
+            page.get_by_role("button", name="Download run (JSON)", exact=True).click()
+        assert json.loads(open(again.value.path(), encoding="utf-8").read())["tokens"] == want["tokens"]
+    finally:
+        context.close()
+
+
+GESTURE_STATE = "(() => { const b = document.querySelector('#axon-status [data-state]'); return b && b.dataset.state; })()"
+COUNTS = "Object.assign({}, window.__axonGraphCounts)"
+
+
+def test_the_live_graph_can_be_orbited_while_the_run_streams(app, browser):
+    """A drag across the graph during a run turns the camera, and the camera the
+    person set holds through the frames drawn after it. Frames that arrive while
+    the pointer is down are held (the newest kept) and drawn when it is released;
+    before, each frame's Plotly.react put the layout's camera back mid-drag, and
+    the drag ended where it began. Decided on the page's own counts: the mouse is
+    released only after a frame has arrived during the drag and was either drawn
+    (the old page: the gesture is cut) or held (this page)."""
+    query = {"prompt": "Orbit the graph while it grows", "max_tokens": 200, "seed": 4, "layers": "2,5,11", "steer": "5:8"}
+    w = Watched(browser, app.url + "?" + urllib.parse.urlencode(query))
+    try:
+        page = w.page
+        page.set_viewport_size({"width": 1280, "height": 800})
+        page.wait_for_function(f"document.querySelector('textarea').value === {query['prompt']!r}")
+        page.wait_for_function(f"{BUSY} === 0")  # the link's settings are in (3 layers, 200 tokens)
+        # A first run starts WebGL and draws the scene; the drag comes as soon as the second one runs.
+        page.get_by_role("button", name="Generate", exact=True).click()
+        page.wait_for_function(f"{GESTURE_STATE} === 'done' && window.__axonGraphCounts.caughtUp")
+        # A busy machine may end a run before the drag is over: then the drag is tried on
+        # a new run (up to 3), decided on the run's state, never on a clock.
+        for attempt in range(3):
+            page.locator("textarea").first.fill(f"Orbit the graph while it grows, try {attempt}")
+            page.get_by_role("button", name="Generate", exact=True).click()
+            page.wait_for_function(f"{GESTURE_STATE} === 'running'")
+            page.evaluate("document.querySelector('.axon-graph').scrollIntoView({block: 'center'})")
+            box = page.locator(".axon-graph").bounding_box()
+            assert box["y"] >= 0 and box["y"] + box["height"] <= 800, box
+            cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+            eye0, before = page.evaluate(EYE), page.evaluate(GESTURE_STATE)
+            page.mouse.move(cx, cy)
+            page.mouse.down()
+            pressed = time.monotonic()
+            for i in range(1, 13):  # ~1 s, 180 px to the right
+                page.mouse.move(cx + 15 * i, cy + 5 * i)
+                page.wait_for_timeout(80)
+            c = page.evaluate(COUNTS)
+            page.wait_for_function("c => { const n = window.__axonGraphCounts; return n.received > c.received"
+                                   f" && (n.drawn > c.drawn || n.held > c.held) || {GESTURE_STATE} !== 'running'; }}",
+                                   arg=c)
+            during = page.evaluate(COUNTS)
+            page.mouse.up()
+            held_s = time.monotonic() - pressed  # printed, not decided on
+            eye1, after = page.evaluate(EYE), page.evaluate(GESTURE_STATE)
+            moved = max(abs(eye1[k] - eye0[k]) for k in "xyz")
+            print(f"\ndrag of {held_s:.1f} s during the run ({before} → {after}): eye {eye0} → {eye1} "
+                  f"(moved {moved:.3f}); counts after the moves {c}, before release {during}")
+            if before == after == "running":
+                break
+            page.wait_for_function(f"{GESTURE_STATE} === 'done' && window.__axonGraphCounts.caughtUp")
+        assert before == after == "running", "three runs ended before the drag did: make the run longer"
+        assert moved > 0.1, "a drag during the run did not turn the camera"
+        assert during["drawn"] == c["drawn"], "a frame was drawn while the pointer was down"
+        # the held frame, then later ones, are drawn; the person's camera stays
+        # (counted from before the release: the held frame is the first one drawn after it)
+        frames1 = during["drawn"]
+        page.wait_for_function(f"f => window.__axonGraphCounts.drawn >= f + 3 || {GESTURE_STATE} === 'done'",
+                               arg=frames1)
+        page.wait_for_function(f"f => window.__axonGraphCounts.drawn >= f + 2", arg=frames1)
+        frames2, eye2 = page.evaluate("window.__axonGraphCounts.drawn"), page.evaluate(EYE)
+        print(f"{frames2 - frames1} frames drawn after the drag; eye then {eye2}")
+        assert max(abs(eye2[k] - eye1[k]) for k in "xyz") < 1e-6, (eye1, eye2)
+        page.wait_for_function(f"{GESTURE_STATE} === 'done' && window.__axonGraphCounts.caughtUp")
+        eye3 = page.evaluate(EYE)
+        assert max(abs(eye3[k] - eye1[k]) for k in "xyz") < 1e-6, (eye1, eye3)
         assert not w.errors, w.errors
     finally:
         w.close()

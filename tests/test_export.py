@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import re
+from datetime import date
 from html.parser import HTMLParser
 
 import orjson
 import pytest
 
-from axon_core.export import SCHEMA, plotly_js, run_from_json, run_to_json, standalone_html
+from axon_core.export import SCHEMA, download_name, plotly_js, run_from_json, run_to_json, slug, standalone_html
 from axon_core.figure import figure_dict
 from axon_core.generation import GenerationSettings
 from axon_core.graph import GraphState
@@ -117,3 +118,16 @@ def test_standalone_html_offline_escaped_and_parseable():
     for n in snap.nodes:
         assert n.index in embedded["data"][3]["customdata"]
     assert "Plotly.newPlot" in page and len(plotly_js()) > 1_000_000
+
+
+def test_download_names_say_which_run_and_are_safe_file_names():
+    day = date(2026, 12, 1)
+    assert download_name(" The capital of France is", "gpt2-small", day, "json") == \
+        "axon-the-capital-of-france-is-gpt2-small-20261201.json"
+    # accents folded, punctuation and path separators gone, whole words up to 40 characters
+    name = download_name('Café "../../etc" <b>: In 1969, the first person to walk on the Moon was',
+                         "google/gemma-3-270m", day, "html")
+    assert name == "axon-cafe-etc-b-in-1969-the-first-person-to-google-gemma-3-270m-20261201.html"
+    assert re.fullmatch(r"[a-z0-9.-]+", name)
+    assert download_name("東京は", "gpt2-small", day, "json") == "axon-gpt2-small-20261201.json"  # no ASCII word
+    assert slug("x" * 90) == "x" * 40 and slug("") == ""

@@ -14,6 +14,7 @@ import errno
 import io
 import math
 import os
+import re
 import socket
 import tempfile
 import threading
@@ -27,6 +28,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from axon_core import hub, loading
 from axon_core.catalogue import DEFAULT_RELEASE, DEFAULT_SAE_ID, load_catalogue
+from axon_core.export import slug
 from axon_core.generation import MIN_TEMPERATURE, GenerationSettings, PromptError, generate
 from axon_core.loading import LoadError, PairCache
 from axon_core.page.downloads import write_download
@@ -361,8 +363,7 @@ def test_exports_unwritable_disk_still_finishes_the_run(app_module, monkeypatch,
     assert last[6]["interactive"] is True and last[7]["interactive"] is True  # downloads are offered
     run = last[4]
     assert write_download(run, "json") is None  # asked for: the disk refuses, no crash
-    assert app_module.HANDLERS.prepare_download(run, "html") is app_module.gr.skip() or \
-        app_module.HANDLERS.prepare_download(run, "html") == app_module.gr.skip()
+    assert app_module.HANDLERS.prepare_download(run, "html") is None  # no file: the page starts no download
 
 
 def test_downloads_are_written_on_demand_and_old_ones_removed(app_module, monkeypatch, tmp_path):
@@ -381,6 +382,11 @@ def test_downloads_are_written_on_demand_and_old_ones_removed(app_module, monkey
     paths = [Path(app_module.HANDLERS.prepare_download(run, kind)["value"]) for kind in ("json", "html")]
     assert not old.exists()
     assert all(p.exists() and p.parent.parent == root for p in paths)
+    # saved under the prompt, model and date (the browser takes the file's own name)
+    prompt = "".join(s.shown for s in run.steps if s.is_prompt)
+    assert [p.name[:-len(p.suffix)].rsplit("-", 1)[0] for p in paths] == \
+        ["axon-" + slug(prompt) + "-" + slug(run.meta["model"])] * 2, paths
+    assert [p.suffix for p in paths] == [".json", ".html"] and re.fullmatch(r"\d{8}", paths[0].stem[-8:])
     import json
     assert json.loads(paths[0].read_text())["tokens"] == last[5]["tokens"]
     assert "<script" in paths[1].read_text()

@@ -233,10 +233,11 @@ def test_downloads_are_written_on_demand(services, finished, monkeypatch, tmp_pa
     monkeypatch.setattr(tempfile, "gettempdir", lambda: str(tmp_path))
     assert downloads.prepare_download(services, None, "json") == (None, "Generate first: there is no run to download yet.")
     path, warning = downloads.prepare_download(services, finished.run, "json")
-    assert warning is None and path.parent.parent == downloads.export_root() and path.name == "axon-run.json"
+    assert warning is None and path.parent.parent == downloads.export_root() and path.suffix == ".json"
+    assert path.name.startswith("axon-") and "-gpt2-small-" in path.name
     assert json.loads(path.read_text())["tokens"] == finished.ending.run_json["tokens"]
     page, _ = downloads.prepare_download(services, finished.run, "html")
-    assert page.name == "axon-graph.html" and "<script" in page.read_text()
+    assert page.name == path.name[:-len(".json")] + ".html" and "<script" in page.read_text()
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     monkeypatch.setattr(tempfile, "gettempdir", lambda: str(blocker))

@@ -128,7 +128,7 @@ class Handlers:
         path, warning = downloads.prepare_download(self.services, run, kind)
         if path is None:
             gr.Warning(warning)
-            return gr.skip()
+            return None  # no file: the page's script then starts no download
         return gr.update(value=str(path))
 
     # ---- picker

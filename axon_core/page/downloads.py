@@ -7,7 +7,7 @@ Nothing is written for runs nobody downloads.
 Worked example::
 
     path, warning = prepare_download(services, run, "html")
-    path.name, warning            # ('axon-graph.html', None)
+    path.name, warning  # ('axon-the-capital-of-france-is-gpt2-small-20261201.html', None): prompt, model, date
     prepare_download(services, None, "json")
     # (None, 'Generate first: there is no run to download yet.')
 """
@@ -15,6 +15,7 @@ Worked example::
 from __future__ import annotations
 
 import atexit
+import datetime
 import json
 import logging
 import os
@@ -54,11 +55,11 @@ def write_download(run: "RunSession", kind: str, versions: dict[str, str] | None
             except OSError:  # removed meanwhile by another session
                 pass
         folder = Path(tempfile.mkdtemp(prefix="run-", dir=root))
+        # the name the browser saves it under: prompt, model and date
+        path = folder / run.download_name(kind, datetime.datetime.now(datetime.timezone.utc).date())
         if kind == "json":
-            path = folder / "axon-run.json"
             path.write_text(json.dumps(run.export_json(versions)))
         else:
-            path = folder / "axon-graph.html"
             path.write_text(run.export_html())
     except OSError as err:
         log.warning("could not write the download: %s", err)
