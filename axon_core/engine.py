@@ -45,14 +45,11 @@ Worked example::
 from __future__ import annotations
 
 import logging
-import math
-import os
 import threading
 import time
 import uuid
 from collections import deque
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import cachetools
@@ -62,58 +59,10 @@ from .batching import can_batch, step_batch
 from .fast_encode import encode_paths
 from .generation import Generation, GenerationSettings, LayerSae, TokenStep
 from .steering import steering_edit
-from .threads import ThreadChooser, measure_startup, real_steps, view_like_load
+from .threads import (ThreadChooser, engine_threads, measure_startup, real_steps, share_cpus,  # noqa: F401
+                      thread_override, usable_cpus, view_like_load)  # the CPU helpers live in threads.py
 
 log = logging.getLogger("axon.engine")
-
-
-def usable_cpus(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
-    """CPUs this process may use: its affinity mask, capped by a cgroup CPU
-    quota (a container's limit, which ``os.cpu_count()`` does not see).
-
-    >>> usable_cpus() >= 1
-    True
-    """
-    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    for quota_f, period_f in (("cpu.max", None), ("cpu/cpu.cfs_quota_us", "cpu/cpu.cfs_period_us")):
-        try:
-            fields = (cgroup / quota_f).read_text().split()
-            quota, period = fields[0], (fields[1] if period_f is None else (cgroup / period_f).read_text().strip())
-            if quota not in ("max", "-1"):
-                n = min(n, max(1, math.ceil(int(quota) / int(period))))
-            break
-        except (OSError, ValueError, IndexError):
-            continue
-    return max(1, n)
-
-
-def engine_threads(device: str, cpus: int) -> int:
-    """Torch threads for the engine: on CPU all but one of ``cpus`` (one is
-    the server's: views, Gradio, label fetches), elsewhere (GPU) at most ``cpus``.
-
-    >>> engine_threads("cpu", 2), engine_threads("cpu", 8), engine_threads("cpu", 1), engine_threads("cuda", 2)
-    (1, 7, 1, 2)
-    """
-    return max(1, cpus - 1) if device == "cpu" else max(1, min(cpus, torch.get_num_threads()))
-
-
-def thread_override(override: str | None) -> int:
-    """A thread count from the person running the app (``AXON_TORCH_THREADS``), 0 for none."""
-    try:
-        threads = int(override) if override not in (None, "") else 0
-    except ValueError:
-        log.warning("torch threads %r is not a number; choosing by the CPUs", override)
-        threads = 0
-    return max(0, threads)
-
-
-def share_cpus(device: str, override: str | None = None) -> int:
-    """Set torch's thread count for this process by :func:`engine_threads`
-    (``override``: a number from the person running the app) and return it:
-    the count until :meth:`Engine.choose_threads` has measured."""
-    threads = thread_override(override) or engine_threads(device, usable_cpus())
-    torch.set_num_threads(threads)
-    return threads
 
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
