@@ -420,7 +420,7 @@ def test_stop_50_times_memory_returns_and_next_run_is_clean(app, client):
           f"after {rss_after / 2**20:.1f} MiB ({(rss_after - rss_before) / 2**20:+.1f} MiB)")
     assert stopped_mid_run >= 40
     assert rss_after - rss_before < 150 * 2**20
-    assert tokens_of(after[RUN]) == tokens_of(ref[RUN])
+    assert_same_run(after[RUN], ref[RUN])  # same tokens; activations to float rounding (threads are re-chosen under load)
     assert not any(w in after[STATUS] for w in FAILURE_WORDS)
     assert app.proc.poll() is None
 
