@@ -173,6 +173,10 @@ with gr.Blocks(title="AXON", delete_cache=(int(EXPORT_MAX_AGE), int(EXPORT_MAX_A
     # for a click, "once", dropped the press); SessionRuns then stops the older run.
     STREAMING = dict(show_progress="minimal", show_progress_on=[status], trigger_mode="multiple")
     outputs = [text, graph, table, status, run_state, run_json, json_btn, html_btn, timeline, compare, scrub]
+    # a new run clears the last run's JSON, timeline and comparison, and re-sends what did not change
+    # rather than skipping it (a skip costs Gradio a new component per output per frame)
+    HANDLERS.resend_at_start(outputs, {run_json: None, json_btn: json_btn.value, html_btn: html_btn.value,
+                                       timeline: "", compare: ""})
     # preprocess=False: every input reaches _request_from_inputs as sent, which clamps
     # or ignores it with a notice, so no API value (a string for a number, a value
     # not in a dropdown) ends in a bare error.

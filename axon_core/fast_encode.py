@@ -6,7 +6,7 @@ every token and every SAE. Only the ``k`` strongest features are reported, so
 the encoder can be read in half precision first:
 
 1. **Screen** with a half-precision copy of the encoder (float16 or bfloat16,
-   transposed, so PyTorch's matrix-vector kernel with float32 accumulation
+   transposed, so PyTorch's matrix-vector kernel (``F.linear``) with float32 accumulation
    reads it at full bandwidth: half the bytes), and bound each feature's error
    from the rounding of x and W and of the result (``|s_half − s| ≤ B_g``, from
    ``‖x‖·‖W_g‖`` by Cauchy–Schwarz, with margin; bfloat16's unit roundoff is 8×
@@ -217,7 +217,7 @@ def _screened(sae, screen: _Screen, x: torch.Tensor, k: int, threshold: float) -
     xh = x.to(screen.w_t.dtype)
     if not torch.isfinite(xh).all():
         return None
-    sh = torch.mv(screen.w_t, xh).float()
+    sh = _half_scores(screen, xh)
     if not torch.isfinite(sh).all():
         return None
     bound = _bound(screen, x, sh)
@@ -242,6 +242,14 @@ def _screened(sae, screen: _Screen, x: torch.Tensor, k: int, threshold: float) -
     vals, order = exact.topk(min(k, exact.numel()))
     keep = vals > threshold
     return [(int(i), float(v)) for i, v in zip(cand[order[keep]].tolist(), vals[keep].tolist())]
+
+
+def _half_scores(screen: _Screen, xh: torch.Tensor) -> torch.Tensor:
+    """``x · W_g`` for every feature from the half-precision copy (float32 accumulation,
+    float32 out). ``F.linear`` with one row rather than ``torch.mv``: the same products,
+    but PyTorch's ``mv`` kernel for half dtypes read the copy 1.6× slower on an AVX-512
+    Xeon (5.5 against 3.5 ms for 24,576 × 768, 2 threads)."""
+    return torch.nn.functional.linear(xh[None], screen.w_t)[0].float()
 
 
 def _bound(screen: _Screen, x: torch.Tensor, sh: torch.Tensor) -> torch.Tensor:
@@ -269,7 +277,7 @@ def _check(sae, screen: _Screen, x, k, threshold, reference) -> bool:
         for v in xs:
             exact = v @ sae.W_enc.detach()
             vh = v.to(screen.w_t.dtype)
-            sh = torch.mv(screen.w_t, vh).float()
+            sh = _half_scores(screen, vh)
             if not (torch.isfinite(vh).all() and torch.isfinite(sh).all()):
                 continue
             if ((sh - exact).abs() > 0.25 * _bound(screen, v, sh)).any():

@@ -45,18 +45,44 @@ def notify(text: str, kind: str = "info") -> None:
     (gr.Warning if kind == "warning" else gr.Info)(html.escape(text))
 
 
-def frame_outputs(frame: Frame) -> list:
+UNKNOWN = object()  # no plain value known for an output: gr.skip() it
+SKIP = gr.skip()
+
+
+def frame_outputs(frame: Frame, shown: list | None = None) -> list:
     """One frame as Generate's outputs: text, graph, table, status, state, run JSON,
-    the two download buttons, timeline, comparison, token slider."""
+    the two download buttons, timeline, comparison, token slider.
+
+    ``shown`` (one per output, :data:`UNKNOWN` where not known) is what each output
+    shows now; an output with nothing new re-sends that value instead of
+    ``gr.skip()``, and ``shown`` is updated. Gradio 6.31 answers every skip (an
+    empty update) by building a new component and its config (0.6–2.2 ms each,
+    measured, seven outputs a frame, on the thread that also streams the frames),
+    while a value that did not change costs its postprocess (µs) and an empty
+    diff: nothing travels. Without ``shown``, nothing new is a skip."""
     if frame.warning is not None:
         notify(frame.warning, "warning")
-    out = [_or_skip(frame.text), _or_skip(frame.figure), _or_skip(frame.table), frame.status, frame.run]
+    out = [frame.text, frame.figure, frame.table, frame.status, frame.run]
     if frame.ending is not None:
         ready = gr.update(interactive=True)
         out += [frame.ending.run_json, ready, ready, frame.ending.timeline, frame.ending.compare]
     else:
-        out += [gr.skip()] * 5
-    return out + [scrub_update(frame.scrub)]
+        out += [None] * 5
+    out.append(scrub_update(frame.scrub))
+    for i, value in enumerate(out):
+        if i in (3, 4):  # status and the run's state: always this frame's
+            continue
+        if shown is None:
+            out[i] = _or_skip(value)
+            continue
+        if value is None or (isinstance(value, dict) and value == SKIP):
+            out[i] = gr.skip() if shown[i] is UNKNOWN else shown[i]
+        elif isinstance(value, dict) and value.get("__type__") == "update":
+            if "value" in value:
+                shown[i] = value["value"]
+        else:
+            shown[i] = value
+    return out
 
 
 def _loading(progress):
@@ -71,21 +97,29 @@ class Handlers:
         self.gpu_steps = gpu_steps  # ZeroGPU's GPU call (ui/zerogpu.py)
         self.session_runs = SessionRuns()
         self.page = None  # the Blocks, once built: its per-session state is trimmed after each run
+        self.start_values: list | None = None  # see resend_at_start
 
     def status_line(self, run: RunSession | None = None, extra: str | None = None, state: str = "idle") -> str:
         return status_line(self.services, run, extra, state)
 
     # ---- generation
 
+    def resend_at_start(self, outputs: list, values: dict) -> None:
+        """What each of Generate's ``outputs`` is set to by a run that has nothing
+        new for it yet (``values``: component → value; the others are skipped until
+        the run first sends them): see :func:`frame_outputs`."""
+        self.start_values = [values.get(c, UNKNOWN) for c in outputs]
+
     def run_generation(self, *inputs, progress=None):
         """Generate's frames as output lists (:func:`axon_core.page.run.run_frames`)."""
         frames = run_frames(self.services, *inputs, progress=_loading(progress), gpu_steps=self.gpu_steps)
+        shown = list(self.start_values) if self.start_values is not None else None
         try:
             for item in frames:
                 if isinstance(item, Notice):
                     notify(item.text, item.kind)
                 else:
-                    yield frame_outputs(item)
+                    yield frame_outputs(item, shown)
         finally:
             frames.close()
 
