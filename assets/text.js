@@ -6,3 +6,13 @@ element.addEventListener("click", (ev) => {
   const pos = Number(tok.dataset.pos);
   trigger("select", { index: pos, value: pos, selected: true });
 });
+
+// The decision strip (axon_core/strip.py): a click on a candidate shows what
+// pushed the choice rather than that one (computed with the run, no request).
+element.addEventListener("click", (ev) => {
+  const cand = ev.target.closest(".axon-cand");
+  if (!cand || cand.classList.contains("chosen")) return;
+  const strip = cand.closest(".axon-decision");
+  strip.querySelectorAll(".axon-cand").forEach((b) => b.classList.toggle("vs", b === cand));
+  strip.querySelectorAll(".dec-push").forEach((d) => d.classList.toggle("off", d.dataset.j !== cand.dataset.j));
+});

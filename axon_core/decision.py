@@ -32,6 +32,7 @@ Worked example::
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -41,6 +42,7 @@ from .features import top_features
 
 N_CANDIDATES = 5
 LOW_FVE = 0.5  # below this the SAE explains little of the residual: its features tell less
+_FULL: "weakref.WeakSet" = weakref.WeakSet()  # SAEs encoded in full for a fit (see full_encodes)
 DIRECT = "direct path (decoder direction through the final LayerNorm and unembedding; later layers ignored)"
 
 
@@ -206,5 +208,52 @@ def encode_with_fit(sae, x: torch.Tensor, k: int, threshold: float,
                     layer: int | None = None) -> tuple[list[list[tuple[int, float]]], list[Fit]]:
     """SAELens's ``encode`` of each row of ``x``: its top features (as
     :func:`~axon_core.features.top_features`) and its :class:`Fit`."""
+    _FULL.add(sae)
     acts = sae.encode(x)
     return [top_features(row, k, threshold) for row in acts], fits(sae, x, acts, layer)
+
+
+def full_encodes() -> list[dict]:
+    """The SAEs :func:`encode_with_fit` encoded (every activation is needed for
+    the fit, so SAELens's float32 ``encode`` runs, not a half-precision screen),
+    in the form of :func:`~axon_core.fast_encode.encode_paths` (for ``/engine_stats``)."""
+    return [{"hook": getattr(getattr(sae.cfg, "metadata", None), "hook_name", None), "d_sae": int(sae.cfg.d_sae),
+             "path": "fp32", "ms": {}, "failed": [], "for": "decisions (every activation, for the fit)"}
+            for sae in list(_FULL)]
+
+
+GRADIENT = ("through the later layers (activation × gradient of the logit difference with respect to the "
+            "feature's activation at this position; earlier positions' keys and values held fixed)")
+
+
+def gradient_pushes(model, sae, hook_name: str, tokens: torch.Tensor, position: int, features: Sequence[int],
+                    chosen: int, other: int, edit: Callable[[torch.Tensor], torch.Tensor] | None = None) -> list[float]:
+    """Each of ``features``' push on ``logit(chosen) − logit(other)`` at ``position``,
+    through every later layer: ``a_f · ∂(logit_c − logit_o)/∂a_f``, with the SAE
+    spliced in at the hook point at that position only (its reconstruction plus
+    the error term, so the forward is unchanged) and one backward pass. Earlier
+    positions do not depend on ``a`` (causal attention), so their keys and values
+    are held fixed. ``tokens``: the run's model input (BOS first where it has
+    one); only ``tokens[: position + 1]`` is read. ``edit``: the run's own edit
+    at the hook (steering), applied first, as the run did. Off the token loop:
+    one forward over the prefix and one backward (for the shown token)."""
+    tokens = torch.as_tensor(tokens, dtype=torch.long).flatten()[: position + 1][None]
+    held: dict[str, torch.Tensor] = {}
+
+    def splice(x, hook):
+        if edit is not None:
+            x = edit(x)
+        xp = x[0, position]
+        a = sae.encode(xp[None].detach())[0].detach().requires_grad_(True)
+        recon = sae.decode(a[None])[0]
+        held["a"] = a
+        x = x.clone()
+        x[0, position] = xp.detach() + recon - recon.detach()  # the same value; gradient through the decoder
+        return x
+
+    with torch.enable_grad():
+        logits = model.run_with_hooks(tokens, fwd_hooks=[(hook_name, splice)])
+        diff = logits[0, position, int(chosen)] - logits[0, position, int(other)]
+        (grad,) = torch.autograd.grad(diff, held["a"])
+    idx = torch.tensor(list(features), dtype=torch.long)
+    return (held["a"].detach()[idx] * grad[idx]).tolist()

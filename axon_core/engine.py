@@ -56,6 +56,7 @@ import cachetools
 import torch
 
 from .batching import can_batch, step_batch
+from .decision import full_encodes
 from .fast_encode import encode_paths
 from .generation import Generation, GenerationSettings, LayerSae, TokenStep
 from .steering import steering_edit
@@ -324,7 +325,7 @@ class Engine:
         return {
             **vars(self.counters), "live": live, "replay_cached": replay, "batching": self.chooser.table(),
             "torch_threads": self._applied or self.threads.current, "threads": self.threads.table(),
-            "encode": encode_paths(),
+            "encode": encode_paths() + full_encodes(),
             "runs": [{"id": r.id, "state": r.state, "steps": len(r.steps), "viewers": r.viewers,
                       "step_times": [round(t, 4) for t in r.step_times]} for r in recent],
         }

@@ -101,11 +101,17 @@ def test_candidates_equal_a_plain_forwards_log_softmax(pair, settings):
     assert run_from_json(d)[0] == steps
 
 
-def test_candidates_on_pythia(pythia_hub):
-    from axon_core.architectures import FamilyWeights
+@pytest.fixture(scope="module")
+def pythia_pair(pythia_hub):
     from axon_core.loading import PairCache
 
-    pair = PairCache(device="cpu").get("pythia-70m-deduped-res-sm", "blocks.2.hook_resid_post")
+    return PairCache(device="cpu").get("pythia-70m-deduped-res-sm", "blocks.2.hook_resid_post")
+
+
+def test_candidates_on_pythia(pythia_pair):
+    from axon_core.architectures import FamilyWeights
+
+    pair = pythia_pair
     assert isinstance(pair.fast_weights, FamilyWeights)
     steps = list(generate(pair, PROMPT, SAMPLED))
     _check_candidates(pair, steps, SAMPLED, prepend_bos=False)
@@ -190,3 +196,112 @@ def test_no_decisions_when_switched_off(pair):
     for a, b in zip(steps, plain):  # the same features and attributions (to float rounding)
         assert [(f.index, f.activation) for f in a.features] == [(f.index, f.activation) for f in b.features]
         assert [f.attribution for f in a.features] == pytest.approx([f.attribution for f in b.features], abs=1e-5)
+
+
+def test_strip_and_hover_show_the_decision_and_stay_inert(pair, tmp_path):
+    from axon_core.labels import LabelService
+    from axon_core.session import RunSession
+
+    xss = "<img src=x onerror=alert(1)>"
+    svc = LabelService(enabled=False, cache_path=tmp_path / "l.sqlite")
+    np_id = "gpt2-small/8-res-jb"
+    run = RunSession({"neuronpedia_id": np_id}, SAMPLED, svc, frame_interval=0.0)
+    steps = list(generate(pair, PROMPT, SAMPLED))
+    svc.put(np_id, {f.index: xss for s in steps for f in s.features})
+    for s in steps:
+        run.add(s)
+    page = run.text_html()
+    strip = page[page.index('<div class="axon-decision"'):]
+    newest, before = steps[-1], steps[-2]
+    assert f'data-pos="{newest.position}"' in strip
+    assert strip.count('class="axon-cand') == len(before.decision.candidates) >= 5
+    assert strip.count("axon-cand chosen") == 1 and "direct path" in strip
+    assert "SAE explains" in strip and xss not in page and "&lt;img" in strip
+    # pushers: one block per other candidate, the runner-up's shown
+    assert strip.count('class="dec-push"') == 1 and strip.count('class="dec-push off"') == len(before.decision.candidates) - 2
+    # the hover of a generated token says what it was chosen among
+    assert "chosen among" in page and "SAE explains" in page
+    run.scrub(steps[2].position)  # a prompt token: nothing was chosen
+    assert "given, not chosen" in run.text_html()
+    first_new = next(s for s in steps if not s.is_prompt)
+    run.scrub(first_new.position)  # chosen by the last prompt token's decision
+    assert f'data-pos="{first_new.position}"' in run.text_html() and "Why" in run.text_html()
+
+
+def _reference_gradient(model, sae, hook_name, tokens, p, feats, chosen, other):
+    """a_f · W_dec[f] · ∂(logit_c − logit_o)/∂x_p: the gradient with respect to the
+    residual at the hook, at position p only, through a plain forward (chain rule
+    through the SAE's linear decoder)."""
+    held = {}
+
+    def leaf(x, hook):
+        xp = x[0, p].detach().requires_grad_(True)
+        held["x"] = xp
+        x = x.clone()
+        x[0, p] = xp
+        return x
+
+    with torch.enable_grad():
+        logits = model.run_with_hooks(tokens[None, : p + 1], fwd_hooks=[(hook_name, leaf)])
+        (g,) = torch.autograd.grad(logits[0, p, chosen] - logits[0, p, other], held["x"])
+    idx = torch.tensor(feats)
+    with torch.inference_mode():
+        a = sae.encode(held["x"].detach()[None])[0]
+    return a[idx] * (sae.W_dec.detach()[idx] @ g)
+
+
+def _check_gradient(pair, steps, prepend_bos=True):
+    from axon_core.decision import gradient_pushes
+
+    model = pair.model
+    bos = [model.tokenizer.bos_token_id] if prepend_bos else []
+    tokens = torch.tensor(bos + [s.token_id for s in steps])
+    first_new = next(s for s in steps if not s.is_prompt)
+    checked = 0
+    for step in (steps[1], first_new, steps[-2]):  # a prompt position and two generated ones
+        feats = [f.index for f in step.features]
+        p, chosen = step.position, int(tokens[step.position + 1])
+        other = (chosen + 7) % model.cfg.d_vocab
+        got = torch.tensor(gradient_pushes(model, pair.sae, pair.hook_name, tokens, p, feats, chosen, other))
+        ref = _reference_gradient(model, pair.sae, pair.hook_name, tokens, p, feats, chosen, other)
+        assert torch.allclose(got, ref.float(), atol=1e-4, rtol=1e-3), (p, got, ref)
+        checked += int(ref.abs().max() > 1e-3)
+    assert checked >= 2  # not all ~0
+
+
+def test_gradient_flavour_equals_autograd_through_a_plain_forward(pair):
+    steps = list(generate(pair, PROMPT, SAMPLED))
+    _check_gradient(pair, steps)
+
+
+def test_gradient_flavour_on_pythia(pythia_pair):
+    pair = pythia_pair
+    steps = list(generate(pair, PROMPT, SAMPLED))
+    _check_gradient(pair, steps, prepend_bos=False)
+
+
+def test_strip_adds_the_gradient_flavour_for_the_shown_token(pairs, pair):
+    import types
+
+    from axon_core.page.view import gradient_for_token
+    from axon_core.session import RunSession
+
+    meta = {"release": "gpt2-small-res-jb", "sae_id": "blocks.8.hook_resid_pre", "neuronpedia_id": None}
+    run = RunSession(meta, SAMPLED, None, frame_interval=0.0)
+    steps = list(generate(pair, PROMPT, SAMPLED))
+    for s in steps:
+        run.add(s)
+    shown = steps[-3]
+    run.scrub(shown.position)
+    page = gradient_for_token(types.SimpleNamespace(pairs=pairs), run)
+    before = steps[-4]
+    entry = run.gradients[before.position]
+    assert entry["other"] == before.decision.runner_up.token_id
+    # the same numbers as the reference above, for the features of the deciding position
+    tokens = torch.tensor([pair.model.tokenizer.bos_token_id] + [s.token_id for s in steps])
+    ref = _reference_gradient(pair.model, pair.sae, pair.hook_name, tokens, before.position,
+                              [f.index for f in before.features], before.decision.chosen, entry["other"])
+    assert torch.allclose(torch.tensor([v for _, v in entry["pushes"]]), ref.float(), atol=1e-4, rtol=1e-3)
+    assert "through the later layers" in page and 'class="dec-grad"' in page
+    run.scrub(steps[-1].position)  # another token: its strip has no gradient block until asked
+    assert 'class="dec-grad"' not in run.text_html()
