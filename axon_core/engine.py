@@ -120,7 +120,9 @@ class LiveRun:
     def nbytes(self) -> int:
         """A rough size of what the replay cache keeps of this run."""
         feats = sum(len(s.features) for s in self.steps)
-        return 600 + 400 * len(self.steps) + 120 * feats
+        decided = [s.decision for s in self.steps if s.decision is not None]  # candidates, effects (floats)
+        extra = sum(300 * len(d.candidates) + 32 * len(d.candidates) * len(d.effects) for d in decided)
+        return 600 + 400 * len(self.steps) + 120 * feats + extra + 100 * sum(len(s.fit) for s in self.steps)
 
     # ---- writing (engine thread) ------------------------------------------
 

@@ -19,6 +19,13 @@ if BROWSER_MISSING:  # test_browser skipped (or, under CI, failed) the module al
 from playwright import sync_api  # noqa: E402
 
 SHOT = ROOT / "out" / "browser" / "decision.png"
+# every redraw of the text box: [newest token's position, the strip's position, its candidates]
+RECORD = """() => { window.__strips = []; const box = document.querySelector('#axon-text-box');
+  new MutationObserver(() => { const t = [...box.querySelectorAll('.axon-text .tok')].pop();
+    const s = box.querySelector('.axon-decision');
+    window.__strips.push([t ? t.dataset.pos : null, s ? s.dataset.pos : null,
+                          s ? s.querySelectorAll('.axon-cand').length : 0]); })
+    .observe(box, {childList: true, subtree: true}); }"""
 NEWEST = ("(() => { const t = [...document.querySelectorAll('.axon-text .tok')].pop();"
           " const s = document.querySelector('.axon-decision');"
           " return [t && t.dataset.pos, s && s.dataset.pos, document.querySelectorAll('.axon-decision .axon-cand').length]; })()")
@@ -36,7 +43,7 @@ def app(offline_hub, tmp_path_factory):
 
 @pytest.mark.timeout(170)
 def test_strip_follows_the_run_the_slider_and_a_candidate_click(app):
-    query = {"prompt": "The capital of France is", "max_tokens": 60, "seed": 2, "temperature": 1, "autorun": 1}
+    query = {"prompt": "The capital of France is", "max_tokens": 120, "seed": 2, "temperature": 1}
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_context(viewport={"width": 1280, "height": 800}).new_page()
@@ -44,15 +51,19 @@ def test_strip_follows_the_run_the_slider_and_a_candidate_click(app):
         errors = []
         page.on("pageerror", lambda e: errors.append(str(e)))
         page.goto(app.url + "?" + urllib.parse.urlencode(query))
-        # during the run: the strip is the newest token's, with 5 candidates (6 when the chosen is not among them)
-        page.wait_for_function("document.querySelectorAll('.axon-text .tok.gen').length > 2")
-        during = page.evaluate(NEWEST)
-        running = page.evaluate("document.querySelectorAll('#axon-status [data-state=running]').length")
-        assert during[0] == during[1] and during[2] >= 5, during
+        page.wait_for_function(f"document.querySelector('textarea')?.value === {query['prompt']!r}")
         page.wait_for_function(f"{BUSY} === 0")
+        page.evaluate(RECORD)
+        page.get_by_role("button", name="Generate", exact=True).click()
+        page.wait_for_function("document.querySelector('#axon-status [data-state=running]') !== null")
         page.wait_for_function("document.querySelector('#axon-status [data-state=done]') !== null")
         end = page.evaluate(NEWEST)
         assert end[0] == end[1] and end[2] >= 5
+        # during the run: every text drawn carried the newest token's strip, 5 candidates (6 when the
+        # chosen one is not among them), and the run was drawn before its end
+        during = [r for r in page.evaluate("window.__strips") if r[0] is not None and int(r[0]) > 6]
+        assert during and all(r[0] == r[1] and r[2] >= 5 for r in during), during
+        assert int(during[0][0]) < int(end[0])
         assert page.locator(".axon-decision .axon-cand.chosen").count() == 1
         assert "direct path" in page.locator(".axon-decision .dec-flavour").inner_text()
         # the slider: the strip follows it to a generated token
@@ -72,8 +83,10 @@ def test_strip_follows_the_run_the_slider_and_a_candidate_click(app):
         page.locator("#axon-why").click()
         page.wait_for_function("document.querySelector('.axon-decision .dec-grad') !== null")
         assert "through the later layers" in page.locator(".axon-decision .dec-grad").inner_text()
+        shown = page.eval_on_selector_all(".axon-decision .dec-push:not(.off)", "els => els.map(e => e.dataset.j)")
+        assert shown == [j]  # the clicked candidate stays chosen across the redraw
         SHOT.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SHOT))
         assert page.evaluate("window.__xss") is None and not errors, errors
-        print(f"\nstrip during the run (running={running}): {during}; at the end: {end}; screenshot {SHOT}")
+        print(f"\nstrips drawn during the run: {len(during)} (first {during[0]}); at the end: {end}; {SHOT}")
         browser.close()
