@@ -231,29 +231,44 @@ def gradient_pushes(model, sae, hook_name: str, tokens: torch.Tensor, position: 
     """Each of ``features``' push on ``logit(chosen) − logit(other)`` at ``position``,
     through every later layer: ``a_f · ∂(logit_c − logit_o)/∂a_f``, with the SAE
     spliced in at the hook point at that position only (its reconstruction plus
-    the error term, so the forward is unchanged) and one backward pass. Earlier
-    positions do not depend on ``a`` (causal attention), so their keys and values
-    are held fixed. ``tokens``: the run's model input (BOS first where it has
-    one); only ``tokens[: position + 1]`` is read. ``edit``: the run's own edit
-    at the hook (steering), applied first, as the run did. Off the token loop:
-    one forward over the prefix and one backward (for the shown token)."""
-    tokens = torch.as_tensor(tokens, dtype=torch.long).flatten()[: position + 1][None]
+    the error term, so the forward is unchanged) and one backward pass.
+
+    The earlier positions run first without gradients into TransformerLens's
+    KV cache, so their keys and values are held fixed (they do not depend on
+    ``a`` anyway: causal attention); then the one position runs with the splice
+    and is differentiated. ``tokens``: the run's model input (BOS first where it
+    has one); only ``tokens[: position + 1]`` is read. ``edit``: the run's own
+    edit at the hook (steering), applied at every position first, as the run did.
+    Off the token loop: for the shown token."""
+    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
+    tokens = torch.as_tensor(tokens, dtype=torch.long).flatten()[: position + 1][None].to(model.cfg.device)
     held: dict[str, torch.Tensor] = {}
+
+    def edited(x, hook):
+        return edit(x)
 
     def splice(x, hook):
         if edit is not None:
             x = edit(x)
-        xp = x[0, position]
+        xp = x[0, -1]
         a = sae.encode(xp[None].detach())[0].detach().requires_grad_(True)
         recon = sae.decode(a[None])[0]
         held["a"] = a
         x = x.clone()
-        x[0, position] = xp.detach() + recon - recon.detach()  # the same value; gradient through the decoder
+        x[0, -1] = xp.detach() + recon - recon.detach()  # the same value; gradient through the decoder
         return x
 
-    with torch.enable_grad():
-        logits = model.run_with_hooks(tokens, fwd_hooks=[(hook_name, splice)])
-        diff = logits[0, position, int(chosen)] - logits[0, position, int(other)]
+    cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, batch_size=1)
+    # an explicit all-ones mask, as the TransformerLens stepper: a generated <|endoftext|> (pad = eos) is not masked
+    if position > 0:
+        prefix = tokens[:, :position]
+        with torch.no_grad(), model.hooks(fwd_hooks=[(hook_name, edited)] if edit is not None else []):
+            model(prefix, return_type=None, past_kv_cache=cache, attention_mask=torch.ones_like(prefix))
+    last = tokens[:, position:]
+    with torch.enable_grad(), model.hooks(fwd_hooks=[(hook_name, splice)]):
+        logits = model(last, past_kv_cache=cache, attention_mask=torch.ones_like(last))
+        diff = logits[0, -1, int(chosen)] - logits[0, -1, int(other)]
         (grad,) = torch.autograd.grad(diff, held["a"])
     idx = torch.tensor(list(features), dtype=torch.long)
     return (held["a"].detach()[idx] * grad[idx]).tolist()
