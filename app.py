@@ -91,6 +91,8 @@ with gr.Blocks(title="AXON", delete_cache=(int(EXPORT_MAX_AGE), int(EXPORT_MAX_A
         with gr.Column(scale=2, min_width=300, elem_classes=["axon-side"]):
             text = gr.HTML(EMPTY_TEXT, js_on_load=TEXT_JS, elem_id="axon-text-box", container=False)
             status = gr.HTML(HANDLERS.status_line(), elem_id="axon-status", container=False)
+            why_btn = gr.Button("Why this word? Add the gradient flavour (through later layers) for the shown token",
+                                size="sm", elem_id="axon-why", elem_classes=FULL)
             scrub = gr.Slider(0, 1, value=0, step=1, label="Show the graph at token (drag; the end follows the run)",
                               interactive=True, elem_id="axon-scrub")
             table = gr.Dataframe(pd.DataFrame(columns=TABLE_COLUMNS), label="Top features (latest token)",
@@ -200,6 +202,8 @@ with gr.Blocks(title="AXON", delete_cache=(int(EXPORT_MAX_AGE), int(EXPORT_MAX_A
     release.input(HANDLERS.sae_ids_for, release, sae_id, api_visibility="private")
     sae_id.input(HANDLERS.load_choice, [release, sae_id], status, api_visibility="private")
     sae_id.change(HANDLERS.layers_for, [release, sae_id, layers], layers, api_visibility="private")
+    why_btn.click(HANDLERS.decision_gradient, run_state, text, api_visibility="private", concurrency_id="depth",
+                  concurrency_limit=2)
     causal_btn.click(HANDLERS.causal_for_token, run_state, [graph, edge_kind, causal_table, causal_note],
                      api_visibility="private", concurrency_id="depth", concurrency_limit=2)
     prefetch_btn.click(HANDLERS.prefetch_labels, [release, sae_id], status, api_visibility="private")

@@ -56,6 +56,7 @@ import cachetools
 import torch
 
 from .batching import can_batch, step_batch
+from .decision import full_encodes
 from .fast_encode import encode_paths
 from .generation import Generation, GenerationSettings, LayerSae, TokenStep
 from .steering import steering_edit
@@ -119,7 +120,9 @@ class LiveRun:
     def nbytes(self) -> int:
         """A rough size of what the replay cache keeps of this run."""
         feats = sum(len(s.features) for s in self.steps)
-        return 600 + 400 * len(self.steps) + 120 * feats
+        decided = [s.decision for s in self.steps if s.decision is not None]  # candidates, effects (floats)
+        extra = sum(300 * len(d.candidates) + 32 * len(d.candidates) * len(d.effects) for d in decided)
+        return 600 + 400 * len(self.steps) + 120 * feats + extra + 100 * sum(len(s.fit) for s in self.steps)
 
     # ---- writing (engine thread) ------------------------------------------
 
@@ -324,7 +327,7 @@ class Engine:
         return {
             **vars(self.counters), "live": live, "replay_cached": replay, "batching": self.chooser.table(),
             "torch_threads": self._applied or self.threads.current, "threads": self.threads.table(),
-            "encode": encode_paths(),
+            "encode": encode_paths() + full_encodes(),
             "runs": [{"id": r.id, "state": r.state, "steps": len(r.steps), "viewers": r.viewers,
                       "step_times": [round(t, 4) for t in r.step_times]} for r in recent],
         }
@@ -422,7 +425,7 @@ class Engine:
             with torch.inference_mode():
                 outs = step_batch([g.stepper for g in gens], [g.next_input for g in gens])
                 feats = self._batched_features(gens, outs)
-                steps = [g.advance(o, f) for g, o, f in zip(gens, outs, feats)]
+                steps = [g.advance(o, f, fit=fit) for g, o, (f, fit) in zip(gens, outs, feats)]
         except Exception:  # noqa: BLE001 - fall back to one by one (a state this code did not expect)
             log.exception("batched step failed; stepping one by one")
             for run in group:
@@ -435,16 +438,19 @@ class Engine:
             self._after_step(run, step)
 
     @staticmethod
-    def _batched_features(gens: list[Generation], outs) -> list[list[tuple[int, float]]]:
-        """SAE features of each run's new activation, one encode per (SAE, settings)."""
-        result: list[list[tuple[int, float]] | None] = [None] * len(gens)
+    def _batched_features(gens: list[Generation], outs) -> list[tuple[list[tuple[int, float]], Any]]:
+        """SAE features (and Fit, or None) of each run's new activation, one encode
+        per (SAE, settings)."""
+        result: list[tuple | None] = [None] * len(gens)
         by_sae: dict[tuple, list[int]] = {}
         for i, g in enumerate(gens):
-            by_sae.setdefault((id(g.pair.sae), g.settings.feature_k, g.settings.activation_threshold), []).append(i)
+            key = (id(g.pair.sae), g.settings.feature_k, g.settings.activation_threshold, g.decisions)
+            by_sae.setdefault(key, []).append(i)
         for rows in by_sae.values():
             acts = torch.cat([outs[i].acts for i in rows])
-            for i, f in zip(rows, gens[rows[0]].features(acts)):
-                result[i] = f
+            feats, fits = gens[rows[0]].encode(acts)
+            for j, i in enumerate(rows):
+                result[i] = (feats[j], None if fits is None else fits[j])
         return result
 
     def _after_step(self, run: LiveRun, step: TokenStep) -> None:

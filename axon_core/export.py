@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import orjson
 
+from .decision import Candidate, Decision, Fit
 from .features import FeatureHit, split_key
 from .generation import GenerationSettings, TokenStep
 from .graph import GraphState, LabelSource, label_fn
@@ -68,6 +69,8 @@ def run_to_json(steps: list[TokenStep], settings: GenerationSettings, meta: dict
         "is_prompt": s.is_prompt, "next_token_id": s.next_token_id, "prob": s.prob,
         "sampled_prob": s.sampled_prob, "notice": s.notice, "display": s.display,
         "features": [_feature(f) for f in s.features],
+        **({"decision": decision_json(s.decision)} if s.decision is not None else {}),
+        **({"fit": [fit_json(f) for f in s.fit]} if s.fit else {}),
     } for s in steps]
     edges = []
     for e in graph.edges():  # graph nodes are (layer, index) keys in a run of several SAEs
@@ -98,6 +101,37 @@ def _feature(f: FeatureHit) -> dict[str, Any]:
     return d
 
 
+def decision_json(d: Decision) -> dict[str, Any]:
+    """A step's Decision as plain values: the candidates (strongest first at
+    temperature 1, the chosen one marked) and ``effects[i][j]``, feature i's
+    direct-path contribution to candidate j's logit (null: no direct path)."""
+    return {"chosen": d.chosen, "flavour": "direct",
+            "candidates": [{"token_id": c.token_id, "text": c.text, "prob": c.prob,
+                            "sampled_prob": c.sampled_prob, "chosen": c.chosen} for c in d.candidates],
+            "effects": [None if row is None else list(row) for row in d.effects]}
+
+
+def fit_json(f: Fit) -> dict[str, Any]:
+    d = {"fve": f.fve, "l0": f.l0, "low": f.low}
+    if f.layer is not None:
+        d["layer"] = f.layer
+    return d
+
+
+def _decision(d: dict | None) -> Decision | None:
+    if not d:
+        return None
+    cands = tuple(Candidate(int(c["token_id"]), str(c["text"]), float(c["prob"]), _opt_float(c.get("sampled_prob")),
+                            bool(c.get("chosen"))) for c in d.get("candidates", []))
+    effects = tuple(None if row is None else tuple(float(v) for v in row) for row in d.get("effects", []))
+    return Decision(cands, None if d.get("chosen") is None else int(d["chosen"]), effects)
+
+
+def _fits(rows) -> tuple[Fit, ...]:
+    return tuple(Fit(float(f["fve"]), int(f["l0"]), None if f.get("layer") is None else int(f["layer"]))
+                 for f in rows or ())
+
+
 def run_from_json(d: dict[str, Any]) -> tuple[list[TokenStep], GenerationSettings, dict]:
     """The inverse of :func:`run_to_json` (unknown settings keys are ignored);
     reads ``axon-run/1`` files too."""
@@ -113,6 +147,7 @@ def run_from_json(d: dict[str, Any]) -> tuple[list[TokenStep], GenerationSetting
         next_token_id=None if t.get("next_token_id") is None else int(t["next_token_id"]),
         prob=_opt_float(t.get("prob")), sampled_prob=_opt_float(t.get("sampled_prob")),
         notice=t.get("notice"), display=t.get("display"),  # "display": absent in older files
+        decision=_decision(t.get("decision")), fit=_fits(t.get("fit")),  # absent in older files
     ) for t in d.get("tokens", [])]
     return steps, settings, dict(d.get("meta", {}))
 

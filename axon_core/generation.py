@@ -42,6 +42,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 
+from .decision import Decision, Fit, candidate_text, candidates, direct_effects, encode_with_fit
 from .fast_encode import encode_top
 from .features import FeatureHit, direct_logit_attribution
 from .residuals import FastStepper, make_stepper
@@ -78,6 +79,10 @@ class TokenStep:
     sampled_prob: float | None = None  # probability under the sampling distribution used
     notice: str | None = None  # e.g. "stopped: context window full"
     display: str | None = None  # what to show: whole characters (see GlyphJoiner); None → text
+    # the choice of next_token_id made at this position: candidates, direct-path effects
+    # (axon_core.decision); None at prompt positions before the last, and at the run's end
+    decision: Decision | None = None
+    fit: tuple[Fit, ...] = ()  # how well each SAE reconstructs this token's residual (primary first)
 
     @property
     def shown(self) -> str:
@@ -190,16 +195,25 @@ def _attribution_setup(pair, sae=None, hook_name: str | None = None):
     return {"centre": norm.startswith("LN"), "ln_weight": ln_w}
 
 
-def _hits(pair, feats, next_id, scale, setup, sae=None, layer: int | None = None) -> tuple[FeatureHit, ...]:
+def _hits(pair, feats, next_id, scale, setup, sae=None, layer: int | None = None,
+          tokens: list[int] | None = None) -> tuple[tuple[FeatureHit, ...], list]:
+    """The hits of one SAE, with their direct logit attribution to ``next_id``;
+    with ``tokens`` (candidates, ``next_id`` among them) also each hit's direct
+    effect on each of those tokens' logits (rows of a Decision's ``effects``)."""
     if not feats:
-        return ()
+        return (), []
     idx, acts = [i for i, _ in feats], [a for _, a in feats]
     if next_id is None or setup is None:
-        return tuple(FeatureHit(i, a, None, layer) for i, a in feats)
-    attr = direct_logit_attribution(
-        idx, acts, (pair.sae if sae is None else sae).W_dec, pair.model.W_U[:, next_id], float(scale), **setup
-    )
-    return tuple(FeatureHit(i, a, t, layer) for i, a, t in zip(idx, acts, attr))
+        none = [None] * len(idx) if tokens and setup is None else []  # no direct path (e.g. hook_z)
+        return tuple(FeatureHit(i, a, None, layer) for i, a in feats), none
+    w_dec = (pair.sae if sae is None else sae).W_dec
+    if tokens:
+        effects = direct_effects(idx, acts, w_dec, pair.model.W_U, tokens, float(scale), **setup).tolist()
+        attr = [row[tokens.index(next_id)] for row in effects]
+    else:
+        effects = []
+        attr = direct_logit_attribution(idx, acts, w_dec, pair.model.W_U[:, next_id], float(scale), **setup)
+    return tuple(FeatureHit(i, a, t, layer) for i, a, t in zip(idx, acts, attr)), effects
 
 
 class Generation:
@@ -228,8 +242,12 @@ class Generation:
     """
 
     def __init__(self, pair, prompt: str, settings: GenerationSettings, edit=None, stepper=None,
-                 extra: Sequence[Any] = (), extra_edits: Mapping[str, Any] | None = None):
+                 extra: Sequence[Any] = (), extra_edits: Mapping[str, Any] | None = None,
+                 decisions: bool = True):
         self.pair, self.settings = pair, settings
+        # each step's Decision (candidates, direct-path effects) and Fit (variance explained);
+        # False: features and attributions only (what benchmarks/decision.py compares against)
+        self.decisions = bool(decisions)
         model = pair.model
         self.saes: tuple[LayerSae, ...] = (LayerSae.of(pair), *(LayerSae.of(x) for x in extra))
         _check_saes(pair, extra, self.saes)
@@ -273,37 +291,76 @@ class Generation:
         """Top features of each row of hook activations (``sae.encode``, top-k, threshold)."""
         return _features(self.pair, acts, self.settings)
 
+    def encode(self, acts: torch.Tensor, sae: LayerSae | None = None) -> tuple[list, list[Fit] | None]:
+        """Top features of each row of ``acts`` for ``sae`` (the primary by default)
+        and, when this run reports decisions, each row's :class:`Fit`."""
+        s = sae or self.saes[0]
+        if not self.decisions:
+            return _features(s, acts, self.settings), None
+        return encode_with_fit(s.sae, acts, self.settings.feature_k, self.settings.activation_threshold,
+                               s.layer if self.layered else None)
+
     def extra_features(self, out) -> list[list[list[tuple[int, float]]]]:
         """Top features of each extra SAE (in :attr:`saes` order, primary
         excluded) for each row of ``out.extra`` (a StepOutput)."""
         return [_features(s, out.extra[s.hook_name], self.settings) for s in self.saes[1:]]
 
-    def _all_hits(self, feats, extra_feats, p: int, next_id, scale) -> tuple[FeatureHit, ...]:
-        """Hits of every SAE at row ``p``: the primary's first, then each extra's."""
-        hits = _hits(self.pair, feats, next_id, scale, self.setup, None,
-                     self.saes[0].layer if self.layered else None)
+    def extra_encode(self, out) -> tuple[list, list]:
+        """:meth:`encode` of each extra SAE's rows of ``out.extra``: (features, fits) per SAE."""
+        done = [self.encode(out.extra[s.hook_name], s) for s in self.saes[1:]]
+        return [f for f, _ in done], [fit for _, fit in done]
+
+    def _all_hits(self, feats, extra_feats, p: int, next_id, scale,
+                  tokens: list[int] | None = None) -> tuple[tuple[FeatureHit, ...], list]:
+        """Hits of every SAE at row ``p``: the primary's first, then each extra's;
+        with ``tokens``, also every hit's direct effect on each token (see :func:`_hits`)."""
+        hits, effects = _hits(self.pair, feats, next_id, scale, self.setup, None,
+                              self.saes[0].layer if self.layered else None, tokens)
         for s, setup, rows in zip(self.saes[1:], self.extra_setups, extra_feats):
-            hits += _hits(self.pair, rows[p], next_id, scale, setup, s.sae, s.layer)
-        return hits
+            more, more_effects = _hits(self.pair, rows[p], next_id, scale, setup, s.sae, s.layer, tokens)
+            hits += more
+            effects += more_effects
+        return hits, effects
+
+    def _step_parts(self, logits, feats, extra_feats, p: int, next_choice, scale):
+        """Hits and, where a token was chosen from ``logits``, the Decision (this
+        run's glyph joiner must already hold the step's own token)."""
+        next_id = next_choice.token_id if next_choice is not None else None
+        if not self.decisions or next_choice is None or logits is None:
+            return self._all_hits(feats, extra_feats, p, next_id, scale)[0], None
+        cands = candidates(logits, next_id, self._candidate_text, next_choice.probs, next_choice.ids,
+                           greedy=self.temperature <= 0)
+        tokens = [c.token_id for c in cands]
+        hits, effects = self._all_hits(feats, extra_feats, p, next_id, scale, tokens)
+        return hits, Decision(cands, next_id, tuple(None if e is None else tuple(e) for e in effects))
+
+    def _candidate_text(self, token_id: int) -> str:
+        return candidate_text(self.pair.model.tokenizer.decode, self.glyphs.pending, token_id)
 
     @torch.inference_mode()
     def start(self) -> list[TokenStep]:
         """The prompt pass (one batched forward); returns the prompt's steps."""
         with self.lock:
             out = self.stepper.step(self.tokens)
-        feats = self.features(out.acts)
-        extra_feats = self.extra_features(out)
+        feats, fits = self.encode(out.acts)
+        extra_feats, extra_fits = self.extra_encode(out)
         self._next = self._choose(out.last_logits) if self.budget else None
         n, history = self.tokens.shape[0], self.history
         steps = []
         for p in range(1 if self.prepend_bos else 0, n):
             next_id = history[p + 1] if p + 1 < n else (self._next.token_id if self._next else None)
             last = p == n - 1 and self._next is None
+            display = self.glyphs.push(history[p])
+            if p == n - 1:  # the last prompt token's logits chose the first new token
+                hits, decision = self._step_parts(out.last_logits, feats[p], extra_feats, p, self._next,
+                                                  out.final_scale[p])
+            else:
+                hits, decision = self._all_hits(feats[p], extra_feats, p, next_id, out.final_scale[p])[0], None
             steps.append(TokenStep(
                 position=p, token_id=history[p], text=self._text(history[p]), is_prompt=True,
-                features=self._all_hits(feats[p], extra_feats, p, next_id, out.final_scale[p]),
-                next_token_id=next_id, notice=self.context_notice if last and self.cut_short else None,
-                display=self.glyphs.push(history[p]),
+                features=hits, next_token_id=next_id,
+                notice=self.context_notice if last and self.cut_short else None,
+                display=display, decision=decision, fit=_row_fits(fits, extra_fits, p),
             ))
         self.done = self._next is None
         return steps
@@ -315,10 +372,12 @@ class Generation:
 
     @torch.inference_mode()
     def advance(self, out, feats: list[tuple[int, float]] | None = None,
-                extra_feats: list[list[list[tuple[int, float]]]] | None = None) -> TokenStep:
+                extra_feats: list[list[list[tuple[int, float]]]] | None = None,
+                fit: Fit | None = None) -> TokenStep:
         """Account for the forward of :attr:`next_input` (``out``, a StepOutput of
         one position); ``feats`` (the primary SAE's) and ``extra_feats`` (as
-        :meth:`extra_features` returns them) may be given when computed in a batch."""
+        :meth:`extra_features` returns them) may be given when computed in a
+        batch, with ``fit``, the primary's :class:`Fit` (see :meth:`encode`)."""
         cur, i = self._next, self.produced
         self.history.append(cur.token_id)
         self.produced += 1
@@ -330,18 +389,23 @@ class Generation:
             notice = "stopped at <|endoftext|>"
         elif last and self.cut_short:
             notice = self.context_notice
+        fits = [fit] if fit is not None else None
         if feats is None:
-            feats = self.features(out.acts)[0]
+            got, fits = self.encode(out.acts)
+            feats = got[0]
+        extra_fits = None
         if extra_feats is None:
-            extra_feats = self.extra_features(out)
+            extra_feats, extra_fits = self.extra_encode(out)
+        elif self.decisions and self.saes[1:]:
+            extra_fits = [fits_ for _, fits_ in (self.encode(out.extra[s.hook_name], s) for s in self.saes[1:])]
         self._next, self.done = nxt, last
+        display = self.glyphs.push(cur.token_id)
+        hits, decision = self._step_parts(out.last_logits, feats, extra_feats, 0, nxt, out.final_scale[0])
         return TokenStep(
             position=self.tokens.shape[0] + i, token_id=cur.token_id, text=self._text(cur.token_id),
-            is_prompt=False,
-            features=self._all_hits(feats, extra_feats, 0, nxt.token_id if nxt else None, out.final_scale[0]),
-            next_token_id=nxt.token_id if nxt else None,
-            prob=cur.prob, sampled_prob=cur.sampled_prob, notice=notice,
-            display=self.glyphs.push(cur.token_id),
+            is_prompt=False, features=hits, next_token_id=nxt.token_id if nxt else None,
+            prob=cur.prob, sampled_prob=cur.sampled_prob, notice=notice, display=display,
+            decision=decision, fit=_row_fits(fits, extra_fits, 0),
         )
 
     @torch.inference_mode()
@@ -350,6 +414,13 @@ class Generation:
         with self.lock:
             out = self.stepper.step(torch.tensor([self.next_input], device=self.pair.device))
         return self.advance(out)
+
+
+def _row_fits(fits, extra_fits, p: int) -> tuple[Fit, ...]:
+    """Row ``p``'s Fit of every SAE (primary first); () when the run reports none."""
+    if not fits:
+        return ()
+    return (fits[p], *(f[p] for f in (extra_fits or ()) if f))
 
 
 def _check_saes(pair, extra: Sequence[Any], saes: tuple[LayerSae, ...]) -> None:

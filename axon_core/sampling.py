@@ -12,7 +12,7 @@ Worked example::
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -22,6 +22,10 @@ class Choice:
     token_id: int
     prob: float  # softmax of the raw logits (temperature 1)
     sampled_prob: float  # probability under the distribution actually sampled from
+    # the distribution sampled from (as sampling_distribution returns it; None when greedy),
+    # kept so a step can report its other candidates' sampled probabilities (axon_core.decision)
+    probs: torch.Tensor | None = field(default=None, compare=False, repr=False)
+    ids: torch.Tensor | None = field(default=None, compare=False, repr=False)
 
 
 def penalise_repeats(logits: torch.Tensor, history: list[int], penalty: float) -> torch.Tensor:
@@ -86,4 +90,4 @@ def sample_next(
     probs, ids = sampling_distribution(adjusted, temperature, top_k, top_p)
     pick = int(torch.multinomial(probs.cpu(), 1, generator=generator))  # CPU RNG: same on any device
     token = int(ids[pick]) if ids is not None else pick
-    return Choice(token, raw_prob(token), float(probs[pick]))
+    return Choice(token, raw_prob(token), float(probs[pick]), probs, ids)

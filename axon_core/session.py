@@ -42,6 +42,7 @@ from .generation import GenerationSettings, LayerSae, TokenStep, hook_layer
 from .graph import GraphState
 from .labels import fallback_label
 from .layout import ForceLayout
+from .strip import hover_text, strip_html
 from .timeline import timeline_figure
 
 NEURONPEDIA_PAGE = "https://www.neuronpedia.org/{np_id}/{index}"
@@ -105,6 +106,8 @@ class RunSession:
             self.plane_of = {layer: (r - (len(order) - 1) / 2) * PLANE_GAP for r, layer in enumerate(order)}
             self.w_dec = {layer: x.sae.W_dec for layer, x in self.by_layer.items()}
         self.causal: dict[str, np.ndarray] | None = None  # the latest causal check's edges (see set_causal)
+        # the decision strip's gradient flavour, where asked for: {deciding position: {"other", "pushes", "ms"}}
+        self.gradients: dict[int, dict] = {}
         self.at: int | None = None  # scrubbed to this token position (None: follow the run)
         self.graph = GraphState()
         self.layout = ForceLayout(seed=0)
@@ -350,10 +353,12 @@ class RunSession:
     def figure_json(self, relayout: bool = True) -> str:
         return to_json(self.figure(relayout)).decode()
 
-    def _span(self, s: TokenStep, cls: str = "") -> str:
+    def _span(self, s: TokenStep, cls: str = "", before: TokenStep | None = None) -> str:
         top = ", ".join(f"{self.label(f.key)} ({f.activation:.1f})" for f in s.features[:5])
         prob = f" · p={s.prob:.3f}" if s.prob is not None else ""
-        title = html.escape(f"pos {s.position}{prob} · {top or 'no features'}", quote=True)
+        why = hover_text(s, before)
+        why = f" · {why}" if why else ""
+        title = html.escape(f"pos {s.position}{prob}{why} · {top or 'no features'}", quote=True)
         return token_span(s, cls, f' data-pos="{s.position}" title="{title}"')
 
     def text_html(self, highlight: int | None = None) -> str:
@@ -366,8 +371,8 @@ class RunSession:
             epoch = getattr(self.labels, "arrivals", None)
             if epoch != self._spans_epoch:
                 self._spans, self._spans_epoch = [], epoch
-            for step in steps[len(self._spans):]:
-                self._spans.append(self._span(step))
+            for i in range(len(self._spans), len(steps)):
+                self._spans.append(self._span(steps[i], before=steps[i - 1] if i else None))
             parts = self._spans[: len(steps)]
         marked = {i for i, s in enumerate(steps) if s.position == at}
         if highlight is not None:
@@ -378,8 +383,15 @@ class RunSession:
                 s = steps[i]
                 lit = highlight is not None and any(f.key == highlight for f in s.features)
                 cls = " ".join(c for c in ("lit" if lit else "", "here" if s.position == at else "") if c)
-                parts[i] = self._span(s, cls)
-        return f'<div class="axon-text">{"".join(parts)}</div>'
+                parts[i] = self._span(s, cls, steps[i - 1] if i else None)
+        return f'<div class="axon-text">{"".join(parts)}</div>' + self.decision_html(steps, at)
+
+    def decision_html(self, steps: list[TokenStep] | None = None, at: int | None = None) -> str:
+        """The decision strip for the newest token, or the scrubbed one (see :mod:`axon_core.strip`)."""
+        with self.lock:
+            steps = list(self.steps) if steps is None else steps
+            at = self.at if at is None else at
+        return strip_html(steps, at, self.label, self.gradients)
 
     def table(self, n: int = 20) -> list[dict]:
         """Top features: of the newest token and then the brightest; when

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from .features import key_name
 from .figure import BACKGROUND, COLORSCALE, hover_label
 from .generation import TokenStep
+from .strip import fit_text
 
 
 def strongest_features(steps: Sequence[TokenStep], n: int) -> list[int]:
@@ -41,8 +42,9 @@ def timeline_figure(steps: Sequence[TokenStep], label_of: Callable[[int], str], 
                 z[row[f.key]][c] = round(f.activation, 3)
     ticks = [hover_label(repr(s.text)[:14]) for s in steps]  # token text is untrusted too
     names = [f"{key_name(f)} {hover_label(label_of(f)[:28])}" for f in features]  # cut, then escape
+    fits = [f"<br>{hover_label(fit_text(s.fit))}" if s.fit else "" for s in steps]  # the SAE's fit at each token
     text = [[f"{names[r]}<br>token {hover_label(steps[c].text)!s} (pos {steps[c].position})"
-             f"<br>activation {z[r][c]:.2f}" for c in range(len(steps))] for r in range(len(features))]
+             f"<br>activation {z[r][c]:.2f}{fits[c]}" for c in range(len(steps))] for r in range(len(features))]
     heat = {
         "type": "heatmap", "z": z, "x": list(range(len(steps))), "y": list(range(len(features))),
         "customdata": [[s.position for s in steps] for _ in features],

@@ -223,6 +223,10 @@ class Handlers:
             return (gr.skip(),) * 5
         return v.figure, v.text, v.table, v.timeline, scrub_update(v.scrub)
 
+    def decision_gradient(self, run: RunSession | None):
+        """The decision strip's gradient flavour for the shown token (the text with the strip)."""
+        return _or_skip(view.gradient_for_token(self.services, run))
+
     def scrub_to(self, run: RunSession | None, position):
         return self._token_view(view.scrub_to(run, position))
 

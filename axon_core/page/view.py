@@ -9,19 +9,29 @@ Worked example::
     v.scrub.value                 # 3
     highlight_token(run, 3)       # a second click on token 3: back to the newest token
     redraw(run, "decoder")        # the graph's JSON with decoder-cosine edges
+    gradient_for_token(services, run)   # the text + decision strip, with the gradient flavour added
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from ..decision import gradient_pushes
+from ..depth import run_tokens
 from ..figure import to_json
+from ..generation import forward_lock
+from ..loading import LoadError
 from ..session import VIEW_EDGE_KINDS
+from ..steering import steering_edit
 from .run import Scrub, scrub_range
 from .status import table_frame
+
+log = logging.getLogger("axon")
 
 if TYPE_CHECKING:
     from ..session import RunSession
@@ -72,3 +82,37 @@ def redraw(run: "RunSession | None", kind) -> str | None:
         return None
     run.edge_kind = kind
     return run.figure_json(relayout=False)
+
+
+def gradient_for_token(services, run: "RunSession | None") -> str | None:
+    """The decision strip's gradient flavour for the token shown (or the newest):
+    each feature's activation × gradient of logit(chosen) − logit(runner-up) at
+    the position that chose it, through every later layer (one forward over the
+    prefix and one backward, off the token loop). Returns the text (with the
+    strip) to show, or None: nothing to do."""
+    if run is None or not run.steps:
+        return None
+    steps = list(run.steps)
+    at = run.at if run.at is not None else steps[-1].position
+    i = next((k for k, s in enumerate(steps) if s.position == at), len(steps) - 1)
+    shown, before = steps[i], steps[i - 1] if i else None
+    decision = before.decision if before is not None else None
+    if decision is None or decision.chosen != shown.token_id or decision.runner_up is None:
+        return None
+    try:
+        pair = services.pairs.get(run.meta["release"], run.meta["sae_id"])
+        feats = [f for f in before.features if f.layer in (None, run.primary_layer)]
+        tokens = run_tokens(steps, getattr(pair.model.tokenizer, "bos_token_id", None))
+        edit = steering_edit(pair.sae, run.meta["steer"]) if run.meta.get("steer") else None
+        t = time.perf_counter()
+        with forward_lock(pair.model, None):
+            pushes = gradient_pushes(pair.model, pair.sae, pair.hook_name, tokens, before.position,
+                                     [f.index for f in feats], decision.chosen, decision.runner_up.token_id, edit)
+        entry = {"other": decision.runner_up.token_id, "pushes": [(f.key, v) for f, v in zip(feats, pushes)],
+                 "ms": 1e3 * (time.perf_counter() - t)}
+    except (LoadError, ValueError, RuntimeError) as err:
+        log.exception("gradient flavour failed")
+        entry = {"error": f"The gradient flavour failed ({type(err).__name__}): {str(err)[:200]}"}
+    with run.lock:
+        run.gradients[before.position] = entry
+    return run.text_html()
