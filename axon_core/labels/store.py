@@ -88,6 +88,7 @@ class LabelStore:
         self._readers: list[sqlite3.Connection] = []
         self._write_lock = threading.Lock()
         self._writer: sqlite3.Connection | None = None
+        self._complete_in_memory: set[str] = set()
         self.path: Path | None = self._open(Path(path))
 
     def _open(self, path: Path) -> Path | None:
@@ -207,6 +208,27 @@ class LabelStore:
             if con is None:
                 return set()
             return {r[0] for r in con.execute("SELECT batch FROM prefetch_batches WHERE np_id = ?", (np_id,))}
+
+    def mark_complete(self, np_id: str) -> None:
+        """Every bulk batch of ``np_id`` is stored: a bulk download at start-up skips it."""
+        with self._write_lock:
+            if self._writer is None:
+                self._complete_in_memory.add(np_id)
+                return
+            with contextlib.suppress(sqlite3.Error), _transaction(self._writer):
+                self._writer.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (f"complete:{np_id}", str(time.time())))
+
+    def complete(self, np_id: str) -> bool:
+        """Whether :meth:`mark_complete` was called for ``np_id`` (by any process)."""
+        if np_id in self._complete_in_memory:
+            return True
+        with self._reader() as con:
+            if con is None:
+                return False
+            try:
+                return con.execute("SELECT 1 FROM meta WHERE key = ?", (f"complete:{np_id}",)).fetchone() is not None
+            except sqlite3.Error:
+                return False
 
     def store_batch(self, np_id: str, batch: int, rows: list[Row], now: float | None = None) -> int:
         """A bulk batch and its "done" mark, one transaction; the labels it changed
