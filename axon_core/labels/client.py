@@ -66,6 +66,21 @@ def _http_get(url: str, headers: Mapping[str, str], timeout: float):
         return e.code, b"", e.headers
 
 
+def _http_post_json(url: str, payload: dict, headers: Mapping[str, str], timeout: float):
+    """(status, body, headers) of a JSON POST; as :func:`_http_get`."""
+    req = urllib.request.Request(url, data=json.dumps(payload).encode(), method="POST",
+                                 headers={"User-Agent": USER_AGENT, "Content-Type": "application/json", **headers})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, resp.read(), resp.headers
+    except urllib.error.HTTPError as e:
+        body = b""
+        with contextlib.suppress(Exception):
+            body = e.read(4096)
+            e.close()
+        return e.code, body, e.headers
+
+
 def _retry_after(value: str | None, default: float = 60.0) -> float:
     if not value:
         return default
@@ -89,6 +104,22 @@ def _parse_feature(body: bytes) -> str | None:
         if isinstance(desc, str) and desc.strip():
             return desc
     return None
+
+
+def _parse_search(body: bytes) -> list[tuple[str, int, str, float]]:
+    """The results of an explanation search answer; malformed entries are skipped."""
+    data = json.loads(body)
+    if not isinstance(data, dict) or not isinstance(data.get("results"), list):
+        raise ValueError("response has no 'results' list")
+    out = []
+    for r in data["results"]:
+        try:
+            np_id = f"{r['modelId']}/{r['layer']}"
+            split_np_id(np_id)
+            out.append((np_id, int(r["index"]), str(r["description"]), float(r.get("cosine_similarity") or 0.0)))
+        except (KeyError, TypeError, ValueError):
+            continue
+    return out
 
 
 def _parse_batch(raw: bytes, source_id: str) -> dict[int, str]:
@@ -147,6 +178,22 @@ class NeuronpediaClient:
         if status == 429:
             raise RateLimited(_retry_after(resp_headers.get("Retry-After") if resp_headers else None))
         raise LabelFetchError(f"HTTP {status}")
+
+    def search(self, model_id: str, source_ids: list[str], query: str) -> list[tuple[str, int, str, float]]:
+        """Neuronpedia's explanation search (by meaning): the first page of
+        (np_id, index, description, cosine similarity). Raises :class:`RateLimited`
+        on a 429 (its window from the body), :class:`LabelFetchError` otherwise."""
+        url = f"{self.base_url}/api/explanation/search"
+        headers = {"Accept": "application/json"}
+        if self.api_key:
+            headers["x-api-key"] = self.api_key
+        payload = {"modelId": model_id, "layers": list(source_ids), "query": query, "offset": 0}
+        status, body, resp_headers = _http_post_json(url, payload, headers, self.timeout)
+        if status == 429:
+            raise RateLimited(_retry_after(resp_headers.get("Retry-After") if resp_headers else None, 600.0))
+        if status != 200:
+            raise LabelFetchError(f"HTTP {status}")
+        return _parse_search(body)
 
     def download_batch(self, np_id: str, batch: int, retries: int = 0,
                        timeout: float = 60.0) -> dict[int, str] | None:

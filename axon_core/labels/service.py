@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import re
 import logging
 import os
 import threading
@@ -39,6 +40,7 @@ import cachetools
 from ..paths import cache_dir
 from .client import NeuronpediaClient, RateLimited
 from .prefetch import Progress, prefetch_all
+from .search import SemanticSearch, fts_queries, query_words
 from .store import LabelStore
 from .text import fallback_label
 
@@ -188,6 +190,7 @@ class LabelService:
         if cache_path is None:
             cache_path = env("AXON_LABEL_CACHE") or cache_dir() / "labels.sqlite"
         self.store = LabelStore(Path(cache_path))
+        self.semantic = SemanticSearch(self.client)  # Neuronpedia's search by meaning, in the background
         if enabled:  # started here so that label() never pays for a thread start
             for n in range(self.max_workers):
                 t = threading.Thread(target=self._worker, name=f"axon-labels-{n}", daemon=True)
@@ -279,6 +282,44 @@ class LabelService:
         """"queued", "running", "done", "failed" or None (never asked)."""
         return self._bulk.state.get(np_id)
 
+    def search(self, np_ids: Iterable[str | None], text, limit: int = 20) -> list[tuple[str, int, str]]:
+        """Cached labels of these SAEs matching ``text`` (np_id, index, label):
+        every word exactly first, then as prefixes, then any word, each ranked by bm25.
+        Any text is safe (FTS5 syntax, quotes, 10 KB); never fetches."""
+        np_ids = [n for n in dict.fromkeys(np_ids) if n and "/" in n]
+        queries = fts_queries(text)
+        if not np_ids or queries is None:
+            return []
+        out: dict[tuple[str, int], str] = {}
+        for match in queries:
+            hits = self.store.search(np_ids, match, limit)
+            if hits is None:  # no disk index: scan what memory holds
+                return self._scan(np_ids, query_words(text), limit)
+            for np_id, index, label in hits:
+                out.setdefault((np_id, index), label)
+            if len(out) >= limit:
+                break
+        return [(n, i, lab) for (n, i), lab in list(out.items())[:limit]]
+
+    def _scan(self, np_ids: list[str], words: list[str], limit: int) -> list[tuple[str, int, str]]:
+        with self._lock:
+            items = [(k, v[0]) for k, v in self._mem.items() if k[0] in np_ids and v[0]]
+        scored = []
+        for (np_id, index), label in items:
+            have = re.findall(r"\w+", label.lower())
+            prefixed = sum(any(h.startswith(w) for h in have) for w in words)
+            if prefixed:
+                exact = sum(w in have for w in words)
+                scored.append((-(prefixed == len(words)), -exact, -prefixed, len(label), np_id, index, label))
+        return [row[-3:] for row in sorted(scored)[:limit]]
+
+    def cached_count(self, np_id: str) -> int:
+        """How many labels of ``np_id`` are cached (on disk, else in memory)."""
+        if self.cache_path is not None:
+            return self.store.count(np_id)
+        with self._lock:
+            return sum(1 for k, v in self._mem.items() if k[0] == np_id and v[0])
+
     def put(self, np_id: str, labels: Mapping[int, str | None]) -> None:
         """Store labels (None = "has no label") in memory and on disk, one transaction."""
         now = time.time()
@@ -348,6 +389,7 @@ class LabelService:
             self._urgent.clear()
             self._work.notify_all()
         self._stop.set()
+        self.semantic.close()
         self.store.close()
 
     def __enter__(self) -> LabelService:
