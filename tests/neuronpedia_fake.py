@@ -83,6 +83,8 @@ class FakeNeuronpedia:
         self.search_limit = 200
         self.bodies: list[tuple[str, Any]] = []  # (path, JSON body) of each POST
         self.feature_extra: dict[tuple[str, int], dict] = {}
+        self._stopped = False
+        self.peers: set[tuple] = set()  # (host, port) of each connection seen: kept-alive ones count once
         self.gate: dict[str, threading.Event] = {}  # path prefix -> answers wait until it is set (10 s at most)
         self._fail: dict[str, list[int]] = {}
         self._lock = threading.Lock()
@@ -170,6 +172,7 @@ class FakeNeuronpedia:
         return f"{self.url}{DATASETS_PREFIX}"
 
     def start(self) -> FakeNeuronpedia:
+        self._stopped = False
         server = _Server(("127.0.0.1", 0), _Handler)
         server.fake = self  # type: ignore[attr-defined]
         self._server = server
@@ -179,6 +182,7 @@ class FakeNeuronpedia:
         return self
 
     def stop(self) -> None:
+        self._stopped = True  # kept-alive connections get no more answers either
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -287,12 +291,15 @@ class _Server(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     server_version = "FakeNeuronpedia/1"
+    protocol_version = "HTTP/1.1"  # keep-alive, as Neuronpedia and S3 (every answer has a Content-Length)
 
     def do_POST(self) -> None:  # noqa: N802
         self.do_GET(post=True)
 
     def do_GET(self, post: bool = False) -> None:  # noqa: N802
         fake: FakeNeuronpedia = self.server.fake  # type: ignore[attr-defined]
+        if fake._stopped:
+            return self._drop()
         split = urlsplit(self.path)
         path = unquote(split.path)
         body: Any = None
@@ -307,6 +314,7 @@ class _Handler(BaseHTTPRequestHandler):
             if post:
                 fake.bodies.append((path, body))
             fake.requests[path] += 1
+            fake.peers.add(self.client_address)
             fake.arrivals.append((time.monotonic(), path))
             fake.headers[path] = {k.lower(): v for k, v in self.headers.items()}
             forced = fake._fail[path].pop(0) if fake._fail.get(path) else None

@@ -510,3 +510,23 @@ def test_visible_labels_are_fetched_first_in_their_order(make, fake):
     order = [p for _, p in fake.arrivals]
     assert order[1:5] == [fake.feature_path(NP, i) for i in (155, 152, 151, 150)]
     assert len(order) == len(set(order)) == 44  # then the 40 others, each once
+
+
+# ---- the kept HTTP client ----------------------------------------------------------
+
+
+def test_one_pooled_client_keeps_its_connections(make, fake):
+    svc = make(max_workers=1)
+    for i in range(100, 120):
+        svc.request(NP, [i])
+        assert wait_for(lambda: svc.known(NP, i) == f"label {i}")
+    assert fake.count("/api/feature/") == 20
+    assert len(fake.peers) <= 2  # kept alive, not a connection a label
+
+
+def test_an_oversized_answer_is_a_failure_not_a_label(make, fake):
+    fake.feature_extra[(NP, 5)] = {"activations": ["x" * (5 << 20)]}  # 5 MB of feature page
+    svc = make()
+    svc.request(NP, [5])
+    assert wait_for(lambda: svc.status()["failures"] == 1)
+    assert svc.label(NP, 5) == "Feature 5" and "MB" in svc.status()["last_error"]

@@ -391,6 +391,7 @@ class LabelService:
         self._stop.set()
         self.semantic.close()
         self.store.close()
+        self.client.close()
 
     def __enter__(self) -> LabelService:
         return self
