@@ -25,6 +25,7 @@ from ui.zerogpu import gpu_steps_for  # noqa: E402  (imports spaces, before torc
 from axon_core.catalogue import DEFAULT_MODEL, DEFAULT_RELEASE, DEFAULT_SAE_ID  # noqa: E402
 from axon_core.generation import GenerationSettings  # noqa: E402
 from axon_core.page.causal import CAUSAL_COLUMNS, CAUSAL_HINT  # noqa: E402
+from axon_core.page.find import FIND_COLUMNS, FIND_HINT  # noqa: E402
 from axon_core.page.inspector import INSPECT_HINT, NEIGHBOUR_COLUMNS, PUSH_COLUMNS  # noqa: E402
 from axon_core.page.services import Services  # noqa: E402
 from axon_core.page.settings import EXAMPLES, EXPORT_MAX_AGE, SESSION_TTL  # noqa: E402
@@ -129,6 +130,12 @@ with gr.Blocks(title="AXON", delete_cache=(int(EXPORT_MAX_AGE), int(EXPORT_MAX_A
             threshold = gr.Slider(0, 10, value=DEFAULTS.activation_threshold, step=0.05,
                                   label="Activation threshold")
     with gr.Accordion("Inspector and steering", open=True, elem_classes=FULL):
+        with gr.Row(equal_height=True):
+            find_box = gr.Textbox(label="Find a feature", placeholder="a word or its start, e.g. France", scale=3)
+            find_btn = gr.Button("Find", size="sm", scale=1)
+        find_note = gr.Markdown(FIND_HINT)
+        find_table = gr.Dataframe(pd.DataFrame(columns=FIND_COLUMNS), interactive=False, max_height=260,
+                                  label="Features found (click one that fired to inspect it)")
         inspector_head = gr.Markdown(INSPECT_HINT)
         with gr.Row():
             inspector_plot = gr.LinePlot(height=180, label="Activation over the run")
@@ -209,6 +216,11 @@ with gr.Blocks(title="AXON", delete_cache=(int(EXPORT_MAX_AGE), int(EXPORT_MAX_A
     prefetch_btn.click(HANDLERS.prefetch_labels, [release, sae_id], status, api_visibility="private")
     inspector_outputs = [inspector_head, inspector_plot, neighbours, pushes, text, steer_feature]
     table.select(HANDLERS.inspect_from_table, run_state, inspector_outputs, api_visibility="private")
+    find_inputs, find_outputs = [run_state, find_box, release, sae_id], [find_table, find_note]
+    find_btn.click(HANDLERS.find_feature, find_inputs, find_outputs, api_name="find_feature", trigger_mode="always_last")
+    find_box.submit(HANDLERS.find_feature, find_inputs, find_outputs, api_visibility="private",
+                    trigger_mode="always_last")
+    find_table.select(HANDLERS.inspect_from_found, run_state, inspector_outputs, api_visibility="private")
     graph.select(HANDLERS.inspect_from_graph, run_state, inspector_outputs, api_visibility="private")
     for button, file, kind in ((json_btn, json_file, "json"), (html_btn, html_file, "html")):
         button.click(functools.partial(HANDLERS.prepare_download, kind=kind), run_state, file,

@@ -287,7 +287,23 @@ class RunSession:
             planes = {z: f"layer {layer}" for layer, z in self.plane_of.items()}
             self._figure = figure_dict(snap, positions, self.label, edges=(a, b, score + shift),
                                        signed=kind in SIGNED_KINDS or kind == "causal", planes=planes or None)
-            return self._figure
+            named = [int(a["name"]) for a in self._figure["layout"].get("scene", {}).get("annotations", ())
+                     if str(a.get("name", "")).lstrip("-").isdigit()]  # not the planes' names
+        self.prioritize(named)
+        return self._figure
+
+    def prioritize(self, keys) -> None:
+        """Ask for these features' labels before all others, in this order (the
+        scene's names, strongest first; the table's rows): what a person reads."""
+        if self.labels is None or not hasattr(self.labels, "prioritize"):
+            return
+        wanted: dict[str | None, list[int]] = {}
+        for key in keys:
+            if key not in self._known:
+                layer, index = split_key(key)
+                wanted.setdefault(self.np_ids.get(layer, self.np_id), []).append(index)
+        for np_id, indices in wanted.items():
+            self.labels.prioritize(np_id, indices)
 
     def _relayout(self):
         snap = self.graph.snapshot(max_nodes=self.max_nodes)
@@ -407,6 +423,7 @@ class RunSession:
                     node = self.graph.node(f.key)
                     rows.append({"feature": f.key, "label": self.label(f.key), "activation": f.activation,
                                  "peak": node.peak, "tokens": node.tokens, "attribution": f.attribution})
+        self.prioritize([row["feature"] for row in rows])
         for row in rows:
             layer, row["feature"] = split_key(row["feature"])
             row["layer"] = self.primary_layer if layer is None else layer

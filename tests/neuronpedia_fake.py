@@ -14,12 +14,25 @@ description) pairs or raw JSON-lines dicts; they are served gzip-compressed at
 ``{datasets_url}/v1/{np_id}/explanations/batch-N.jsonl.gz``, and the bucket
 answers S3 ``?list-type=2&prefix=`` listings.
 
+``set_bulk(np_id, folder, batches)`` serves the other bulk folders the same
+way (``features/``, ``activations/``: raw dicts, keyed on their own
+``index``, string or int); listings cover every folder.
+
+``POST /api/explanation/search`` (``{modelId, layers, query, offset}``) answers
+like Neuronpedia's semantic search: 20 results a page from ``search_results``
+(query → list of ``(np_id, index, description, cosine)``), else every known
+label sharing a word (3+ letters) with the query. ``search_limit`` search
+requests are answered (then a 429 with Neuronpedia's body); ``bodies`` records
+each POST's JSON. ``gate[prefix] = threading.Event()`` holds every answer on
+paths starting with ``prefix`` until the event is set. ``feature_extra[(np_id, index)]`` is merged into that
+feature's ``/api/feature`` answer (activations, logit lens, density).
+
 Modes (``fake.mode``), applied to every request:
 ``normal``, ``slow`` (sleep ``delay`` s, then answer normally), ``error``
 (status ``error_status``, default 500), ``ratelimit`` (429 with ``Retry-After:
-{retry_after}``), ``garbage`` (200 with a non-JSON body), ``close`` (drop the
-connection without answering). ``fail_next(path, times, status)`` fails one
-path only, ``times`` times.
+{retry_after}`` and Neuronpedia's JSON body), ``garbage`` (200 with a non-JSON
+body), ``close`` (drop the connection without answering).
+``fail_next(path, times, status)`` fails one path only, ``times`` times.
 """
 
 from __future__ import annotations
@@ -36,6 +49,16 @@ from xml.sax.saxutils import escape
 
 MODES = ("normal", "slow", "error", "ratelimit", "garbage", "close")
 DATASETS_PREFIX = "/datasets"
+FOLDERS = ("explanations", "features", "activations")
+SEARCH_PATH = "/api/explanation/search"
+SEARCH_PAGE = 20
+
+
+def rate_limit_body(endpoint: str, limit: int, remaining: int = 0) -> bytes:
+    """Neuronpedia's 429 body (its rate limiter's own fields)."""
+    return json.dumps({"endpoint": endpoint, "limitPerWindow": limit, "requestWindow": "60 minutes",
+                       "remainingRequests": remaining,
+                       "error": f"Rate limit exceeded for {endpoint}. Try again later."}).encode()
 
 
 class FakeNeuronpedia:
@@ -55,7 +78,14 @@ class FakeNeuronpedia:
         self.arrivals: list[tuple[float, str]] = []  # (time.monotonic(), path)
         self.headers: dict[str, dict[str, str]] = {}  # path -> last request's headers, lower-case keys
         self._mode = "normal"
-        self._batches: dict[str, list[bytes]] = {}
+        self._batches: dict[tuple[str, str], list[bytes]] = {}  # (np_id, folder) -> gzip'd files
+        self.search_results: dict[str, list[tuple[str, int, str, float]]] = {}
+        self.search_limit = 200
+        self.bodies: list[tuple[str, Any]] = []  # (path, JSON body) of each POST
+        self.feature_extra: dict[tuple[str, int], dict] = {}
+        self._stopped = False
+        self.peers: set[tuple] = set()  # (host, port) of each connection seen: kept-alive ones count once
+        self.gate: dict[str, threading.Event] = {}  # path prefix -> answers wait until it is set (10 s at most)
         self._fail: dict[str, list[int]] = {}
         self._lock = threading.Lock()
         self._server: _Server | None = None
@@ -77,6 +107,10 @@ class FakeNeuronpedia:
         self._mode = value
 
     def set_batches(self, np_id: str, batches: list[Iterable[Any]]) -> None:
+        self.set_bulk(np_id, "explanations", batches)
+
+    def set_bulk(self, np_id: str, folder: str, batches: list[Iterable[Any]]) -> None:
+        assert folder in FOLDERS, folder
         model_id, source_id = np_id.split("/", 1)
         files = []
         for batch in batches:
@@ -94,7 +128,7 @@ class FakeNeuronpedia:
                 lines.append(json.dumps(row))
             files.append(gzip.compress(("\n".join(lines) + "\n").encode()))
         with self._lock:
-            self._batches[np_id] = files
+            self._batches[(np_id, folder)] = files
 
     def fail_next(self, path: str, times: int = 1, status: int = 500) -> None:
         """Answer the next ``times`` requests for ``path`` with ``status``
@@ -118,8 +152,8 @@ class FakeNeuronpedia:
         return f"/api/feature/{np_id}/{index}"
 
     @staticmethod
-    def batch_path(np_id: str, batch: int) -> str:
-        return f"{DATASETS_PREFIX}/v1/{np_id}/explanations/batch-{batch}.jsonl.gz"
+    def batch_path(np_id: str, batch: int, folder: str = "explanations") -> str:
+        return f"{DATASETS_PREFIX}/v1/{np_id}/{folder}/batch-{batch}.jsonl.gz"
 
     # ---- lifecycle ---------------------------------------------------------
 
@@ -138,6 +172,7 @@ class FakeNeuronpedia:
         return f"{self.url}{DATASETS_PREFIX}"
 
     def start(self) -> FakeNeuronpedia:
+        self._stopped = False
         server = _Server(("127.0.0.1", 0), _Handler)
         server.fake = self  # type: ignore[attr-defined]
         self._server = server
@@ -147,6 +182,7 @@ class FakeNeuronpedia:
         return self
 
     def stop(self) -> None:
+        self._stopped = True  # kept-alive connections get no more answers either
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -171,10 +207,11 @@ class FakeNeuronpedia:
         if path == f"{DATASETS_PREFIX}/" and "list-type" in query and self.list_bucket:
             return 200, self._listing(query.get("prefix", [""])[0]).encode(), "application/xml"
         if path.startswith(f"{DATASETS_PREFIX}/v1/"):
-            head, sep, name = path[len(DATASETS_PREFIX) + 4:].rpartition("/explanations/")
-            if sep and name.startswith("batch-") and name.endswith(".jsonl.gz"):
+            head, _, name = path[len(DATASETS_PREFIX) + 4:].rpartition("/")
+            np_id, _, folder = head.rpartition("/")
+            if folder in FOLDERS and name.startswith("batch-") and name.endswith(".jsonl.gz"):
                 n = name[len("batch-"):-len(".jsonl.gz")]
-                files = self._batches.get(head, [])
+                files = self._batches.get((np_id, folder), [])
                 if n.isdigit() and int(n) < len(files):
                     return 200, files[int(n)], "application/gzip"
         return 403 if path.startswith(DATASETS_PREFIX) else 404, b"<Error>AccessDenied</Error>", "application/xml"
@@ -191,12 +228,49 @@ class FakeNeuronpedia:
                 for d in descs
             ],
             "activations": [], "maxActApprox": 1.0, "neuron_alignment_indices": [],
+            "pos_str": [], "pos_values": [], "neg_str": [], "neg_values": [], "frac_nonzero": 0,
+            **self.feature_extra.get((np_id, index), {}),
         }
+
+    def all_labels(self) -> dict[tuple[str, int], str]:
+        """Every (np_id, index) → first description this fake knows (API and explanation batches)."""
+        out: dict[tuple[str, int], str] = {}
+        with self._lock:
+            files = {k: v for k, v in self._batches.items() if k[1] == "explanations"}
+        for (np_id, _), blobs in files.items():
+            for blob in blobs:
+                for line in gzip.decompress(blob).splitlines():
+                    row = json.loads(line)
+                    out.setdefault((np_id, int(row["index"])), row.get("description") or "")
+        for key, value in self.labels.items():
+            descs = [] if value is None else [value] if isinstance(value, str) else list(value)
+            if descs:
+                out.setdefault(key, descs[0])
+        return out
+
+    def _search(self, body: Any) -> tuple[int, bytes, str]:
+        if not isinstance(body, dict) or not isinstance(body.get("query"), str) or len(body["query"]) < 3:
+            return 400, b'{"error":"query must be at least 3 characters"}', "application/json"
+        model_id, layers, query = body.get("modelId"), body.get("layers") or [], body["query"]
+        offset = int(body.get("offset") or 0)
+        if query in self.search_results:
+            hits = self.search_results[query]
+        else:
+            words = {w for w in "".join(c if c.isalnum() else " " for c in query.lower()).split() if len(w) >= 3}
+            hits = [(np_id, i, d, 0.5) for (np_id, i), d in sorted(self.all_labels().items())
+                    if words & set("".join(c if c.isalnum() else " " for c in d.lower()).split())]
+        hits = [h for h in hits if h[0].split("/", 1)[0] == model_id and h[0].split("/", 1)[1] in layers]
+        page = hits[offset: offset + SEARCH_PAGE]
+        results = [{"modelId": np_id.split("/", 1)[0], "layer": np_id.split("/", 1)[1], "index": str(i),
+                    "description": d, "cosine_similarity": cos, "neuron": {}} for np_id, i, d, cos in page]
+        more = offset + SEARCH_PAGE < len(hits)
+        return 200, json.dumps({"request": body, "results": results, "resultsCount": len(hits), "hasMore": more,
+                                "nextOffset": offset + SEARCH_PAGE if more else None}).encode(), "application/json"
 
     def _listing(self, prefix: str) -> str:
         keys = [
-            f"v1/{np_id}/explanations/batch-{n}.jsonl.gz"
-            for np_id, files in self._batches.items()
+            f"v1/{np_id}/{folder}/batch-{n}.jsonl.gz"
+            for (np_id, folder), files in self._batches.items()
             for n in range(len(files))
         ]
         keys = [k for k in keys if k.startswith(prefix)]
@@ -217,17 +291,37 @@ class _Server(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     server_version = "FakeNeuronpedia/1"
+    protocol_version = "HTTP/1.1"  # keep-alive, as Neuronpedia and S3 (every answer has a Content-Length)
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:  # noqa: N802
+        self.do_GET(post=True)
+
+    def do_GET(self, post: bool = False) -> None:  # noqa: N802
         fake: FakeNeuronpedia = self.server.fake  # type: ignore[attr-defined]
+        if fake._stopped:
+            return self._drop()
         split = urlsplit(self.path)
         path = unquote(split.path)
+        body: Any = None
+        if post:
+            raw = self.rfile.read(min(int(self.headers.get("Content-Length") or 0), 1 << 20))
+            try:
+                body = json.loads(raw)
+            except ValueError:
+                body = raw
         with fake._lock:
+            searches = fake.requests[SEARCH_PATH]
+            if post:
+                fake.bodies.append((path, body))
             fake.requests[path] += 1
+            fake.peers.add(self.client_address)
             fake.arrivals.append((time.monotonic(), path))
             fake.headers[path] = {k.lower(): v for k, v in self.headers.items()}
             forced = fake._fail[path].pop(0) if fake._fail.get(path) else None
             mode = fake.mode
+        for prefix, event in list(fake.gate.items()):
+            if path.startswith(prefix):
+                event.wait(10.0)
         if forced is not None:
             return self._drop() if forced == 0 else self._send(forced, b'{"message":"forced failure"}')
         if mode == "slow":
@@ -236,13 +330,20 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(fake.error_status, b'{"message":"Internal Server Error"}')
         elif mode == "ratelimit":
             extra = {"Retry-After": fake.retry_after} if fake.retry_after is not None else {}
-            return self._send(429, b'{"message":"Too many requests"}', headers=extra)
+            return self._send(429, rate_limit_body("/api", 25000), headers=extra)
         elif mode == "garbage":
             return self._send(200, b"\x00\xff<html>not json {{{", "application/json")
         elif mode == "close":
             return self._drop()
-        status, body, ctype = fake._answer(path, parse_qs(split.query))
-        self._send(status, body, ctype)
+        if post and path == SEARCH_PATH:
+            if searches >= fake.search_limit:
+                return self._send(429, rate_limit_body("/api/explanation/search", fake.search_limit))
+            status, out, ctype = fake._search(body)
+        elif post:
+            status, out, ctype = 404, b'{"error":"not found"}', "application/json"
+        else:
+            status, out, ctype = fake._answer(path, parse_qs(split.query))
+        self._send(status, out, ctype)
 
     def _send(self, status: int, body: bytes, ctype: str = "application/json", headers: Mapping[str, str] = {}) -> None:
         self.send_response(status)

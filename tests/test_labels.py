@@ -437,3 +437,96 @@ def test_safe_text_property(text, max_len):
     assert len(out) <= max_len
     assert not any(unicodedata.category(c) in ("Cc", "Cf", "Cs") for c in out)
     assert out == out.strip()
+
+
+# ---- bulk in the background, visible first -------------------------------------------
+
+
+def test_bulk_runs_in_background_and_is_remembered(make, fake, tmp_path):
+    fake.gate["/datasets/"] = threading.Event()  # the bucket holds its answers
+    svc = make()
+    t0 = time.perf_counter()
+    svc.bulk(BULK)
+    assert time.perf_counter() - t0 < 0.5  # never waits on the bucket
+    assert wait_for(lambda: svc.bulk_state(BULK) == "running")
+    assert svc.known(BULK, 12) is None
+    fake.gate["/datasets/"].set()
+    assert wait_for(lambda: svc.bulk_state(BULK) == "done", timeout=5)
+    assert {i: svc.known(BULK, i) for i in range(30)} == {i: f"bulk {i}" for i in range(30)}
+    assert fake.count("/api/") == 0 and [fake.requests[fake.batch_path(BULK, n)] for n in range(3)] == [1, 1, 1]
+    svc.bulk(BULK)  # done already: no second download
+    svc.close()
+    again = make()  # a restart on the same cache: marked complete, nothing asked
+    fake.reset_counts()
+    again.bulk(BULK)
+    assert again.bulk_state(BULK) == "done" and fake.count() == 0
+
+
+def test_bulk_keys_records_on_their_own_index(make, fake):
+    rows = [{"modelId": "gpt2-small", "layer": "4-res-jb", "index": i, "description": f"int {i}"} for i in (3, 1)]
+    rows += [{"modelId": "gpt2-small", "layer": "4-res-jb", "index": "10", "description": "string 10"}]
+    fake.set_batches("gpt2-small/4-res-jb", [rows])
+    svc = make()
+    svc.bulk("gpt2-small/4-res-jb")
+    assert wait_for(lambda: svc.bulk_state("gpt2-small/4-res-jb") == "done")
+    assert [svc.known("gpt2-small/4-res-jb", i) for i in (1, 3, 10, 0)] == ["int 1", "int 3", "string 10", None]
+
+
+def test_while_bulk_runs_only_visible_labels_are_fetched_one_by_one(make, fake):
+    fake.set_batches(NP, [[(i, f"bulk {i}") for i in range(100, 120)]])
+    fake.gate["/datasets/"] = threading.Event()
+    svc = make()
+    svc.bulk(NP)
+    assert wait_for(lambda: svc.bulk_state(NP) == "running")
+    svc.request(NP, [100, 101, 102])  # background wishes: the bulk brings them
+    svc.prioritize(NP, [5])  # on screen: asked at once
+    assert wait_for(lambda: svc.known(NP, 5) == "European capitals")
+    assert wait_for(lambda: idle(svc))
+    assert fake.count("/api/feature/") == 1
+    fake.gate["/datasets/"].set()
+    assert wait_for(lambda: svc.bulk_state(NP) == "done", timeout=5)
+    assert svc.labels(NP, [100, 101, 102]) == {i: f"bulk {i}" for i in (100, 101, 102)}
+    assert fake.count("/api/feature/") == 1
+
+
+def test_failed_bulk_leaves_one_by_one_fetches(make, fake):
+    svc = make(datasets_url="http://127.0.0.1:9")  # nothing listens
+    svc.bulk(NP)
+    assert wait_for(lambda: svc.bulk_state(NP) == "failed", timeout=5)
+    assert "last_bulk_error" in svc.status()
+    svc.request(NP, [5])
+    assert wait_for(lambda: svc.known(NP, 5) == "European capitals")
+
+
+def test_visible_labels_are_fetched_first_in_their_order(make, fake):
+    gate = fake.gate["/api/"] = threading.Event()  # the API holds its answers: a queue builds up
+    svc = make(max_workers=1)
+    svc.request(NP, range(100, 140))  # what a run's steps ask for
+    assert wait_for(lambda: fake.count("/api/feature/") == 1)  # one is on its way
+    svc.prioritize(NP, [150, 151])  # an older frame's names
+    svc.prioritize(NP, [155, 152, 151])  # the newest frame's: first, strongest first
+    gate.set()
+    assert wait_for(lambda: idle(svc), timeout=5)
+    order = [p for _, p in fake.arrivals]
+    assert order[1:5] == [fake.feature_path(NP, i) for i in (155, 152, 151, 150)]
+    assert len(order) == len(set(order)) == 44  # then the 40 others, each once
+
+
+# ---- the kept HTTP client ----------------------------------------------------------
+
+
+def test_one_pooled_client_keeps_its_connections(make, fake):
+    svc = make(max_workers=1)
+    for i in range(100, 120):
+        svc.request(NP, [i])
+        assert wait_for(lambda: svc.known(NP, i) == f"label {i}")
+    assert fake.count("/api/feature/") == 20
+    assert len(fake.peers) <= 2  # kept alive, not a connection a label
+
+
+def test_an_oversized_answer_is_a_failure_not_a_label(make, fake):
+    fake.feature_extra[(NP, 5)] = {"activations": ["x" * (5 << 20)]}  # 5 MB of feature page
+    svc = make()
+    svc.request(NP, [5])
+    assert wait_for(lambda: svc.status()["failures"] == 1)
+    assert svc.label(NP, 5) == "Feature 5" and "MB" in svc.status()["last_error"]

@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import html
 import os
+import time
 
 import gradio as gr
 
-from axon_core.page import causal, downloads, inspector, links, picker, view
+from axon_core.page import causal, downloads, find, inspector, links, picker, view
 from axon_core.page.run import Frame, Notice, Scrub, run_frames
 from axon_core.page.sessions import SessionRuns
 from axon_core.page.status import status_line
@@ -207,6 +208,25 @@ class Handlers:
 
     def inspect_from_graph(self, run, evt: gr.SelectData):
         return self.inspect(run, evt.value if evt.value is not None else evt.index)
+
+    def find_feature(self, run: RunSession | None, query, release=None, sae_id=None):
+        """"Find a feature": the cached labels' matches at once, then (within 3 s)
+        Neuronpedia's search by meaning merged in. Outputs: results, note."""
+        found = find.find(self.services, run, query, release, sae_id)
+        yield find.table(found), html.escape(found.note)
+        deadline = time.monotonic() + 3.0
+        while found.waiting and time.monotonic() < deadline:
+            time.sleep(0.25)
+            found = find.find(self.services, run, query, release, sae_id)
+            if not found.waiting:
+                yield find.table(found), html.escape(found.note)
+
+    def inspect_from_found(self, run, evt: gr.SelectData):
+        key = find.key_of_found(run, getattr(evt, "row_value", None))
+        if key is None:
+            gr.Info("That feature has not fired in this run: nothing to inspect yet.")
+            return [gr.skip()] * 6
+        return self.inspect(run, key)
 
     def add_steer(self, run: RunSession | None, feature, strength, current):
         text, warning = inspector.add_steer(run, feature, strength, current)

@@ -1,7 +1,11 @@
 """Neuronpedia over HTTP: one feature's label, one bulk batch, how many batches there are.
 
+All requests go through one pooled ``httpx.Client`` per client (timeouts,
+kept-alive connections, httpx's retry of connections that fail to open).
+
 Sources: ``GET {base}/api/feature/{modelId}/{sourceId}/{index}`` (first
-``explanations[].description``), and for bulk the gzip JSON-lines batches
+``explanations[].description``), ``POST {base}/api/explanation/search`` (by
+meaning), and for bulk the gzip JSON-lines batches
 ``{datasets}/v1/{modelId}/{sourceId}/explanations/batch-N.jsonl.gz``, listed
 by an S3 ListObjectsV2 call. Errors worth retrying raise
 :class:`LabelFetchError` (a 429: :class:`RateLimited`, with its
@@ -17,17 +21,16 @@ Worked example::
 
 from __future__ import annotations
 
-import contextlib
 import email.utils
 import gzip
 import json
 import os
 import re
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from typing import Mapping
+
+import httpx
 
 DEFAULT_BASE_URL = "https://www.neuronpedia.org"
 DEFAULT_DATASETS_URL = "https://neuronpedia-datasets.s3.us-east-1.amazonaws.com"
@@ -54,16 +57,45 @@ def split_np_id(np_id: str) -> tuple[str, str]:
     return model_id, source_id
 
 
-def _http_get(url: str, headers: Mapping[str, str], timeout: float):
-    """(status, body, headers); HTTP error statuses are returned, network errors raise."""
-    req = urllib.request.Request(url, headers={"User-Agent": USER_AGENT, **headers})
+MAX_ANSWER = 4 << 20  # bytes of an API answer read at most
+MAX_BATCH = 256 << 20  # bytes of a bulk batch read at most
+
+
+def _http_client(timeout: float) -> httpx.Client:
+    """The one pooled HTTP client of a :class:`NeuronpediaClient`: kept-alive
+    connections, a connect/read timeout, and httpx's own retry (with back-off)
+    of connections that fail to open."""
+    return httpx.Client(
+        timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
+        limits=httpx.Limits(max_connections=16, max_keepalive_connections=8),
+        transport=httpx.HTTPTransport(retries=1),
+        headers={"User-Agent": USER_AGENT},
+        follow_redirects=True,
+    )
+
+
+def _read(http: httpx.Client, method: str, url: str, *, headers: Mapping[str, str] | None = None,
+          json_body: dict | None = None, timeout: float | None = None, max_bytes: int = MAX_ANSWER):
+    """(status, body, headers): HTTP error statuses are returned; a network
+    failure, a timeout or an answer over ``max_bytes`` raises :class:`LabelFetchError`."""
+    kwargs: dict = {"headers": dict(headers or {})}
+    if json_body is not None:
+        kwargs["json"] = json_body
+    if timeout is not None:
+        kwargs["timeout"] = httpx.Timeout(timeout, connect=min(timeout, 5.0))
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status, resp.read(), resp.headers
-    except urllib.error.HTTPError as e:
-        with contextlib.suppress(Exception):
-            e.close()
-        return e.code, b"", e.headers
+        with http.stream(method, url, **kwargs) as resp:
+            chunks, size = [], 0
+            for chunk in resp.iter_bytes():
+                size += len(chunk)
+                if size > max_bytes:
+                    raise LabelFetchError(f"answer over {max_bytes >> 20} MB")
+                chunks.append(chunk)
+            return resp.status_code, b"".join(chunks), resp.headers
+    except httpx.TimeoutException as e:
+        raise LabelFetchError(f"{type(e).__name__}: timed out") from e
+    except (httpx.HTTPError, httpx.InvalidURL) as e:
+        raise LabelFetchError(f"{type(e).__name__}: {e}") from e
 
 
 def _retry_after(value: str | None, default: float = 60.0) -> float:
@@ -89,6 +121,22 @@ def _parse_feature(body: bytes) -> str | None:
         if isinstance(desc, str) and desc.strip():
             return desc
     return None
+
+
+def _parse_search(body: bytes) -> list[tuple[str, int, str, float]]:
+    """The results of an explanation search answer; malformed entries are skipped."""
+    data = json.loads(body)
+    if not isinstance(data, dict) or not isinstance(data.get("results"), list):
+        raise ValueError("response has no 'results' list")
+    out = []
+    for r in data["results"]:
+        try:
+            np_id = f"{r['modelId']}/{r['layer']}"
+            split_np_id(np_id)
+            out.append((np_id, int(r["index"]), str(r["description"]), float(r.get("cosine_similarity") or 0.0)))
+        except (KeyError, TypeError, ValueError):
+            continue
+    return out
 
 
 def _parse_batch(raw: bytes, source_id: str) -> dict[int, str]:
@@ -131,6 +179,10 @@ class NeuronpediaClient:
         ).rstrip("/")
         self.api_key = api_key if api_key is not None else env("NEURONPEDIA_API_KEY") or None
         self.timeout = timeout
+        self.http = _http_client(timeout)  # one pool for labels, search and bulk downloads
+
+    def close(self) -> None:
+        self.http.close()
 
     def fetch_feature(self, np_id: str, index: int) -> str | None:
         """One feature's label; None where Neuronpedia has none (or no such feature)."""
@@ -139,7 +191,7 @@ class NeuronpediaClient:
         headers = {"Accept": "application/json"}
         if self.api_key:
             headers["x-api-key"] = self.api_key
-        status, body, resp_headers = _http_get(url, headers, self.timeout)
+        status, body, resp_headers = _read(self.http, "GET", url, headers=headers)
         if status == 200:
             return _parse_feature(body)
         if status == 404:
@@ -147,6 +199,22 @@ class NeuronpediaClient:
         if status == 429:
             raise RateLimited(_retry_after(resp_headers.get("Retry-After") if resp_headers else None))
         raise LabelFetchError(f"HTTP {status}")
+
+    def search(self, model_id: str, source_ids: list[str], query: str) -> list[tuple[str, int, str, float]]:
+        """Neuronpedia's explanation search (by meaning): the first page of
+        (np_id, index, description, cosine similarity). Raises :class:`RateLimited`
+        on a 429 (its window from the body), :class:`LabelFetchError` otherwise."""
+        url = f"{self.base_url}/api/explanation/search"
+        headers = {"Accept": "application/json"}
+        if self.api_key:
+            headers["x-api-key"] = self.api_key
+        payload = {"modelId": model_id, "layers": list(source_ids), "query": query, "offset": 0}
+        status, body, resp_headers = _read(self.http, "POST", url, headers=headers, json_body=payload)
+        if status == 429:
+            raise RateLimited(_retry_after(resp_headers.get("Retry-After") if resp_headers else None, 600.0))
+        if status != 200:
+            raise LabelFetchError(f"HTTP {status}")
+        return _parse_search(body)
 
     def download_batch(self, np_id: str, batch: int, retries: int = 0,
                        timeout: float = 60.0) -> dict[int, str] | None:
@@ -160,7 +228,7 @@ class NeuronpediaClient:
             if attempt:
                 time.sleep(min(30.0, 2.0**attempt))
             try:
-                status, body, _ = _http_get(url, {}, timeout)
+                status, body, _ = _read(self.http, "GET", url, timeout=timeout, max_bytes=MAX_BATCH)
                 if status in (403, 404):
                     return None
                 if status != 200:
@@ -175,8 +243,8 @@ class NeuronpediaClient:
         prefix = f"v1/{np_id}/explanations/"
         url = f"{self.datasets_url}/?list-type=2&prefix={urllib.parse.quote(prefix)}"
         try:
-            status, body, _ = _http_get(url, {}, self.timeout)
-        except (OSError, ValueError):
+            status, body, _ = _read(self.http, "GET", url)
+        except (LabelFetchError, ValueError):
             return None
         if status != 200 or b"<IsTruncated>true</IsTruncated>" in body:
             return None

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import re
 import logging
 import os
 import threading
@@ -39,6 +40,7 @@ import cachetools
 from ..paths import cache_dir
 from .client import NeuronpediaClient, RateLimited
 from .prefetch import Progress, prefetch_all
+from .search import SemanticSearch, fts_queries, query_words
 from .store import LabelStore
 from .text import fallback_label
 
@@ -46,6 +48,66 @@ log = logging.getLogger("axon_core.labels")
 
 Key = tuple[str, int]
 _MISSING = object()
+MAX_URGENT = 256  # visible wishes kept at once (the newest frame's first)
+BULK_WORKERS = 4  # bulk batches downloaded at once
+BULK_RETRY = 300.0  # seconds before a failed bulk download is tried again
+
+
+class BulkState:
+    """The bulk downloads of one service: which SAEs are queued, running, done
+    or failed, and one daemon thread working through the queue."""
+
+    def __init__(self) -> None:
+        self.state: dict[str, str] = {}
+        self.progress: dict[str, tuple[int, "int | None"]] = {}
+        self._failed_at: dict[str, float] = {}
+        self._queue: collections.deque[str] = collections.deque()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def add(self, np_ids: list[str], now: float, complete: Callable[[str], bool]) -> bool:
+        """Queue those not done, queued or freshly failed; whether any was."""
+        added = False
+        for np_id in np_ids:
+            with self._lock:
+                st = self.state.get(np_id)
+                if st in ("queued", "running", "done"):
+                    continue
+                if st == "failed" and now - self._failed_at.get(np_id, -1e18) < BULK_RETRY:
+                    continue
+            if complete(np_id):  # a disk read, outside the lock
+                with self._lock:
+                    self.state[np_id] = "done"
+                continue
+            with self._lock:
+                if self.state.get(np_id) not in ("queued", "running"):
+                    self.state[np_id] = "queued"
+                    self._queue.append(np_id)
+                    added = True
+        return added
+
+    def start(self, work: Callable[[str], None]) -> None:
+        with self._lock:
+            if self._thread is not None and self._thread.is_alive():
+                return
+            self._thread = threading.Thread(target=self._run, args=(work,), name="axon-labels-bulk", daemon=True)
+            self._thread.start()
+
+    def _run(self, work: Callable[[str], None]) -> None:
+        while True:
+            with self._lock:
+                if not self._queue:
+                    self._thread = None
+                    return
+                np_id = self._queue.popleft()
+                self.state[np_id] = "running"
+            work(np_id)
+
+    def finish(self, np_id: str, state: str, now: float) -> None:
+        with self._lock:
+            self.state[np_id] = state
+            if state == "failed":
+                self._failed_at[np_id] = now
 
 
 @dataclass
@@ -115,7 +177,10 @@ class LabelService:
         self._mem: cachetools.LRUCache = cachetools.LRUCache(maxsize=memory_size)  # Key -> (label|None, unix time)
         self._backoff: cachetools.LRUCache = cachetools.LRUCache(maxsize=100_000)  # Key -> _Backoff
         self._inflight: set[Key] = set()
-        self._queue: collections.deque[Key] = collections.deque()
+        self._queue: collections.deque[Key] = collections.deque()  # background wishes, newest served first
+        self._urgent: collections.deque[Key] = collections.deque()  # what is on screen, in the order given
+        self._running: set[Key] = set()  # being fetched now
+        self._bulk = BulkState()
         self._workers: list[threading.Thread] = []
         self._paused_until = 0.0
         self._closed = False
@@ -125,6 +190,7 @@ class LabelService:
         if cache_path is None:
             cache_path = env("AXON_LABEL_CACHE") or cache_dir() / "labels.sqlite"
         self.store = LabelStore(Path(cache_path))
+        self.semantic = SemanticSearch(self.client)  # Neuronpedia's search by meaning, in the background
         if enabled:  # started here so that label() never pays for a thread start
             for n in range(self.max_workers):
                 t = threading.Thread(target=self._worker, name=f"axon-labels-{n}", daemon=True)
@@ -181,6 +247,79 @@ class LabelService:
         for i in indices:
             self.label(np_id, i)
 
+    def prioritize(self, np_id: str | None, indices: Iterable[int]) -> None:
+        """Fetch these (unknown) labels before every other wish, in the order given
+        (strongest first): the scene's names and the table's rows. Never waits."""
+        if np_id is None or "/" not in np_id or not self.enabled:
+            return
+        keys = [(np_id, int(i)) for i in indices]
+        keys = [k for k in dict.fromkeys(keys) if self._lookup(k) is _MISSING]
+        if not keys:
+            return
+        with self._lock:
+            if self._closed or self._clock() < self._paused_until:
+                return
+            keys = [k for k in keys if k not in self._running and not self._in_backoff(k)]
+            wanted = set(keys)
+            if not wanted:
+                return
+            rest = [k for k in self._urgent if k not in wanted]
+            self._urgent.clear()
+            self._urgent.extend(keys + rest[: max(0, MAX_URGENT - len(keys))])
+            self._inflight.update(keys)
+            self._work.notify(len(keys))
+
+    def bulk(self, *np_ids: str | None) -> None:
+        """Download these SAEs' labels in bulk, in the background, one SAE after
+        another (resumable: :meth:`prefetch`); an SAE already complete, queued, or
+        failed less than ``BULK_RETRY`` s ago is skipped. Never waits."""
+        if not self.enabled or self._closed:
+            return
+        if self._bulk.add([n for n in np_ids if n and "/" in n], self._clock(), self.store.complete):
+            self._bulk.start(self._bulk_worker)
+
+    def bulk_state(self, np_id: str) -> str | None:
+        """"queued", "running", "done", "failed" or None (never asked)."""
+        return self._bulk.state.get(np_id)
+
+    def search(self, np_ids: Iterable[str | None], text, limit: int = 20) -> list[tuple[str, int, str]]:
+        """Cached labels of these SAEs matching ``text`` (np_id, index, label):
+        every word exactly first, then as prefixes, then any word, each ranked by bm25.
+        Any text is safe (FTS5 syntax, quotes, 10 KB); never fetches."""
+        np_ids = [n for n in dict.fromkeys(np_ids) if n and "/" in n]
+        queries = fts_queries(text)
+        if not np_ids or queries is None:
+            return []
+        out: dict[tuple[str, int], str] = {}
+        for match in queries:
+            hits = self.store.search(np_ids, match, limit)
+            if hits is None:  # no disk index: scan what memory holds
+                return self._scan(np_ids, query_words(text), limit)
+            for np_id, index, label in hits:
+                out.setdefault((np_id, index), label)
+            if len(out) >= limit:
+                break
+        return [(n, i, lab) for (n, i), lab in list(out.items())[:limit]]
+
+    def _scan(self, np_ids: list[str], words: list[str], limit: int) -> list[tuple[str, int, str]]:
+        with self._lock:
+            items = [(k, v[0]) for k, v in self._mem.items() if k[0] in np_ids and v[0]]
+        scored = []
+        for (np_id, index), label in items:
+            have = re.findall(r"\w+", label.lower())
+            prefixed = sum(any(h.startswith(w) for h in have) for w in words)
+            if prefixed:
+                exact = sum(w in have for w in words)
+                scored.append((-(prefixed == len(words)), -exact, -prefixed, len(label), np_id, index, label))
+        return [row[-3:] for row in sorted(scored)[:limit]]
+
+    def cached_count(self, np_id: str) -> int:
+        """How many labels of ``np_id`` are cached (on disk, else in memory)."""
+        if self.cache_path is not None:
+            return self.store.count(np_id)
+        with self._lock:
+            return sum(1 for k, v in self._mem.items() if k[0] == np_id and v[0])
+
     def put(self, np_id: str, labels: Mapping[int, str | None]) -> None:
         """Store labels (None = "has no label") in memory and on disk, one transaction."""
         now = time.time()
@@ -208,6 +347,8 @@ class LabelService:
                 backing_off=sum(1 for b in self._backoff.values() if b.retry_at > now),
                 paused_for=paused_for,
                 persistent=self.cache_path is not None,
+                bulk=dict(self._bulk.state),
+                bulk_progress=dict(self._bulk.progress),
                 cache_path=str(self.cache_path) if self.cache_path else None,
             )
         parts = []
@@ -221,18 +362,23 @@ class LabelService:
         return st
 
     def prefetch(
-        self, np_id: str, progress: Progress | None = None, *, retries: int = 0, timeout: float = 60.0
+        self, np_id: str, progress: Progress | None = None, *, retries: int = 0, timeout: float = 60.0,
+        workers: int = 1,
     ) -> int:
         """Download all published explanation batches of ``np_id`` into the cache.
 
         Each batch is stored in one transaction together with a "done" mark, so an
         interrupted prefetch resumes at the first missing batch. ``progress(done,
         total)`` is called after each batch (``total`` is None if the bucket can't be
-        listed). Returns the number of labels stored by this call; raises
-        :class:`PrefetchError` if a batch fails ``retries + 1`` times.
+        listed); ``workers`` batches are downloaded at once. Returns the number of
+        labels stored by this call; raises :class:`PrefetchError` if a batch fails
+        ``retries + 1`` times. Once every batch is in, the SAE is marked complete
+        (a bulk download at start-up then skips it).
         """
-        return prefetch_all(self.client, np_id, self._done_batches(np_id),
-                            functools.partial(self._store_batch, np_id), progress, retries=retries, timeout=timeout)
+        n = prefetch_all(self.client, np_id, self._done_batches(np_id), functools.partial(self._store_batch, np_id),
+                         progress, retries=retries, timeout=timeout, workers=workers)
+        self.store.mark_complete(np_id)
+        return n
 
     def close(self) -> None:
         with self._lock:
@@ -240,9 +386,12 @@ class LabelService:
                 return
             self._closed = True
             self._queue.clear()
+            self._urgent.clear()
             self._work.notify_all()
         self._stop.set()
+        self.semantic.close()
         self.store.close()
+        self.client.close()
 
     def __enter__(self) -> LabelService:
         return self
@@ -287,18 +436,37 @@ class LabelService:
     def _worker(self) -> None:
         while True:
             with self._work:
-                while not self._queue and not self._closed:
-                    self._work.wait()
-                if self._closed:
-                    return
-                key = self._queue.pop()  # newest first: what is on screen now
+                key = None
+                while key is None:
+                    while not self._queue and not self._urgent and not self._closed:
+                        self._work.wait()
+                    if self._closed:
+                        return
+                    key = self._next_key()
+                self._running.add(key)
             try:
                 self._fetch_one(key)
             except Exception:  # never let a worker die
                 log.exception("label worker failed on %s", key)
             finally:
                 with self._lock:
+                    self._running.discard(key)
                     self._inflight.discard(key)
+
+    def _next_key(self) -> Key | None:  # called with self._lock held
+        """The next wish worth a request: the visible ones first, in their order;
+        then the newest background wish, unless that SAE's bulk download is on its
+        way (it brings the label without a request of its own). None: look again."""
+        if self._urgent:
+            key, urgent = self._urgent.popleft(), True
+        else:
+            key, urgent = self._queue.pop(), False
+        stale = key in self._running or self._in_backoff(key) or self._mem.get(key) is not None
+        if stale or not urgent and self._bulk.state.get(key[0]) in ("queued", "running"):
+            if key not in self._running and key not in self._urgent:
+                self._inflight.discard(key)
+            return None
+        return key
 
     def _fetch_one(self, key: Key) -> None:
         wait = self._bucket.reserve()
@@ -346,6 +514,25 @@ class LabelService:
             return {b for n, b in self._mem_batches if n == np_id}
         return self.store.done_batches(np_id)
 
+    def _bulk_worker(self, np_id: str) -> None:
+        """One SAE's bulk download (see :meth:`bulk`), in the bulk thread."""
+        def progress(done: int, total: int | None) -> None:
+            if self._closed:
+                raise RuntimeError("the label service was closed")
+            self._bulk.progress[np_id] = (done, total)
+
+        try:
+            self.prefetch(np_id, progress, retries=1, workers=BULK_WORKERS)
+        except Exception as e:  # offline, a bad batch: one-by-one fetches go on; tried again later
+            self._bulk.finish(np_id, "failed", self._clock())
+            with self._lock:
+                self._stats["last_bulk_error"] = f"{type(e).__name__}: {str(e)[:200]}"
+            log.info("bulk labels for %s stopped: %s", np_id, e)
+        else:
+            self._bulk.finish(np_id, "done", self._clock())
+        with self._lock:
+            self.arrivals += 1  # the views look again at labels they had not found
+
     def _store_batch(self, np_id: str, batch: int, labels: dict[int, str]) -> int:
         now = time.time()
         rows = [(np_id, i, lab, now) for i, lab in labels.items()]
@@ -356,6 +543,7 @@ class LabelService:
                     self._mem.pop((np_id, i), None)  # re-read from disk on next use
                 elif self._mem.get((np_id, i), (None,))[0] is None:
                     self._mem[(np_id, i)] = (lab, now)
+            self.arrivals += 1  # views redraw when this changes
             if self.cache_path is None:
                 self._mem_batches.add((np_id, batch))
                 return len(rows)

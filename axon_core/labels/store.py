@@ -45,6 +45,33 @@ CREATE TABLE IF NOT EXISTS prefetch_batches (
     PRIMARY KEY (np_id, batch));
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 """
+# Full-text search over the labels (FTS5): one row per label, its rowid (source id << 32) + index,
+# kept in step with ``labels`` by triggers, so every writer (the app, the command line) indexes.
+_SEARCH_SCHEMA = """
+CREATE TABLE IF NOT EXISTS sources (id INTEGER PRIMARY KEY, np_id TEXT UNIQUE NOT NULL);
+CREATE VIRTUAL TABLE IF NOT EXISTS labels_fts USING fts5(label, tokenize='unicode61 remove_diacritics 2',
+                                                         prefix='2 3');
+CREATE TRIGGER IF NOT EXISTS labels_fts_insert AFTER INSERT ON labels BEGIN
+    INSERT INTO sources (np_id) SELECT new.np_id  -- no OR IGNORE: an outer OR REPLACE would renumber
+        WHERE NOT EXISTS (SELECT 1 FROM sources WHERE np_id = new.np_id);
+    DELETE FROM labels_fts WHERE rowid = (SELECT (id << 32) + new.idx FROM sources WHERE np_id = new.np_id);
+    INSERT INTO labels_fts (rowid, label)
+        SELECT (id << 32) + new.idx, new.label FROM sources WHERE np_id = new.np_id AND new.label IS NOT NULL;
+END;
+CREATE TRIGGER IF NOT EXISTS labels_fts_update AFTER UPDATE ON labels BEGIN
+    DELETE FROM labels_fts WHERE rowid = (SELECT (id << 32) + old.idx FROM sources WHERE np_id = old.np_id);
+    INSERT INTO labels_fts (rowid, label)
+        SELECT (id << 32) + new.idx, new.label FROM sources WHERE np_id = new.np_id AND new.label IS NOT NULL;
+END;
+CREATE TRIGGER IF NOT EXISTS labels_fts_delete AFTER DELETE ON labels BEGIN
+    DELETE FROM labels_fts WHERE rowid = (SELECT (id << 32) + old.idx FROM sources WHERE np_id = old.np_id);
+END;
+"""
+_INDEX_EXISTING = """
+INSERT OR IGNORE INTO sources (np_id) SELECT DISTINCT np_id FROM labels;
+INSERT OR REPLACE INTO labels_fts (rowid, label)
+    SELECT (s.id << 32) + l.idx, l.label FROM labels l JOIN sources s USING (np_id) WHERE l.label IS NOT NULL;
+"""
 _UPSERT = "INSERT OR REPLACE INTO labels (np_id, idx, label, fetched_at) VALUES (?, ?, ?, ?)"
 _UPSERT_BULK = (  # bulk labels fill gaps and negatives but never replace a label
     "INSERT INTO labels (np_id, idx, label, fetched_at) VALUES (?, ?, ?, ?) "
@@ -88,6 +115,8 @@ class LabelStore:
         self._readers: list[sqlite3.Connection] = []
         self._write_lock = threading.Lock()
         self._writer: sqlite3.Connection | None = None
+        self._complete_in_memory: set[str] = set()
+        self.searchable = False  # the file has its full-text index (SQLite with FTS5)
         self.path: Path | None = self._open(Path(path))
 
     def _open(self, path: Path) -> Path | None:
@@ -106,6 +135,7 @@ class LabelStore:
                 if check != "ok":
                     raise _Corrupt(check)
                 con.executescript(_SCHEMA)
+                self.searchable = self._add_search(con)
                 with _transaction(con):  # proves the file is writable
                     con.execute("INSERT OR REPLACE INTO meta VALUES ('opened_at', ?)", (str(time.time()),))
                 self._writer = con
@@ -126,6 +156,50 @@ class LabelStore:
                     con.close()
                 return self._memory_only(path, e)
         return self._memory_only(path, RuntimeError("could not open"))
+
+    @staticmethod
+    def _add_search(con: sqlite3.Connection) -> bool:
+        """The full-text index (indexing the labels already there, once); False
+        where this SQLite has no FTS5 (search then scans)."""
+        try:
+            had = con.execute("SELECT 1 FROM sqlite_master WHERE name = 'labels_fts'").fetchone()
+            con.executescript(_SEARCH_SCHEMA if had else "BEGIN;" + _SEARCH_SCHEMA + _INDEX_EXISTING + "COMMIT;")
+            return True
+        except sqlite3.OperationalError as e:
+            with contextlib.suppress(sqlite3.Error):
+                con.execute("ROLLBACK")
+            log.info("label search without FTS5 (%s): it scans instead", e)
+            return False
+
+    def search(self, np_ids: list[str], match: str, limit: int) -> list[tuple[str, int, str]] | None:
+        """(np_id, index, label) of ``np_ids``'s labels matching the FTS5 query
+        ``match``, best (bm25) first; None where the index cannot answer."""
+        if not self.searchable:
+            return None
+        with self._reader() as con:
+            if con is None:
+                return None
+            try:
+                ids = dict(con.execute(f"SELECT id, np_id FROM sources WHERE np_id IN ({','.join('?' * len(np_ids))})",
+                                       np_ids).fetchall())
+                if not ids:
+                    return []
+                rows = con.execute(
+                    f"SELECT rowid, label FROM labels_fts WHERE labels_fts MATCH ? "
+                    f"AND (rowid >> 32) IN ({','.join('?' * len(ids))}) ORDER BY rank LIMIT ?",
+                    [match, *ids, int(limit)]).fetchall()
+            except sqlite3.Error as e:
+                log.debug("label search failed: %s", e)
+                return None
+        return [(ids[r >> 32], r & 0xFFFFFFFF, label) for r, label in rows]
+
+    def count(self, np_id: str) -> int:
+        """How many labels of ``np_id`` are cached."""
+        with self._reader() as con:
+            if con is None:
+                return 0
+            return con.execute("SELECT count(*) FROM labels WHERE np_id = ? AND label IS NOT NULL",
+                               (np_id,)).fetchone()[0]
 
     def _move_aside(self, path: Path, err: Exception) -> bool:
         stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -208,15 +282,34 @@ class LabelStore:
                 return set()
             return {r[0] for r in con.execute("SELECT batch FROM prefetch_batches WHERE np_id = ?", (np_id,))}
 
+    def mark_complete(self, np_id: str) -> None:
+        """Every bulk batch of ``np_id`` is stored: a bulk download at start-up skips it."""
+        with self._write_lock:
+            if self._writer is None:
+                self._complete_in_memory.add(np_id)
+                return
+            with contextlib.suppress(sqlite3.Error), _transaction(self._writer):
+                self._writer.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (f"complete:{np_id}", str(time.time())))
+
+    def complete(self, np_id: str) -> bool:
+        """Whether :meth:`mark_complete` was called for ``np_id`` (by any process)."""
+        if np_id in self._complete_in_memory:
+            return True
+        with self._reader() as con:
+            if con is None:
+                return False
+            try:
+                return con.execute("SELECT 1 FROM meta WHERE key = ?", (f"complete:{np_id}",)).fetchone() is not None
+            except sqlite3.Error:
+                return False
+
     def store_batch(self, np_id: str, batch: int, rows: list[Row], now: float | None = None) -> int:
         """A bulk batch and its "done" mark, one transaction; the labels it changed
         (bulk labels fill gaps and negatives but never replace a label)."""
         con = _connect(self.path)  # own connection: a long write never holds up the readers or the writer
         try:
-            before = con.total_changes
             with _transaction(con):
-                con.executemany(_UPSERT_BULK, rows)
-                changed = con.total_changes - before
+                changed = max(0, con.executemany(_UPSERT_BULK, rows).rowcount)  # the search index's own not counted
                 con.execute(
                     "INSERT OR REPLACE INTO prefetch_batches VALUES (?, ?, ?, ?)", (np_id, batch, len(rows), time.time() if now is None else now)
                 )

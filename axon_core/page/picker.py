@@ -56,6 +56,7 @@ def load_choice(services: "Services", release, sae_id,
         pair = services.pairs.get(release, sae_id, progress=progress)
     except LoadError as err:
         return status_line(services, extra=str(err)), str(err)
+    services.bulk_labels(pair)  # its labels, in bulk, in the background
     return status_line(services, extra=f"loaded {pair.choice.release} / {pair.choice.sae_id}"), None
 
 

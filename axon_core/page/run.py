@@ -212,6 +212,7 @@ def run_frames(services: "Services", prompt, model, release, sae_id, temperature
     try:
         pair = services.pairs.get(req.release or DEFAULT_RELEASE, req.sae_id or DEFAULT_SAE_ID, progress=progress)
         extra = layer_pairs(services, pair, req.layers, notices, progress=progress)
+        services.bulk_labels(pair, *extra)  # every layer's labels, in bulk, in the background
     except LoadError as err:
         yield failure(services, "; ".join([str(err)] + notices))
         return

@@ -11,11 +11,13 @@ Worked example::
     services = Services.start(hub_notice=configure_hub())
     services.pairs.get(DEFAULT_RELEASE, DEFAULT_SAE_ID)    # loaded at start already
     services.engine.stats()["computed"]                    # 0
+    services.labels.bulk_state("gpt2-small/8-res-jb")     # 'running': its labels download in bulk
     services.versions()["sae-lens"]                        # '6.54.…'
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
 from dataclasses import dataclass
@@ -52,6 +54,9 @@ class Services:
         catalogue = load_catalogue()
         pairs = PairCache(max_saes=settings.limits.max_layers + 1)  # a run of four layers, and the next pick
         labels = LabelService()
+        if settings.label_bulk:  # every label of the default SAE local soon, in the background
+            with contextlib.suppress(KeyError):
+                labels.bulk(catalogue.choice(DEFAULT_RELEASE, DEFAULT_SAE_ID).neuronpedia_id)
         # Torch's threads: all CPUs but one until the engine has measured (below, after the
         # default pair loads: Engine.choose_threads, axon_core/threads.py). AXON_TORCH_THREADS overrides.
         share_cpus(pairs.device, settings.torch_threads)
@@ -68,6 +73,12 @@ class Services:
         except LoadError as err:
             services.startup_error = str(err)
         return services
+
+    def bulk_labels(self, *pairs) -> None:
+        """Start the bulk label download of these loaded pairs' SAEs (in the
+        background; see :meth:`LabelService.bulk`), where AXON_LABEL_BULK allows."""
+        if self.settings.label_bulk:
+            self.labels.bulk(*(getattr(p, "neuronpedia_id", None) for p in pairs))
 
     def versions(self) -> dict[str, str]:
         """The libraries a run's JSON records."""

@@ -68,6 +68,7 @@ class PageSettings:
     batch: str = "auto"  # the engine's batching (AXON_BATCH)
     replay_bytes: int = 16 << 20
     torch_threads: str | None = None  # AXON_TORCH_THREADS, or None: chosen by the CPUs
+    label_bulk: bool = True  # AXON_LABEL_BULK=0: no bulk label downloads at start-up and on load
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "PageSettings":
@@ -84,6 +85,7 @@ class PageSettings:
             batch=env.get("AXON_BATCH", "auto"),
             replay_bytes=int(env_number("AXON_REPLAY_MB", 16, 0, env=env)) << 20,
             torch_threads=env.get("AXON_TORCH_THREADS"),
+            label_bulk=env.get("AXON_LABEL_BULK", "1").strip().lower() not in ("0", "false", "no", "off"),
         )
 
     @property
