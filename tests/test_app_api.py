@@ -24,7 +24,7 @@ from app_server import AppServer
 from axon_core.features import equal_up_to_ties
 from neuronpedia_fake import FakeNeuronpedia
 
-gradio_client = pytest.importorskip("gradio_client")
+import gradio_client  # a dependency of gradio itself: never skipped
 Client = gradio_client.Client
 
 NP_ID = "gpt2-small/8-res-jb"
