@@ -414,14 +414,16 @@ def test_a_sessions_new_run_supersedes_its_old_one(app):
 # ---------------------------------------------------------------- 4. faults
 
 
-def _server_run(client, known: set) -> dict:
-    """The newest run /engine_stats reports that is not in ``known``, once it has ended."""
+def _server_runs(client, known: set, n: int = 1) -> list[dict]:
+    """The ``n`` newest runs /engine_stats reports that are not in ``known``, once all have ended
+    (the engine reports its last 64 runs)."""
     for _ in range(600):
         fresh = [r for r in client.predict(api_name="/engine_stats")["runs"] if r["id"] not in known]
-        if fresh and fresh[-1]["state"] not in ("queued", "running"):
-            return fresh[-1]
+        if len(fresh) >= n and all(r["state"] not in ("queued", "running") for r in fresh[-n:]):
+            known.update(r["id"] for r in fresh)
+            return fresh[-n:]
         time.sleep(0.05)
-    raise AssertionError(f"no new run ended: {fresh}")
+    raise AssertionError(f"not {n} new runs ended: {fresh}")
 
 
 def _stopped_by_stop(run: dict) -> bool:
@@ -439,15 +441,13 @@ def test_stop_50_times_memory_returns_and_next_run_is_clean(app, client):
     long_run = args(prompt="A long run that is stopped", seed=3, max_tokens=MAX_NEW_TOKENS)
     known = {r["id"] for r in client.predict(api_name="/engine_stats")["runs"]}
 
-    def stop_once() -> tuple[bool, dict]:
+    def stop_once(check: bool = True) -> tuple[bool, dict | None]:
         job = client.submit(*long_run, api_name="/generate")
         while not job.outputs() and not job.done():
             time.sleep(0.005)
         mid_run = bool(job.outputs()) and not job.done()
         job.cancel()
-        run = _server_run(client, known)
-        known.add(run["id"])
-        return mid_run, run
+        return mid_run, (_server_runs(client, known)[0] if check else None)
 
     for _ in range(3):  # warm-up: allocator pools and caches reach their working size
         stop_once()
@@ -462,7 +462,9 @@ def test_stop_50_times_memory_returns_and_next_run_is_clean(app, client):
             break
     assert checked == 3
     rss_before = proc.memory_info().rss
-    runs = [stop_once()[1] for _ in range(50)]
+    for _ in range(50):
+        stop_once(check=False)
+    runs = _server_runs(client, known, 50)  # read once: the engine reports its last 64 runs
     rss_after = proc.memory_info().rss
     after = call(client, prompt="Stop me if you can", seed=7, max_tokens=8)
     cancelled = sum(r["state"] == "cancelled" for r in runs)
@@ -476,15 +478,16 @@ def test_stop_50_times_memory_returns_and_next_run_is_clean(app, client):
     assert app.proc.poll() is None
 
 
-@pytest.mark.parametrize("mode", ["close", "error", "slow", "garbage", "ratelimit"])
+@pytest.mark.parametrize("mode", ["hold", "close", "error", "garbage", "ratelimit"])  # hold first: no backoff yet
 def test_neuronpedia_down_or_slow_runs_still_complete(app, client, neuronpedia, mode):
-    neuronpedia.mode, neuronpedia.delay = mode, 5.0
+    neuronpedia.mode = mode
     try:
-        t0 = time.monotonic()
-        out = call(client, prompt=f"Neuronpedia is {mode} now, {random.random()}", max_tokens=6, seed=1)
-        took = time.monotonic() - t0
+        out = client.submit(*args(prompt=f"Neuronpedia is {mode} now, {random.random()}", max_tokens=6, seed=1),
+                            api_name="/generate").result(timeout=120)
         assert out[RUN] and sum(not t["is_prompt"] for t in out[RUN]["tokens"]) == 6
-        assert took < neuronpedia.delay  # a label never holds a token up
+        if mode == "hold":  # the whole run ended while its label requests were still unanswered
+            print(f"\nrun ended with {neuronpedia.held} label requests held")
+            assert neuronpedia.held >= 1
         if mode in ("close", "error", "garbage"):
             deadline = time.monotonic() + 10  # fetches fail in the background; the next frame says so
             status = out[STATUS]
@@ -501,7 +504,7 @@ def test_neuronpedia_down_or_slow_runs_still_complete(app, client, neuronpedia, 
             assert "labels: Neuronpedia rate limit, paused" in status
         assert "label cache cannot be written" in out[STATUS]  # AXON_LABEL_CACHE is not writable
     finally:
-        neuronpedia.mode = "normal"
+        neuronpedia.let_go()
 
 
 def test_label_cache_unwritable_status_at_start(app):
