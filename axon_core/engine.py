@@ -95,6 +95,11 @@ class LiveRun:
         self.started: float | None = None
         self.finished_at: float | None = None
         self.viewers = 0
+        # Server-side counts for tests (no clocks): the engine round the run arrived
+        # in and got its prompt pass in, and its step count when its last viewer left.
+        self.arrived_round: int | None = None
+        self.started_round: int | None = None
+        self.steps_at_release: int | None = None
         self._cond = threading.Condition()
 
     # ---- reading (any thread) ----------------------------------------------
@@ -203,6 +208,7 @@ class EngineCounters:
     batched_steps: int = 0  # batched forwards (each for several runs)
     single_steps: int = 0  # one-run forwards
     cancelled: int = 0
+    rounds: int = 0  # engine turns (each: every live run's prompt pass or one token)
 
 
 def request_key(pair, prompt: str, settings: GenerationSettings, steer: tuple, extra: tuple = ()) -> tuple:
@@ -265,6 +271,7 @@ class Engine:
                 self.counters.attached += 1
                 return other
             run.viewers = 1
+            run.arrived_round = self.counters.rounds
             self._inflight[key] = run
             self._live.append(run)
             self._recent.append(run)
@@ -276,6 +283,8 @@ class Engine:
         """One viewer is done with ``run``; a run nobody watches stops at its next turn."""
         with self._lock:
             run.viewers = max(0, run.viewers - 1)
+            if run.viewers == 0 and not run.finished:
+                run.steps_at_release = len(run.steps)
             self._wake.notify_all()
 
     @property
@@ -329,6 +338,8 @@ class Engine:
             "torch_threads": self._applied or self.threads.current, "threads": self.threads.table(),
             "encode": encode_paths() + full_encodes(),
             "runs": [{"id": r.id, "state": r.state, "steps": len(r.steps), "viewers": r.viewers,
+                      "arrived_round": r.arrived_round, "started_round": r.started_round,
+                      "steps_at_release": r.steps_at_release,
                       "step_times": [round(t, 4) for t in r.step_times]} for r in recent],
         }
 
@@ -356,6 +367,7 @@ class Engine:
 
     def _turn(self, runs: list[LiveRun]) -> None:
         """One round: every run gets its prompt pass or one new token."""
+        self.counters.rounds += 1
         ready: list[LiveRun] = []
         for run in runs:
             if self._stopped(run):
@@ -393,6 +405,7 @@ class Engine:
     def _start(self, run: LiveRun) -> None:
         self._apply_threads()
         run.started = time.monotonic()
+        run.started_round = self.counters.rounds
         run.state = RUNNING
         try:
             steps = run.generation.start()

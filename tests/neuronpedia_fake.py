@@ -31,7 +31,9 @@ Modes (``fake.mode``), applied to every request:
 ``normal``, ``slow`` (sleep ``delay`` s, then answer normally), ``error``
 (status ``error_status``, default 500), ``ratelimit`` (429 with ``Retry-After:
 {retry_after}`` and Neuronpedia's JSON body), ``garbage`` (200 with a non-JSON
-body), ``close`` (drop the connection without answering).
+body), ``close`` (drop the connection without answering), ``hold`` (keep every
+request waiting, counted in ``fake.held``, until ``fake.let_go()``: a test then
+knows a request is in flight and unanswered for as long as it likes, with no sleeps).
 ``fail_next(path, times, status)`` fails one path only, ``times`` times.
 """
 
@@ -47,7 +49,7 @@ from typing import Any, Iterable, Mapping
 from urllib.parse import parse_qs, unquote, urlsplit
 from xml.sax.saxutils import escape
 
-MODES = ("normal", "slow", "error", "ratelimit", "garbage", "close")
+MODES = ("normal", "slow", "error", "ratelimit", "garbage", "close", "hold")
 DATASETS_PREFIX = "/datasets"
 FOLDERS = ("explanations", "features", "activations")
 SEARCH_PATH = "/api/explanation/search"
@@ -88,6 +90,8 @@ class FakeNeuronpedia:
         self.gate: dict[str, threading.Event] = {}  # path prefix -> answers wait until it is set (10 s at most)
         self._fail: dict[str, list[int]] = {}
         self._lock = threading.Lock()
+        self._gate = threading.Event()  # set: held requests go on (answered normally)
+        self.held = 0  # requests waiting in "hold" mode now
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._port: int | None = None
@@ -104,7 +108,23 @@ class FakeNeuronpedia:
     def mode(self, value: str) -> None:
         if value not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {value!r}")
+        if value == "hold":
+            self._gate.clear()
         self._mode = value
+
+    def let_go(self) -> None:
+        """Answer every held request (normally) and hold no more: mode becomes ``normal``."""
+        self._mode = "normal"
+        self._gate.set()
+
+    def wait_held(self, n: int = 1, timeout: float = 30.0) -> bool:
+        """Block until at least ``n`` requests are held."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.held >= n:
+                return True
+            time.sleep(0.005)
+        return self.held >= n
 
     def set_batches(self, np_id: str, batches: list[Iterable[Any]]) -> None:
         self.set_bulk(np_id, "explanations", batches)
@@ -183,6 +203,7 @@ class FakeNeuronpedia:
 
     def stop(self) -> None:
         self._stopped = True  # kept-alive connections get no more answers either
+        self._gate.set()  # no handler thread stays held
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -326,6 +347,12 @@ class _Handler(BaseHTTPRequestHandler):
             return self._drop() if forced == 0 else self._send(forced, b'{"message":"forced failure"}')
         if mode == "slow":
             time.sleep(fake.delay)
+        elif mode == "hold":
+            with fake._lock:
+                fake.held += 1
+            fake._gate.wait()
+            with fake._lock:
+                fake.held -= 1
         elif mode == "error":
             return self._send(fake.error_status, b'{"message":"Internal Server Error"}')
         elif mode == "ratelimit":

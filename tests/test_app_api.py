@@ -11,6 +11,7 @@ an unwritable label cache and a fake Neuronpedia whose mode the tests switch.
 from __future__ import annotations
 
 import json
+import os
 import random
 import threading
 import time
@@ -24,7 +25,7 @@ from app_server import AppServer
 from axon_core.features import equal_up_to_ties
 from neuronpedia_fake import FakeNeuronpedia
 
-gradio_client = pytest.importorskip("gradio_client")
+import gradio_client  # a dependency of gradio itself: never skipped
 Client = gradio_client.Client
 
 NP_ID = "gpt2-small/8-res-jb"
@@ -155,13 +156,46 @@ EXPECT = {
 FAILURE_WORDS = ("Traceback", "Generation failed", "Error(", "exception")
 
 
-def hostile_cases(n_random: int = 40) -> list[dict]:
+HOSTILE_SAMPLE = 80  # calls by default; AXON_HOSTILE_ALL=1 sends every case (~210 calls, ~4 min here)
+
+
+def _expects_words(case: dict) -> bool:
+    if len(case) != 1:
+        return False
+    (key, value), = case.items()
+    return any(k == key and type(v) is type(value) and v == value for k, v in EXPECT)
+
+
+def hostile_cases(n_random: int = 40, sample: int | None = None) -> list[dict]:
+    """Every single hostile value, plus ``n_random`` combinations of 2–5 of them.
+    With ``sample``: a fixed (seeded) subset of that size that keeps every case
+    whose message is checked word for word (EXPECT), two more single values of
+    each input, 12 combinations, and the rest drawn from what is left."""
     cases = [{key: value} for key, values in HOSTILE.items() for value in values]
     rng = random.Random(20240601)
     for _ in range(n_random):
         keys = rng.sample(ORDER, rng.randint(2, 5))
         cases.append({k: rng.choice(HOSTILE[k]) for k in keys})
-    return cases
+    if sample is None or sample >= len(cases):
+        return cases
+    keep = [i for i, c in enumerate(cases) if _expects_words(c)]
+    for key in HOSTILE:
+        singles = [i for i, c in enumerate(cases) if list(c) == [key] and i not in keep]
+        keep += rng.sample(singles, min(2, len(singles)))
+    combos = [i for i, c in enumerate(cases) if len(c) > 1]
+    keep += rng.sample(combos, min(12, len(combos)))
+    rest = [i for i in range(len(cases)) if i not in keep]
+    keep += rng.sample(rest, max(0, sample - len(keep)))
+    return [cases[i] for i in sorted(keep)]
+
+
+def test_hostile_sample_keeps_what_is_checked():
+    """The default sample still holds every case whose message is asserted, and every input."""
+    full, sample = hostile_cases(), hostile_cases(sample=HOSTILE_SAMPLE)
+    assert len(sample) == HOSTILE_SAMPLE < len(full) and all(c in full for c in sample)
+    assert sum(map(_expects_words, sample)) == sum(map(_expects_words, full)) == len(EXPECT)
+    assert {k for c in sample for k in c} == set(HOSTILE)
+    assert sum(len(c) > 1 for c in sample) >= 10  # combinations too
 
 
 def _call_all(app, cases: list[dict], sessions: int) -> list:
@@ -197,7 +231,7 @@ def is_run(value) -> bool:
 def test_hostile_inputs_get_a_message_or_a_clamped_value(app, client):
     """A few hundred hostile calls through gradio_client: each returns a status
     line saying what was clamped or refused, never a bare error or a trace."""
-    cases = hostile_cases()
+    cases = hostile_cases(sample=None if os.environ.get("AXON_HOSTILE_ALL") == "1" else HOSTILE_SAMPLE)
     outs = _call_all(app, cases, sessions=1)  # on 2 cores, more sessions only add contention
     counts: dict[str, int] = {}
     finished = 0
@@ -380,60 +414,80 @@ def test_a_sessions_new_run_supersedes_its_old_one(app):
 # ---------------------------------------------------------------- 4. faults
 
 
+def _server_runs(client, known: set, n: int = 1) -> list[dict]:
+    """The ``n`` newest runs /engine_stats reports that are not in ``known``, once all have ended
+    (the engine reports its last 64 runs)."""
+    for _ in range(600):
+        fresh = [r for r in client.predict(api_name="/engine_stats")["runs"] if r["id"] not in known]
+        if len(fresh) >= n and all(r["state"] not in ("queued", "running") for r in fresh[-n:]):
+            known.update(r["id"] for r in fresh)
+            return fresh[-n:]
+        time.sleep(0.05)
+    raise AssertionError(f"not {n} new runs ended: {fresh}")
+
+
+def _stopped_by_stop(run: dict) -> bool:
+    """The server's counts say Stop ended ``run``: cancelled at most one token after its
+    last viewer left, or (a Stop that raced the last token) done as that token came."""
+    at = run["steps_at_release"]
+    if run["state"] == "cancelled":
+        return at is not None and at <= run["steps"] <= at + 1
+    return run["state"] == "done" and (at is None or at >= run["steps"] - 1)
+
+
 def test_stop_50_times_memory_returns_and_next_run_is_clean(app, client):
     proc = psutil.Process(app.proc.pid)
     ref = call(client, prompt="Stop me if you can", seed=7, max_tokens=8)
     long_run = args(prompt="A long run that is stopped", seed=3, max_tokens=MAX_NEW_TOKENS)
+    known = {r["id"] for r in client.predict(api_name="/engine_stats")["runs"]}
 
-    def stop_once() -> bool:
+    def stop_once(check: bool = True) -> tuple[bool, dict | None]:
         job = client.submit(*long_run, api_name="/generate")
-        t0 = time.monotonic()
-        while not job.outputs() and not job.done() and time.monotonic() - t0 < 30:
+        while not job.outputs() and not job.done():
             time.sleep(0.005)
         mid_run = bool(job.outputs()) and not job.done()
         job.cancel()
-        return mid_run
+        return mid_run, (_server_runs(client, known)[0] if check else None)
 
     for _ in range(3):  # warm-up: allocator pools and caches reach their working size
         stop_once()
-    # Stop really stops the run on the server: its step counter is still within 2 s.
-    for _ in range(3):
-        assert stop_once()
-        t0, latest = time.monotonic(), None
-        while time.monotonic() - t0 < 2.0:
-            latest = client.predict(api_name="/engine_stats")["runs"][-1]
-            if latest["state"] == "cancelled":
-                break
-            time.sleep(0.05)
-        assert latest["state"] == "cancelled", latest
-        steps = latest["steps"]
-        time.sleep(0.5)
-        again = next(r for r in client.predict(api_name="/engine_stats")["runs"] if r["id"] == latest["id"])
-        assert again["steps"] == steps and steps < MAX_NEW_TOKENS, (latest, again)
-    time.sleep(0.5)
+    # Stop really stops the run on the server (its own counts, no clock): a Stop
+    # pressed while frames stream ends the run at its next engine turn.
+    checked = 0
+    for _ in range(10):
+        mid_run, run = stop_once()
+        assert _stopped_by_stop(run), run
+        checked += mid_run and run["state"] == "cancelled" and run["steps"] < MAX_NEW_TOKENS
+        if checked == 3:
+            break
+    assert checked == 3
     rss_before = proc.memory_info().rss
-    stopped_mid_run = sum(stop_once() for _ in range(50))
-    time.sleep(1.0)
+    for _ in range(50):
+        stop_once(check=False)
+    runs = _server_runs(client, known, 50)  # read once: the engine reports its last 64 runs
     rss_after = proc.memory_info().rss
     after = call(client, prompt="Stop me if you can", seed=7, max_tokens=8)
-    print(f"\nstop x50: {stopped_mid_run} stopped mid-run; RSS before {rss_before / 2**20:.1f} MiB, "
+    cancelled = sum(r["state"] == "cancelled" for r in runs)
+    print(f"\nstop x50: {cancelled} cancelled mid-run; RSS before {rss_before / 2**20:.1f} MiB, "
           f"after {rss_after / 2**20:.1f} MiB ({(rss_after - rss_before) / 2**20:+.1f} MiB)")
-    assert stopped_mid_run >= 40
+    assert all(map(_stopped_by_stop, runs)), [r for r in runs if not _stopped_by_stop(r)]
+    assert cancelled >= 1
     assert rss_after - rss_before < 150 * 2**20
     assert_same_run(after[RUN], ref[RUN])  # same tokens; activations to float rounding (threads are re-chosen under load)
     assert not any(w in after[STATUS] for w in FAILURE_WORDS)
     assert app.proc.poll() is None
 
 
-@pytest.mark.parametrize("mode", ["close", "error", "slow", "garbage", "ratelimit"])
+@pytest.mark.parametrize("mode", ["hold", "close", "error", "garbage", "ratelimit"])  # hold first: no backoff yet
 def test_neuronpedia_down_or_slow_runs_still_complete(app, client, neuronpedia, mode):
-    neuronpedia.mode, neuronpedia.delay = mode, 5.0
+    neuronpedia.mode = mode
     try:
-        t0 = time.monotonic()
-        out = call(client, prompt=f"Neuronpedia is {mode} now, {random.random()}", max_tokens=6, seed=1)
-        took = time.monotonic() - t0
+        out = client.submit(*args(prompt=f"Neuronpedia is {mode} now, {random.random()}", max_tokens=6, seed=1),
+                            api_name="/generate").result(timeout=120)
         assert out[RUN] and sum(not t["is_prompt"] for t in out[RUN]["tokens"]) == 6
-        assert took < neuronpedia.delay  # a label never holds a token up
+        if mode == "hold":  # the whole run ended while its label requests were still unanswered
+            print(f"\nrun ended with {neuronpedia.held} label requests held")
+            assert neuronpedia.held >= 1
         if mode in ("close", "error", "garbage"):
             deadline = time.monotonic() + 10  # fetches fail in the background; the next frame says so
             status = out[STATUS]
@@ -450,7 +504,7 @@ def test_neuronpedia_down_or_slow_runs_still_complete(app, client, neuronpedia, 
             assert "labels: Neuronpedia rate limit, paused" in status
         assert "label cache cannot be written" in out[STATUS]  # AXON_LABEL_CACHE is not writable
     finally:
-        neuronpedia.mode = "normal"
+        neuronpedia.let_go()
 
 
 def test_label_cache_unwritable_status_at_start(app):

@@ -695,13 +695,13 @@ def test_generate_again_while_a_run_streams_starts_the_new_run(app, browser):
     stops the old one. With Gradio's default for a click ("once") the press was
     dropped: nothing happened until the old event had ended."""
     w = Watched(browser, app.url + "?" + urllib.parse.urlencode({"prompt": "An older run that streams",
-                                                                  "max_tokens": 200, "seed": 5,
+                                                                  "max_tokens": 100, "seed": 5,
                                                                   "layers": "2,5,11"}))
     state = "(() => { const b = document.querySelector('#axon-status [data-state]'); return b && b.dataset.state; })()"
     try:
         page = w.page
         page.wait_for_function("document.querySelector('textarea').value === 'An older run that streams'")
-        page.wait_for_function(f"{BUSY} === 0")  # the link's settings are in (3 layers, 200 tokens: ~6 s)
+        page.wait_for_function(f"{BUSY} === 0")  # the link's settings are in (3 layers, 100 tokens)
         page.get_by_role("button", name="Generate", exact=True).click()
         page.wait_for_function(f"{state} === 'running'")
         for prompt in ("A newer run", "The newest run"):  # during the run; then straight after the last one

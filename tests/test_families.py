@@ -296,8 +296,7 @@ def test_family_sizes_for_the_memory_check():
 def test_extra_hooks_read_in_the_same_forward():
     from axon_core.residuals import StepOutput
 
-    if "extra" not in StepOutput.__dataclass_fields__:
-        pytest.skip("StepOutput.extra (multi-hook steps) has not landed")
+    assert "extra" in StepOutput.__dataclass_fields__  # multi-hook steps (the layered run reads them)
     model = small_model("gemma3", processed=True)
     tokens = torch.randint(1, 512, (12,), generator=torch.Generator().manual_seed(3))
     with torch.inference_mode():

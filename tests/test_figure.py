@@ -164,8 +164,7 @@ def test_payload_size_and_build_time_at_300_nodes():
         times.append(time.perf_counter() - t)
     ms, kb = 1000 * float(np.median(times)), len(payload) / 1024
     print(f"\nfigure: {kb:.1f} KB, {ms:.2f} ms median build (dict + orjson) at 300 nodes / 1000 edges")
-    assert kb <= 100
-    assert ms <= 15  # ~2–3 ms on an idle machine; generous for shared CI cores
+    assert kb <= 100  # the time is printed, not decided on (benchmarks/frame.py measures it)
     fig = orjson.loads(payload)
     assert len(fig["data"][3]["customdata"]) == 300
     assert sum(len(t["x"]) for t in fig["data"][:3]) == 3000

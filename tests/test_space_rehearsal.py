@@ -37,7 +37,7 @@ import pytest
 from app_server import ROOT, AppServer, free_port
 from neuronpedia_fake import FakeNeuronpedia
 
-gradio_client = pytest.importorskip("gradio_client")
+import gradio_client  # a dependency of gradio itself: never skipped
 
 SPACE_ID, SPACE_HOST = "owner/axon", "owner-axon.hf.space"
 PUBLIC_URL = f"https://{SPACE_HOST}/"
@@ -397,6 +397,11 @@ def test_front_matter_matches_this_environment():
     front = front_matter()
     assert front["sdk"] == "gradio" and front["app_file"] == "app.py"
     assert front["sdk_version"] == gradio.__version__
+    # requirements.txt pins the Gradio the Space runs, so a fresh install gets the version
+    # this check (and tests/test_gradio_state.py's growth) was made for.
+    pins = [line.strip() for line in (ROOT / "requirements.txt").read_text().splitlines()
+            if line.strip().startswith("gradio")]
+    assert pins == [f"gradio=={front['sdk_version']}"], pins
     assert str(front["python_version"]) == f"{sys.version_info.major}.{sys.version_info.minor}"
     assert front["suggested_hardware"] in {"cpu-basic", "cpu-upgrade"}  # what the README's numbers are for
     assert re.fullmatch(r"\d+[mh]", str(front["startup_duration_timeout"]))
