@@ -12,7 +12,6 @@ from axon_core.hub import configure_hub
 
 HUB_NOTICE = configure_hub()  # before anything imports huggingface_hub
 
-import functools  # noqa: E402
 import os  # noqa: E402
 import signal  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -166,11 +165,13 @@ with gr.Blocks(title="AXON", delete_cache=(int(EXPORT_MAX_AGE), int(EXPORT_MAX_A
     with gr.Row(elem_classes=FULL):
         json_btn = gr.Button("Download run (JSON)", interactive=False, size="sm")
         html_btn = gr.Button("Download graph (standalone HTML)", interactive=False, size="sm")
+        replay_btn = gr.Button("Download replay (HTML)", interactive=False, size="sm")
         link_box = gr.Textbox(label="Share link", placeholder="Copy link puts a link to this run here",
                               buttons=["copy"], interactive=False, scale=3)
     # the files behind the two buttons, written on demand, then fetched by a click from the page
     json_file = gr.DownloadButton("json", elem_id="axon-dl-json", elem_classes=["axon-hidden"])
     html_file = gr.DownloadButton("html", elem_id="axon-dl-html", elem_classes=["axon-hidden"])
+    replay_file = gr.DownloadButton("replay", elem_id="axon-dl-replay", elem_classes=["axon-hidden"])
     run_json = gr.JSON(visible=False)
 
     inputs = [prompt, model, release, sae_id, temperature, top_k, top_p, repetition_penalty,
@@ -222,9 +223,12 @@ with gr.Blocks(title="AXON", delete_cache=(int(EXPORT_MAX_AGE), int(EXPORT_MAX_A
                     trigger_mode="always_last")
     find_table.select(HANDLERS.inspect_from_found, run_state, inspector_outputs, api_visibility="private")
     graph.select(HANDLERS.inspect_from_graph, run_state, inspector_outputs, api_visibility="private")
-    for button, file, kind in ((json_btn, json_file, "json"), (html_btn, html_file, "html")):
-        button.click(functools.partial(HANDLERS.prepare_download, kind=kind), run_state, file,
+    for button, file, kind in ((json_btn, json_file, "json"), (html_btn, html_file, "html"),
+                               (replay_btn, replay_file, "replay")):
+        button.click(HANDLERS.download_for(kind), run_state, file,
                      api_visibility="private").then(None, file, None, js=SAVE_FILE)
+    # the replay button is offered with the other two, when a run's JSON is there
+    run_json.change(lambda _: gr.update(interactive=True), run_json, replay_btn, api_visibility="private")
     gr.api(HANDLERS.engine_stats, api_name="engine_stats", api_visibility="undocumented")
     load_event = demo.load(HANDLERS.from_query, None, inputs[:13] + [autorun_state, at_state, embed_open, layers],
                            api_visibility="private")

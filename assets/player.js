@@ -11,6 +11,7 @@
  *   player.drawn();          // what the scene shows now: {names, x, y, z, ring, labels} (for tests)
  *   player.stats;            // {applied, drawn, requested}: deltas applied, frames drawn, draws asked for
  *   player.idle();           // true when the newest state has been drawn
+ *   player.hover(on);        // false while states arrive fast (playing, streaming): no hover picking
  *
  * options: planes [[z, name], ...] (layers' planes); decay (brightness kept per token,
  * 0.85); q (positions are integers in 1/q, 1000); qa (activations in 1/qa, 100);
@@ -157,19 +158,225 @@
     (root.requestAnimationFrame || function (f) { return setTimeout(f, 16); })(function () { self._frame(); });
   };
 
+  // One draw per animation frame, the newest state. The first draws the scene (newPlot);
+  // later ones send Plotly only what changed: the traces whose data differ (restyle) and
+  // the cube's range when it grows (relayout), in one Plotly.update; the names are HTML.
   AxonPlayer.prototype._frame = function () {
     this._pending = false;
     if (this._drawing) { this._again = true; return; }  // a draw in flight: the newest state follows it
+    var P = root.Plotly;
+    if (!P) { this._noPlotly(); return; }
     this._drawing = true;
     var self = this, done = function () {
       self._drawing = false;
       self.stats.drawn += 1;
+      if (self._hoverOff) self._picking(self.el._fullLayout && self.el._fullLayout.scene && self.el._fullLayout.scene._scene);
+      self._placeNames();
       if (self._again) { self._again = false; self.request(); }
     };
-    var fig = this.figure();
-    var call = this._plotted ? root.Plotly.react : root.Plotly.newPlot;
-    this._plotted = true;
-    Promise.resolve(call(this.el, fig.data, fig.layout, fig.config)).then(done, done);
+    var fig = this.figure(), call;
+    if (!this._plotted) {
+      this._plotted = true;
+      this._sent = fig.data;
+      this._half = this.half;
+      call = P.newPlot(this.el, fig.data, fig.layout, fig.config).then(function () { self._hook(); });
+    } else {
+      var changed = [], upd = {}, lay = {}, keys = {};
+      fig.data.forEach(function (t, i) { if (!sameTrace(t, self._sent[i])) changed.push(i); });
+      changed.forEach(function (i) { for (var k in flat(fig.data[i])) keys[k] = true; });
+      Object.keys(keys).forEach(function (k) {
+        upd[k] = changed.map(function (i) { var v = flat(fig.data[i])[k]; return v === undefined ? null : v; });
+      });
+      if (this.half !== this._half) {
+        ["xaxis", "yaxis", "zaxis"].forEach(function (a) { lay["scene." + a + ".range"] = [-self.half, self.half]; });
+        this._half = this.half;
+      }
+      changed.forEach(function (i) { self._sent[i] = fig.data[i]; });
+      if (!changed.length && !Object.keys(lay).length) { done(); return; }
+      this.stats.sent = (this.stats.sent || 0) + changed.length;
+      call = P.update(this.el, changed.length ? upd : {}, lay, changed.length ? changed : undefined);
+    }
+    Promise.resolve(call).then(done, done);
+  };
+
+  // the data attributes of a trace that change from state to state, as restyle paths
+  function flat(t) {
+    if (t._flat) return t._flat;
+    var out = {x: t.x, y: t.y, z: t.z};
+    if (t.marker) {
+      out["marker.size"] = t.marker.size;
+      if (t.marker.color !== undefined) out["marker.color"] = t.marker.color;
+      if (t.marker.cmax !== undefined) out["marker.cmax"] = t.marker.cmax;
+      out.customdata = t.customdata; out.hovertext = t.hovertext;
+    }
+    Object.defineProperty(t, "_flat", {value: out, enumerable: false});
+    return out;
+  }
+
+  function sameArray(a, b) {
+    if (a === b) return true;
+    if (!Array.isArray(a) || !Array.isArray(b)) return a === b;
+    if (a.length !== b.length) return false;
+    for (var i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+    return true;
+  }
+
+  function sameTrace(a, b) {
+    var fa = flat(a), fb = flat(b);
+    for (var k in fa) if (!sameArray(fa[k], fb[k])) return false;
+    return true;
+  }
+
+  // The scene's names are HTML over the canvas (Plotly's 3D annotations cost a third of
+  // a phone's frame): each is placed where the scene projects its node, at every
+  // render of the scene (a token, an orbit, a resize).
+  AxonPlayer.prototype._hook = function () {
+    var self = this, scene = this.el._fullLayout && this.el._fullLayout.scene && this.el._fullLayout.scene._scene;
+    if (scene && !scene.__axonNames) {
+      var render = scene.render;
+      scene.render = function () { var r = render.apply(this, arguments); self._placeNames(); return r; };
+      scene.__axonNames = true;
+    }
+    if (this.el.on) this.el.on("plotly_relayouting", function () { self._placeNames(); });
+    // Hover needs the scene's pick buffer, which Plotly reads back (gl.readPixels, a wait
+    // for the GPU) after every change; while playing, those reads are skipped and one
+    // fresh pick pass follows when it stops (see hover()).
+    var gl = scene && scene.glplot && scene.glplot.gl;
+    if (gl && !gl.__axonReads) {
+      var read = gl.readPixels;
+      gl.readPixels = function () {
+        if (self._hoverOff && this.getParameter(this.FRAMEBUFFER_BINDING) !== null) { self._stalePick = true; return; }
+        return read.apply(this, arguments);
+      };
+      gl.__axonReads = true;
+    }
+  };
+
+  // hover(false) while the state changes fast (a replay playing, a stream arriving): the
+  // scene skips the GPU read-back hover needs; hover(true) makes hover exact again
+  AxonPlayer.prototype.hover = function (on) {
+    this._hoverOff = !on;
+    var scene = this.el._fullLayout && this.el._fullLayout.scene && this.el._fullLayout.scene._scene;
+    this._picking(scene);
+    if (on && this._stalePick && scene && scene.glplot) {
+      this._stalePick = false;
+      (scene.glplot.objects || []).forEach(function (o) { o.dirty = true; });  // the scene redraws its pick pass
+      if (scene.glplot.redraw) scene.glplot.redraw();
+    }
+  };
+
+  // the scene's objects draw their pick pass only while hover is on
+  AxonPlayer.prototype._picking = function (scene) {
+    var off = !!this._hoverOff;
+    ((scene && scene.glplot && scene.glplot.objects) || []).forEach(function (o) {
+      if (off && o.drawPick) { o.__axonPick = o.drawPick; o.drawPick = null; }
+      else if (!off && o.__axonPick) { o.drawPick = o.__axonPick; o.__axonPick = null; }
+    });
+  };
+
+  AxonPlayer.prototype._overlay = function () {
+    if (this._layer && this._layer.parentNode === this.el) return this._layer;
+    var doc = this.el.ownerDocument, layer = doc.createElement("div");
+    layer.className = "axon-names";
+    layer.style.cssText = "position:absolute;left:0;top:0;right:0;bottom:0;pointer-events:none;overflow:hidden;z-index:2";
+    var svg = doc.createElementNS("http://www.w3.org/2000/svg", "svg");
+    svg.setAttribute("width", "100%"); svg.setAttribute("height", "100%");
+    svg.style.cssText = "position:absolute;left:0;top:0";
+    layer.appendChild(svg);
+    if (root.getComputedStyle && root.getComputedStyle(this.el).position === "static") this.el.style.position = "relative";
+    this.el.appendChild(layer);
+    this._layer = layer; this._svg = svg; this._tags = [];
+    return layer;
+  };
+
+  // what to write where: the newest token's names (with their arrows) and the planes' names
+  AxonPlayer.prototype.notes = function () {
+    var N = this.nodes, st = this.style, half = this.half, out = [];
+    this.names.forEach(function (s) {
+      var i = s[0];
+      if (N.x[i] === null || N.lastPos[i] === null) return;
+      out.push({x: N.x[i], y: N.y[i], z: N.z[i], text: spaced(N.label[i] || N.name[i], st.name_chars || 28),
+                name: N.name[i], ax: s[1], ay: s[2], kind: "name"});
+    });
+    this.planes.forEach(function (pl) {
+      out.push({x: half, y: -0.4 * half, z: pl[0], text: spaced(pl[1], 40), name: "plane " + pl[1],
+                ax: 0, ay: -9, kind: "plane"});
+    });
+    return out;
+  };
+
+  AxonPlayer.prototype._placeNames = function () {
+    var gd = this.el, full = gd._fullLayout, scene = full && full.scene && full.scene._scene;
+    if (!scene || !scene.glplot || !scene.glplot.cameraParams) return;
+    this._overlay();
+    var notes = this.notes(), tags = this._tags, svg = this._svg, doc = gd.ownerDocument, st = this.style;
+    var cam = scene.glplot.cameraParams, ds = scene.dataScale || [1, 1, 1], size = full._size;
+    var dom = full.scene.domain || {x: [0, 1], y: [0, 1]};
+    var w = size.w * (dom.x[1] - dom.x[0]), h = size.h * (dom.y[1] - dom.y[0]);
+    var x0 = size.l + dom.x[0] * size.w, y0 = size.t + (1 - dom.y[1]) * size.h;
+    while (tags.length < notes.length) {
+      var div = doc.createElement("div"), line = doc.createElementNS("http://www.w3.org/2000/svg", "line");
+      div.style.cssText = "position:absolute;left:0;top:0;white-space:nowrap;font:12px system-ui,sans-serif;" +
+        "padding:0 3px;border-radius:3px;will-change:transform";
+      line.setAttribute("stroke", "rgba(255,243,176,0.45)"); line.setAttribute("stroke-width", "1");
+      this._layer.appendChild(div); svg.appendChild(line);
+      tags.push({div: div, line: line, text: null});
+    }
+    for (var i = 0; i < tags.length; i++) {
+      var t = tags[i], n = notes[i];
+      if (!n) { t.div.style.display = "none"; t.line.style.display = "none"; continue; }
+      var p = project(cam, [n.x * ds[0], n.y * ds[1], n.z * ds[2]]);
+      var px = x0 + 0.5 * (1 + p[0] / p[3]) * w, py = y0 + 0.5 * (1 - p[1] / p[3]) * h;
+      var off = !(p[3] > 0) || !isFinite(px) || !isFinite(py);
+      t.div.style.display = off ? "none" : "";
+      t.line.style.display = off || n.kind !== "name" ? "none" : "";
+      if (off) continue;
+      if (t.text !== n.text || t.kind !== n.kind) {
+        t.div.textContent = n.text;  // text, never markup
+        t.div.style.color = n.kind === "name" ? st.name : st.ring;
+        t.div.style.fontSize = n.kind === "name" ? "12px" : "11px";
+        t.div.style.background = n.kind === "name" ? "rgba(11,15,25,0.7)" : "transparent";
+        t.text = n.text; t.kind = n.kind;
+      }
+      t.div.dataset.name = n.name; t.div.dataset.kind = n.kind;
+      t.div.dataset.x = px.toFixed(1); t.div.dataset.y = py.toFixed(1);
+      var tx = px + n.ax, ty = py + n.ay;
+      var shift = n.kind === "plane" || n.ax > 0 ? "0" : "-100%";
+      t.div.style.transform = "translate(" + tx.toFixed(1) + "px," + ty.toFixed(1) + "px) translate(" + shift + ",-50%)";
+      if (n.kind === "name") {
+        t.line.setAttribute("x1", px.toFixed(1)); t.line.setAttribute("y1", py.toFixed(1));
+        t.line.setAttribute("x2", tx.toFixed(1)); t.line.setAttribute("y2", ty.toFixed(1));
+      }
+    }
+    this._shownNotes = notes;
+  };
+
+  // a point of the scene → clip space, as Plotly's 3D annotations do (model, view, projection)
+  function project(cam, v) {
+    var p = [v[0], v[1], v[2], 1];
+    [cam.model, cam.view, cam.projection].forEach(function (m) {
+      var r = [0, 0, 0, 0];
+      for (var i = 0; i < 4; i++) for (var j = 0; j < 4; j++) r[j] += m[4 * i + j] * p[i];
+      p = r;
+    });
+    return p;
+  }
+
+  // a label on one line, cut to max characters (for textContent: nothing to escape)
+  function spaced(label, max) {
+    var text = String(label).split(/\s+/).filter(Boolean).join(" ");
+    return text.length > max ? text.slice(0, max - 1) + "\u2026" : text;
+  }
+
+  AxonPlayer.prototype._noPlotly = function () {
+    if (this._warned) return;
+    this._warned = true;
+    var note = this.el.ownerDocument.createElement("div");
+    note.className = "axon-no-plotly";
+    note.style.cssText = "padding:1rem;color:#8f96b8;font:0.85rem system-ui,sans-serif";
+    note.textContent = "The graph needs plotly.js, which did not load (this page takes it from " +
+      "cdn.jsdelivr.net: offline, use the offline flavour). The text still plays.";
+    this.el.appendChild(note);
   };
 
   // The nodes drawn now: placed and seen by p
@@ -183,13 +390,15 @@
     var N = this.nodes, st = this.style, self = this;
     var vis = this.visible(), half = this.half;
     var x = [], y = [], z = [], size = [], color = [], hover = [], peakTop = 0;
+    var heads = this._heads || (this._heads = []);  // each node's escaped label and name, made once
     vis.forEach(function (i) {
       var a = self.activation(i);
       x.push(N.x[i]); y.push(N.y[i]); z.push(N.z[i]);
       size.push(Math.round(Math.min(4 + 5 * Math.sqrt(a), 30) * 10) / 10);
       color.push(Math.round(a * 100) / 100);
       peakTop = Math.max(peakTop, N.peak[i]);
-      hover.push(inert(N.label[i], 120) + "<br>" + inert(N.name[i], 40) + " \u00b7 now " + a.toFixed(2) +
+      if (heads[i] === undefined) heads[i] = inert(N.label[i], 120) + "<br>" + inert(N.name[i], 40);
+      hover.push(heads[i] + " \u00b7 now " + a.toFixed(2) +
                  " \u00b7 peak " + N.peak[i].toFixed(2) + " \u00b7 " + N.tokens[i] + " tok");
     });
     var row = new Map();
@@ -219,24 +428,24 @@
                hovertext: ring.map(function (i) { return hover[row.get(i)]; }), hoverinfo: "text",
                marker: {size: ring.map(function (i) { return size[row.get(i)] + 6; }), symbol: "circle-open",
                         color: st.ring, line: {width: 2, color: st.ring}}, showlegend: false});
-    var px = [], py = [], pz = [], notes = [];
-    this.names.forEach(function (s) {
-      var i = s[0];
-      if (!row.has(i)) return;
-      notes.push({x: N.x[i], y: N.y[i], z: N.z[i], text: inert(N.label[i] || N.name[i], st.name_chars || 28),
-                  name: N.name[i], showarrow: true, arrowhead: 0, arrowwidth: 1, arrowcolor: "rgba(255,243,176,0.45)",
-                  ax: s[1], ay: s[2], xanchor: s[1] > 0 ? "left" : "right",
-                  font: {color: st.name, size: 12}, bgcolor: "rgba(11,15,25,0.7)"});
-    });
+    var px = [], py = [], pz = [];
     this.planes.forEach(function (pl) {
       var c = [[-half, -half], [half, -half], [half, half], [-half, half], [-half, -half]];
       c.forEach(function (v) { px.push(v[0]); py.push(v[1]); pz.push(pl[0]); });
       px.push(null); py.push(null); pz.push(null);
-      notes.push({x: half, y: -0.4 * half, z: pl[0], text: inert(pl[1], 40), name: "plane " + pl[1],
-                  showarrow: false, xanchor: "left", yshift: 9, font: {color: st.ring, size: 11}});
     });
-    data.push({type: "scatter3d", mode: "lines", name: "planes", x: px, y: py, z: pz,
-               line: {width: 1.5, color: st.plane}, hoverinfo: "skip", showlegend: false});
+    if (this.planes.length) {  // a run of several layers (one layer: no trace to update)
+      data.push({type: "scatter3d", mode: "lines", name: "planes", x: px, y: py, z: pz,
+                 line: {width: 1.5, color: st.plane}, hoverinfo: "skip", showlegend: false});
+    }
+    // An empty trace would leave the scene (Plotly disposes its WebGL object) and come
+    // back new (shaders compiled again, GPU waits): an empty one holds one blank point.
+    data.forEach(function (t) {
+      if (t.x.length) return;
+      t.x = [null]; t.y = [null]; t.z = [null];
+      if (t.marker) { t.customdata = [null]; t.hovertext = [""]; t.marker.size = [0]; }
+      if (t.marker && Array.isArray(t.marker.color)) t.marker.color = [0];
+    });
     var axis = function () {
       return {visible: false, showbackground: false, showgrid: false, zeroline: false, showticklabels: false,
               title: {text: ""}, range: [-half, half]};
@@ -246,7 +455,7 @@
       margin: {l: 0, r: 0, t: 0, b: 0}, showlegend: false, uirevision: "axon", hovermode: "closest",
       hoverlabel: {bgcolor: "#1b1f3a", font: {color: "#ffffff"}},
       scene: {xaxis: axis(), yaxis: axis(), zaxis: axis(), aspectmode: "cube", bgcolor: st.background,
-              uirevision: "axon", dragmode: "orbit", hovermode: "closest", annotations: notes,
+              uirevision: "axon", dragmode: "orbit", hovermode: "closest",
               camera: {eye: st.eye || {x: 0.95, y: 0.95, z: 0.7}}}
     };
     var config = {responsive: true, displaylogo: false, displayModeBar: false,

@@ -1,7 +1,8 @@
 /* The replay page: reads the recorded run (JSON in #axon-replay), shows its text token by
  * token at the recorded pace (play / pause / speed), and drives an AxonPlayer with the
- * run's deltas; the slider and clicks on tokens scrub. window.__axonReplay exposes
- * {player, data, play, pause, seek, playing} for tests and benchmarks.
+ * run's deltas; the slider and clicks on tokens scrub. The pace is the recorded one, by
+ * the clock: a page too busy to draw every token skips to the token that is due.
+ * window.__axonReplay exposes {player, data, play, pause, seek, playing} for tests and benchmarks.
  * Every piece of text from the run is set with textContent (never parsed as HTML).
  */
 (function () {
@@ -10,7 +11,6 @@
   var frames = data.frames, meta = data.meta;
   var $ = function (id) { return document.getElementById(id); };
   var text = $("text"), slider = $("slider"), playBtn = $("play"), speed = $("speed"), where = $("where");
-  var spans = [];
   var labelOf = [], nameOf = [];  // per node number, for token hovers
   frames.forEach(function (f) {
     (f.n || []).forEach(function (n) {
@@ -40,58 +40,82 @@
       (top.length ? top.join(", ") : "no features");
   }
 
-  function onToken(tok, k) {
+  // every token's span is made once; those after the shown token are "ahead": hidden
+  // until the run has been seen to its end, then dimmed (and still clickable)
+  var spans = frames.map(function (f, k) {
     var span = document.createElement("span");
-    span.className = "tok " + (tok.prompt ? "prompt" : "gen") + (tok.text ? "" : " part");
-    span.textContent = tok.text.replace(/\n/g, "\u21b5\n");
-    span.title = tokenTitle(tok);
+    span.className = "tok ahead " + (f.pr ? "prompt" : "gen") + (f.t ? "" : " part");
+    span.textContent = f.t.replace(/\n/g, "\u21b5\n");
+    span.title = tokenTitle({p: f.p, prob: f.pb == null ? null : f.pb, f: f.f || []});
     span.dataset.k = String(k);
-    text.appendChild(span);
-    spans.push(span);
-  }
-  function onReset() { text.textContent = ""; spans = []; }
+    return span;
+  });
+  var fragment = document.createDocumentFragment();
+  spans.forEach(function (sp) { fragment.appendChild(sp); });
+  text.appendChild(fragment);
 
   var player = new window.AxonPlayer($("graph"), {
-    planes: data.planes, decay: data.decay, q: data.q, qa: data.qa, style: data.style,
-    onToken: onToken, onReset: onReset
+    planes: data.planes, decay: data.decay, q: data.q, qa: data.qa, style: data.style
   });
   player.load(frames);
 
-  var timer = null, playing = false;
+  var timer = null, playing = false, shown = -1, here = null;
   function show(k) {
     k = player.seek(k);
+    var lo = Math.min(shown, k) + 1, hi = Math.max(shown, k);
+    for (var i = lo; i <= hi; i++) spans[i].classList.toggle("ahead", i > k);  // only what changed
+    shown = k;
+    if (k >= frames.length - 1) document.body.classList.add("seen");
+    if (here) here.classList.remove("here");
+    here = !playing && spans[k] ? spans[k] : null;
+    if (here) here.classList.add("here");
     slider.value = String(Math.max(0, k));
-    spans.forEach(function (sp, i) { sp.classList.toggle("here", i === k && !playing); });
     where.textContent = (k + 1) + " / " + frames.length;
-    if (!playing && spans[k]) spans[k].scrollIntoView({block: "nearest"});
-    else text.scrollTop = text.scrollHeight;
+    if (here) here.scrollIntoView({block: "nearest"});
+    else if (playing && spans[k] && spans[k].offsetTop + spans[k].offsetHeight > text.scrollTop + text.clientHeight) {
+      text.scrollTop = spans[k].offsetTop + spans[k].offsetHeight - text.clientHeight;
+    }
     return k;
   }
-  function delay(k) {
-    var f = frames[k];
-    return (f && f.pr ? meta.prompt_ms : meta.ms_per_token) / Number(speed.value || 1);
-  }
+  // the recorded pace: token k is due times[k] ms after the first (at 1×); a busy page
+  // skips to the token that is due rather than falling behind
+  var times = [], acc = 0;
+  frames.forEach(function (f, k) { if (k) acc += f.pr ? meta.prompt_ms : meta.ms_per_token; times.push(acc); });
+  var origin = 0;
+  function rate() { return Number(speed.value || 1); }
+  function now() { return (window.performance && performance.now) ? performance.now() : Date.now(); }
   function tick() {
-    var k = player.at + 1;
-    if (k >= frames.length) { pause(); return; }
-    show(k);
-    timer = setTimeout(tick, delay(k + 1));
+    var elapsed = (now() - origin) * rate(), k = player.at;
+    while (k + 1 < frames.length && times[k + 1] <= elapsed) k++;
+    if (k > player.at) show(k);
+    if (k >= frames.length - 1) { pause(); return; }
+    timer = setTimeout(tick, Math.max(0, (times[k + 1] - elapsed) / rate()));
   }
   function play() {
     if (playing) return;
     if (player.at >= frames.length - 1) show(-1);
     playing = true;
+    player.hover(false);
     playBtn.textContent = "Pause";
     document.body.dataset.state = "playing";
+    origin = now() - times[player.at + 1] / rate();  // the next token is due now
     tick();
   }
   function pause() {
     playing = false;
+    player.hover(true);
     clearTimeout(timer);
     playBtn.textContent = "Play";
     document.body.dataset.state = player.at >= frames.length - 1 ? "done" : "paused";
     show(player.at);
   }
+  var lastRate = rate();
+  speed.addEventListener("change", function () {  // same place in the run, new pace
+    var t = now();
+    origin = t - (t - origin) * lastRate / rate();
+    lastRate = rate();
+    if (playing) { clearTimeout(timer); tick(); }
+  });
   playBtn.addEventListener("click", function () { if (playing) pause(); else play(); });
   slider.addEventListener("input", function () { if (playing) pause(); show(Number(slider.value)); });
   text.addEventListener("click", function (ev) {

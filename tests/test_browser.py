@@ -962,8 +962,9 @@ class _Figure(html.parser.HTMLParser):
 
 def test_download_buttons_deliver_the_runs_files(app, browser):
     """After a run, each download button makes the browser save a file: the run
-    JSON (it parses and is the same run as /generate's), and the standalone graph
-    page (it parses, holds the plot of the run's features, plotly.js inlined),
+    JSON (it parses and is the same run as /generate's), the standalone graph
+    page (it parses, holds the plot of the run's features, plotly.js inlined)
+    and the replay page (it parses and replays the run's tokens),
     each under a name that says which run: prompt, model and date. Before, the
     page's script looked for a link inside the hidden DownloadButton, found none,
     and no download ever started."""
@@ -978,14 +979,17 @@ def test_download_buttons_deliver_the_runs_files(app, browser):
         page.goto(app.url + "?" + urllib.parse.urlencode(query))
         wait_for_autorun(page)
         got = {}
-        for name, kind in (("Download run (JSON)", "json"), ("Download graph (standalone HTML)", "html")):
+        for name, kind, ext in (("Download run (JSON)", "json", "json"),
+                                ("Download graph (standalone HTML)", "html", "html"),
+                                ("Download replay (HTML)", "replay", "replay.html")):
             with page.expect_download(timeout=60_000) as download:
                 page.get_by_role("button", name=name, exact=True).click()
             d = download.value
             assert d.failure() is None, d.failure()
             got[kind] = (d.suggested_filename, open(d.path(), encoding="utf-8").read())
             print(f"\n{name}: {d.suggested_filename}, {len(got[kind][1])} characters")
-            assert re.fullmatch(rf"axon-the-capital-of-france-is-gpt2-small-\d{{8}}\.{kind}", d.suggested_filename)
+            assert re.fullmatch(rf"axon-the-capital-of-france-is-gpt2-small-\d{{8}}\.{re.escape(ext)}",
+                                d.suggested_filename)
         run = json.loads(got["json"][1])
         assert run["schema"] == want["schema"] and run["settings"] == want["settings"]
         assert run["tokens"] == want["tokens"] and run["edges"] == want["edges"]
@@ -1000,6 +1004,17 @@ def test_download_buttons_deliver_the_runs_files(app, browser):
         assert set(nodes["customdata"]) == seen, "the page's graph is not this run's features"
         assert page_.text.startswith("The capital of France is")
         assert max(len(s) for s in page_.scripts) > 1_000_000  # plotly.js inlined: works offline
+        # the replay page: it parses and replays exactly this run's tokens (the page made from
+        # the downloaded JSON is the same bytes: tests/test_replay.py)
+        from test_replay import embedded, parse
+
+        assert [a.get("id") for a, _ in parse(got["replay"][1]).scripts][0] == "axon-replay"
+        frames = embedded(got["replay"][1])["frames"]
+        assert [f["p"] for f in frames] == [t["position"] for t in run["tokens"]]
+        assert "".join(f["t"] for f in frames).startswith("The capital of France is")
+        from axon_core.replay import replay_html
+
+        assert replay_html(run, small=True, app_url=app.url) == got["replay"][1]  # the CLI's page, byte for byte
         # asked twice, it is written twice (on demand), and delivered again
         with page.expect_download(timeout=60_000) as again:
             page.get_by_role("button", name="Download run (JSON)", exact=True).click()

@@ -205,6 +205,28 @@ def test_cli_writes_the_same_bytes_as_the_function(live, tmp_path):
     assert done.returncode == 1 and "error: cannot replay" in done.stderr and "Traceback" not in done.stderr
 
 
+def test_the_apps_download_is_the_clis_page_byte_for_byte(live, tmp_path, monkeypatch):
+    """The app's "Download replay (HTML)" and the command line, run on the app's
+    "Download run (JSON)" of the same run, write the very same bytes."""
+    import tempfile
+
+    from axon_core.page.downloads import write_download
+
+    run, _ = live
+    monkeypatch.setattr(tempfile, "gettempdir", lambda: str(tmp_path))
+    url = "https://alice-axon.hf.space/"
+    page = write_download(run, "replay", {"axon": "test"}, app_url=url)
+    src = write_download(run, "json", {"axon": "test"})
+    assert page.name == src.name[: -len(".json")] + ".replay.html"
+    out = tmp_path / "cli.html"
+    subprocess.run([sys.executable, "-m", "axon_core.export", "replay", str(src), "-o", str(out), "--small",
+                    "--app-url", url], capture_output=True, text=True, check=True)
+    assert out.read_bytes() == page.read_bytes()
+    data = embedded(page.read_text(encoding="utf-8"))
+    assert data["meta"]["link"].startswith(url) and len(data["frames"]) == len(run.steps)
+    assert [t for t, a in parse(page.read_text(encoding="utf-8")).tags if t == "script" and "src" in a]  # small flavour
+
+
 def test_deltas_are_small(live):
     run, d = live
     data = replay_data(d)

@@ -158,13 +158,21 @@ class Handlers:
 
     # ---- downloads
 
-    def prepare_download(self, run: RunSession | None, kind: str):
-        """Write one download when a person asks for it (the hidden DownloadButton's value)."""
-        path, warning = downloads.prepare_download(self.services, run, kind)
+    def prepare_download(self, run: RunSession | None, kind: str, request: gr.Request | None = None):
+        """Write one download when a person asks for it (the hidden DownloadButton's value);
+        a replay page links back to where this page is served."""
+        app_url = self._base_url(request) if kind == "replay" else None
+        path, warning = downloads.prepare_download(self.services, run, kind, app_url)
         if path is None:
             gr.Warning(warning)
             return None  # no file: the page's script then starts no download
         return gr.update(value=str(path))
+
+    def download_for(self, kind: str):
+        """The click handler of one download button (Gradio passes the request)."""
+        def download(run: RunSession | None, request: gr.Request):
+            return self.prepare_download(run, kind, request)
+        return download
 
     # ---- picker
 
