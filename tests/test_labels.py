@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import sqlite3
 import subprocess
@@ -16,6 +17,7 @@ from hypothesis import given, settings, strategies as st
 
 sys.path.insert(0, str(Path(__file__).parent))
 from neuronpedia_fake import FakeNeuronpedia  # noqa: E402
+import polling
 
 from axon_core.labels import LabelService, PrefetchError, safe_text  # noqa: E402
 
@@ -48,13 +50,7 @@ class FakeClock:
         self.now += seconds
 
 
-def wait_for(predicate, timeout: float = 3.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
+wait_for = functools.partial(polling.wait_for, timeout=3.0, interval=0.01)
 
 
 @pytest.fixture

@@ -3,8 +3,8 @@ and while they travel the features on screen are asked for first (issue 22, item
 
 from __future__ import annotations
 
+import functools
 import threading
-import time
 
 import pytest
 
@@ -14,6 +14,7 @@ from axon_core.page import picker
 from axon_core.page.services import Services
 from axon_core.session import RunSession
 from neuronpedia_fake import FakeNeuronpedia
+import polling
 
 NP = "gpt2-small/8-res-jb"
 NP5 = "gpt2-small/5-res-jb"
@@ -21,13 +22,7 @@ PROMPT = "The capital of France is"
 SETTINGS = GenerationSettings(max_new_tokens=6, seed=1, stop_at_eos=False)
 
 
-def wait_for(predicate, timeout: float = 10.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
+wait_for = functools.partial(polling.wait_for, timeout=10.0)
 
 
 def batches(np_id: str, d_sae: int, size: int = 64) -> list[list[tuple[int, str]]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from types import SimpleNamespace
 
@@ -14,6 +15,7 @@ from axon_core.labels.search import SemanticSearch, fts_queries
 from axon_core.page.find import find, key_of_found
 from axon_core.session import RunSession
 from neuronpedia_fake import SEARCH_PATH, FakeNeuronpedia
+import polling
 
 NP = "gpt2-small/8-res-jb"
 XSS = "<img src=x onerror=alert(1)>"
@@ -31,13 +33,7 @@ HOSTILE = ['"', "'", '""', "*", "AND", "OR NOT", "NEAR(a b)", "col:x", "^start",
            "x'); DROP TABLE labels;--", "\x00\x1b[31m", "capital\"*", "-", "+", "()", "label:", "🙂" * 3000]
 
 
-def wait_for(predicate, timeout: float = 5.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
+wait_for = functools.partial(polling.wait_for, timeout=5.0)
 
 
 @pytest.fixture
