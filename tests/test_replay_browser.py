@@ -18,21 +18,17 @@ WebGL runs in software (SwiftShader): every wait is generous, nothing is timed.
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 
 from axon_core.features import key_name
 from axon_core.replay import replay_html
 from replay_runs import XSS, live_run
+from test_browser import BROWSER_MISSING, LONG
 
-sync_api = pytest.importorskip("playwright.sync_api")
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-if CHROMIUM is None:
-    pytest.skip("Debian's chromium is not installed (apt-get install chromium)", allow_module_level=True)
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
-LONG = 120_000  # ms
+if BROWSER_MISSING:  # test_browser skipped (or, under CI, failed) the module already
+    pytest.skip(f"browser tests skipped: {BROWSER_MISSING}", allow_module_level=True)
+
+from test_browser import browser  # noqa: E402,F401  (its one Chromium per module, as a fixture)
 IDLE = "window.__axonReplay && window.__axonReplay.player.idle()"
 # what the scene draws now: the features trace (3) and the ring trace (4), from Plotly's own data
 SCENE = """(() => { const gd = document.getElementById('graph'), f = gd.data[3], r = gd.data[4];
@@ -63,14 +59,6 @@ def page_file(recorded, tmp_path_factory):
         '<iframe id="f" src="run.html?autoplay=0" width="700" height="600" style="border:0"></iframe></body></html>',
         encoding="utf-8")
     return folder / "run.html"
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")
