@@ -44,7 +44,9 @@ DEFAULTS = GenerationSettings()
 
 # ---- the page ---------------------------------------------------------------------
 
-GRAPH_JS = (HERE / "assets" / "graph.js").read_text()
+GRAPH_JS = (HERE / "assets" / "graph.js").read_text()  # the timeline: a Plotly figure per update
+# the live graph: the graph player (the replay page's, too) fed by the server's delta log
+LIVE_JS = (HERE / "assets" / "player.js").read_text() + "\n" + (HERE / "assets" / "live.js").read_text()
 TEXT_JS = (HERE / "assets" / "text.js").read_text()
 EDGE_CHOICES = [("above chance (NPMI > 0)", "npmi"), ("all co-firing, by NPMI", "npmi_all"),
                 ("co-activation strength", "cooccurrence"), ("decoder cosine (SAE geometry)", "decoder"),
@@ -100,7 +102,7 @@ with gr.Blocks(title="AXON", delete_cache=(int(EXPORT_MAX_AGE), int(EXPORT_MAX_A
                                  column_widths=["13%", "10%", "29%", "14%", "11%", "10%", "13%"])
             embed_open = gr.HTML("", elem_classes=["axon-embed-only"])
         with gr.Column(scale=3, min_width=360, elem_classes=["axon-graph-col"]):
-            graph = gr.HTML(value="", html_template='<div class="axon-plot axon-graph"></div>', js_on_load=GRAPH_JS,
+            graph = gr.HTML(value="", html_template='<div class="axon-plot axon-graph"></div>', js_on_load=LIVE_JS,
                             head=PLOTLY_HEAD, elem_id="axon-graph-box", container=False)
             edge_kind = gr.Radio(EDGE_CHOICES, value="npmi", label="Edges", elem_classes=FULL)
     with gr.Accordion("Model and SAE", open=False, elem_classes=FULL):

@@ -16,7 +16,8 @@
  * options: planes [[z, name], ...] (layers' planes); decay (brightness kept per token,
  * 0.85); q (positions are integers in 1/q, 1000); qa (activations in 1/qa, 100);
  * style {background, colorscale, edges [[name, width, rgba] x3], ring, plane, name,
- * name_chars, eye {x, y, z}}; onToken(token, index) and onReset() for the page's text.
+ * name_chars, eye {x, y, z}}; onToken(token, index) and onReset() for the page's text; onDrawn(player)
+ * after each draw.
  *
  * A delta (every field optional):
  *   p   the token position the state is at after this delta
@@ -30,6 +31,12 @@
  *   e   edges added or restyled, flat [a, b, strength 0..2, ...]; r: removed, flat [a, b, ...]
  *   s   the scene names [[node, ax, ay], ...] (replaces the previous ones)
  *   h   the scene's half-width (the cube is [-h, h] on every axis)
+ *   k   the new nodes' keys, in the order of n (what a click reports; default the name)
+ *   u   nodes no longer drawn, flat [node, ...] (a live view's node cap)
+ *   l   labels [[node, label], ...] (a live view names nodes as their labels arrive)
+ * Edge strengths index style.edges: 0-2 weak to strong, 3-5 the same below zero (signed kinds).
+ * player.hold(true) while a person drags the scene: states are applied, drawn when hold(false).
+ * player.configure(options) takes new planes/decay/q/qa/style (a new live epoch); then reset().
  * Several deltas may arrive between two animation frames: only the newest state is drawn.
  * Labels and text are untrusted: Plotly text is escaped here (&, <, >), the page's text
  * is set with textContent.
@@ -63,7 +70,8 @@
   AxonPlayer.prototype._clear = function () {
     // nodes: columns by node number
     this.nodes = {name: [], label: [], layer: [], x: [], y: [], z: [], lastAct: [], lastPos: [],
-                  peak: [], tokens: []};
+                  peak: [], tokens: [], key: []};
+    this._heads = [];
     this.edges = new Map();  // "a,b" -> [a, b, bucket]
     this.ring = [];
     this.names = [];
@@ -89,8 +97,9 @@
         N.x.push(n[3] == null ? null : n[3] / this.q);
         N.y.push(n[4] == null ? null : n[4] / this.q);
         N.z.push(n[5] == null ? null : n[5] / this.q);
-        N.lastAct.push(0); N.lastPos.push(null); N.peak.push(0); N.tokens.push(0);
+        N.lastAct.push(0); N.lastPos.push(null); N.peak.push(0); N.tokens.push(0); N.key.push(n[0]);
       }
+      if (d.k) for (i = 0; i < d.k.length; i++) N.key[N.key.length - d.k.length + i] = d.k[i];
     }
     if (d.p != null) this.p = d.p;
     if (d.f) {
@@ -101,10 +110,10 @@
       }
       this.ring = [];
       var self = this;
-      fired.forEach(function (act, node) {
+      fired.forEach(function (act, node) {  // ringed where drawn (see figure())
         N.lastAct[node] = act; N.lastPos[node] = self.p;
         N.peak[node] = Math.max(N.peak[node], act); N.tokens[node] += 1;
-        if (N.x[node] !== null) self.ring.push(node);
+        self.ring.push(node);
       });
     }
     if (d.m) {
@@ -113,6 +122,8 @@
         N.x[k] = d.m[i + 1] / this.q; N.y[k] = d.m[i + 2] / this.q; N.z[k] = d.m[i + 3] / this.q;
       }
     }
+    if (d.u) for (i = 0; i < d.u.length; i++) { k = d.u[i]; N.x[k] = null; N.y[k] = null; N.z[k] = null; }
+    if (d.l) for (i = 0; i < d.l.length; i++) { N.label[d.l[i][0]] = d.l[i][1]; this._heads[d.l[i][0]] = undefined; }
     if (d.r) for (i = 0; i < d.r.length; i += 2) this.edges.delete(d.r[i] + "," + d.r[i + 1]);
     if (d.e) for (i = 0; i < d.e.length; i += 3) this.edges.set(d.e[i] + "," + d.e[i + 1], [d.e[i], d.e[i + 1], d.e[i + 2]]);
     if (d.s) this.names = d.s;
@@ -150,6 +161,25 @@
 
   AxonPlayer.prototype.keyName = function (node) { return this.nodes.name[node]; };
 
+  AxonPlayer.prototype.configure = function (options) {
+    var o = options || {};
+    if (o.style) { this.style = o.style; this.opt.style = o.style; }
+    if (o.decay != null) this.decay = o.decay;
+    if (o.q) this.q = o.q;
+    if (o.qa) this.qa = o.qa;
+    var planes = o.planes || [];
+    if (JSON.stringify(planes) !== JSON.stringify(this.planes)) this._plotted = false;  // other traces: plotted anew
+    this.planes = planes;
+  };
+
+  // hold(true): a gesture is under way; states are applied but not drawn (a Plotly call in
+  // mid-drag would cut the gesture off); hold(false) draws the newest one
+  AxonPlayer.prototype.hold = function (on) {
+    var was = this._held;
+    this._held = !!on;
+    if (was && !on) this.request();
+  };
+
   AxonPlayer.prototype.request = function () {
     this.stats.requested += 1;
     if (this._pending) return;
@@ -163,7 +193,8 @@
   // the cube's range when it grows (relayout), in one Plotly.update; the names are HTML.
   AxonPlayer.prototype._frame = function () {
     this._pending = false;
-    if (this._drawing) { this._again = true; return; }  // a draw in flight: the newest state follows it
+    if (this._drawing) { this._again = true; return; }
+    if (this._held) { this.stats.held = (this.stats.held || 0) + 1; return; }  // drawn at hold(false)  // a draw in flight: the newest state follows it
     var P = root.Plotly;
     if (!P) { this._noPlotly(); return; }
     this._drawing = true;
@@ -173,6 +204,7 @@
       if (self._hoverOff) self._picking(self.el._fullLayout && self.el._fullLayout.scene && self.el._fullLayout.scene._scene);
       self._placeNames();
       if (self._again) { self._again = false; self.request(); }
+      if (self.opt.onDrawn) self.opt.onDrawn(self);
     };
     var fig = this.figure(), call;
     if (!this._plotted) {
@@ -390,7 +422,7 @@
     var N = this.nodes, st = this.style, self = this;
     var vis = this.visible(), half = this.half;
     var x = [], y = [], z = [], size = [], color = [], hover = [], peakTop = 0;
-    var heads = this._heads || (this._heads = []);  // each node's escaped label and name, made once
+    var heads = this._heads;  // each node's escaped label and name, made once (again when its label changes)
     vis.forEach(function (i) {
       var a = self.activation(i);
       x.push(N.x[i]); y.push(N.y[i]); z.push(N.z[i]);
@@ -416,15 +448,16 @@
               line: {width: sty[1], color: sty[2]}, hoverinfo: "skip", showlegend: false};
     });
     var ring = this.ring.filter(function (i) { return row.has(i); });
+    var cd = function (i) { return N.key[i]; };
     data.push({type: "scatter3d", mode: "markers", name: "features", x: x, y: y, z: z,
-               customdata: vis.map(function (i) { return N.name[i]; }), hovertext: hover, hoverinfo: "text",
+               customdata: vis.map(cd), hovertext: hover, hoverinfo: "text",
                marker: {size: size, color: color, colorscale: st.colorscale, cmin: 0,
                         cmax: Math.round((peakTop || 1) * 100) / 100, opacity: 0.95, line: {width: 0}},
                showlegend: false});
     data.push({type: "scatter3d", mode: "markers", name: "active",
                x: ring.map(function (i) { return N.x[i]; }), y: ring.map(function (i) { return N.y[i]; }),
                z: ring.map(function (i) { return N.z[i]; }),
-               customdata: ring.map(function (i) { return N.name[i]; }),
+               customdata: ring.map(cd),
                hovertext: ring.map(function (i) { return hover[row.get(i)]; }), hoverinfo: "text",
                marker: {size: ring.map(function (i) { return size[row.get(i)] + 6; }), symbol: "circle-open",
                         color: st.ring, line: {width: 2, color: st.ring}}, showlegend: false});
@@ -469,7 +502,7 @@
       names: vis.map(function (i) { return N.name[i]; }),
       x: vis.map(function (i) { return N.x[i]; }), y: vis.map(function (i) { return N.y[i]; }),
       z: vis.map(function (i) { return N.z[i]; }),
-      ring: this.ring.map(function (i) { return N.name[i]; }),
+      ring: this.ring.filter(function (i) { return N.x[i] !== null; }).map(function (i) { return N.name[i]; }),
       labels: this.names.map(function (s) { return N.name[s[0]]; }),
       activation: vis.map(function (i) { return self.activation(i); }),
       p: this.p

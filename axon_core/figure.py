@@ -32,6 +32,7 @@ import math
 from functools import lru_cache
 from itertools import repeat
 from collections.abc import Hashable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -171,10 +172,81 @@ def _positions(positions: Mapping[Hashable, tuple], ids: list[int]) -> tuple[np.
     return rows, np.round(coords, 3)
 
 
+@dataclass(frozen=True)
+class Scene:
+    """What one frame draws, before it becomes Plotly traces (:func:`figure_dict`)
+    or a delta for the page's graph player (:mod:`axon_core.deltas`).
+
+    Rows are the snapshot's nodes that have a position, in snapshot order:
+    ``ids`` (node keys), ``coords`` (rounded to 3 decimals), ``act`` (brightness
+    now, ≥ 0), ``peak``, ``tokens``; ``ring`` the rows firing on the snapshot's
+    token; ``named`` the rows named in the scene, with each name's offset
+    ``(row, ax, ay)``; ``edge_rows`` (rows of both ends) with their ``edge_bucket``
+    (0 weak, 1 mid, 2 strong; 3–5 the same below zero, for signed kinds) and
+    ``edge_weight``; ``half`` the cube's half-width; ``planes`` ``{z: name}``."""
+
+    ids: list[int]
+    coords: np.ndarray
+    act: np.ndarray
+    peak: np.ndarray
+    tokens: np.ndarray
+    ring: list[int]
+    named: list[tuple[int, int, int]]
+    edge_rows: np.ndarray
+    edge_bucket: np.ndarray
+    edge_weight: np.ndarray
+    half: float
+    planes: dict
+
+
+def scene_of(snapshot: GraphSnapshot, positions: Mapping[Hashable, tuple],
+             edges: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+             n_labels: int = SCENE_LABELS, signed: bool = False,
+             planes: Mapping[float, str] | None = None) -> Scene:
+    """The :class:`Scene` of one frame (arguments as :func:`figure_dict`'s)."""
+    all_ids = snapshot.ids.tolist()
+    rows, coords = _positions(positions, all_ids)
+    ids = [all_ids[r] for r in rows.tolist()]
+    act = np.maximum(snapshot.activation[rows], 0.0)
+    ring = snapshot.active
+    on = [r for r, i in enumerate(ids) if i in ring]
+    strength = snapshot.latest[rows]
+    named = sorted(on, key=lambda r: (-float(strength[r]), ids[r]))[:n_labels]
+    # The newest token's features sit close together (a new node is placed beside
+    # its strongest neighbour), so their names fan out on leader lines instead of
+    # stacking on one spot: toward the middle of the opening view for nodes off to
+    # one side (a name pointing outward is cut at the canvas edge in a small
+    # embed), else alternately left and right.
+    half = _extent(coords)
+    sides = {r: _label_side(coords[r], k, half) for k, r in enumerate(named)}
+    # each side's names stack top to bottom in the order their nodes do on screen
+    # (at the opening camera), so no two names of one side land on each other
+    rank = {r: i for side in ("left", "right")
+            for i, r in enumerate(sorted((r for r in named if sides[r] == side),
+                                         key=lambda r: -float(coords[r] @ SCREEN_UP)))}
+    offsets = [(r, 70 if sides[r] == "right" else -70, -78 + 22 * rank[r]) for r in named]
+    row = {i: r for r, i in enumerate(ids)}
+    if edges is None:
+        edges = (snapshot.edge_a, snapshot.edge_b, snapshot.edge_weight)
+    src, dst, weight = edges
+    ends = np.empty((len(src), 2), dtype=np.intp)
+    ends[:, 0] = np.fromiter(map(row.get, np.asarray(src).tolist(), repeat(-1)), np.intp, len(src))
+    ends[:, 1] = np.fromiter(map(row.get, np.asarray(dst).tolist(), repeat(-1)), np.intp, len(src))
+    placed = (ends >= 0).all(axis=1)
+    weight = np.asarray(weight, np.float64)[placed]
+    ends = ends[placed]
+    top = max(float(np.abs(weight).max()), 1e-12) if len(weight) else 1.0
+    bucket = np.minimum(2, (3.0 * np.abs(weight) / top).astype(int))
+    if signed:
+        bucket = np.where(weight < 0, bucket + 3, bucket)
+    return Scene(ids, coords, act, snapshot.peak[rows], snapshot.tokens[rows], on, offsets, ends, bucket, weight,
+                 half, dict(planes or {}))
+
+
 def figure_dict(snapshot: GraphSnapshot, positions: Mapping[Hashable, tuple], label_of: LabelSource,
                 edges: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
                 n_labels: int = SCENE_LABELS, signed: bool = False,
-                planes: Mapping[float, str] | None = None) -> dict[str, Any]:
+                planes: Mapping[float, str] | None = None, scene: Scene | None = None) -> dict[str, Any]:
     """The Plotly figure (``{"data": [...], "layout": {...}}``) for one frame.
 
     ``edges`` (source ids, target ids, weights) replaces the snapshot's own;
@@ -182,16 +254,17 @@ def figure_dict(snapshot: GraphSnapshot, positions: Mapping[Hashable, tuple], la
     others). ``planes`` (``{z: name}``, a run of several layers) outlines each
     layer's plane and names it. The snapshot's token's features are ringed,
     and the ``n_labels`` strongest of them carry their labels as text in the
-    scene. Nodes without a position are left out.
+    scene. Nodes without a position are left out. ``scene``: the frame's
+    :class:`Scene`, where already computed (the other arguments but ``label_of``
+    are then not read).
 
     Traces, in order: three edge strengths, ``features``, ``active``, three
     strengths of negative edges (empty unless ``signed``), ``planes``."""
     label = label_fn(label_of)
-    all_ids = snapshot.ids.tolist()
-    rows, coords = _positions(positions, all_ids)
-    ids = [all_ids[r] for r in rows.tolist()]
-    act = np.maximum(snapshot.activation[rows], 0.0)
-    peak, tokens = snapshot.peak[rows], snapshot.tokens[rows]
+    if scene is None:
+        scene = scene_of(snapshot, positions, edges, n_labels, signed, planes)
+    ids, coords, act, half = scene.ids, scene.coords, scene.act, scene.half
+    peak, tokens = scene.peak, scene.tokens
     peak_top = float(peak.max()) if len(peak) else 1.0
     size = np.round(np.minimum(4.0 + 5.0 * np.sqrt(act), 30.0), 1)
     hover = [f"{_hover_head(label(i), i)}{a:.2f} · peak {p:.2f} · {t} tok"
@@ -205,8 +278,7 @@ def figure_dict(snapshot: GraphSnapshot, positions: Mapping[Hashable, tuple], la
                    "opacity": 0.95, "line": {"width": 0}},
         "showlegend": False,
     }
-    ring = snapshot.active
-    on = [r for r, i in enumerate(ids) if i in ring]
+    on = scene.ring
     active_trace = {
         "type": "scatter3d", "mode": "markers", "name": "active",
         "x": coords[on, 0].tolist(), "y": coords[on, 1].tolist(), "z": coords[on, 2].tolist(),
@@ -219,43 +291,19 @@ def figure_dict(snapshot: GraphSnapshot, positions: Mapping[Hashable, tuple], la
     # The ringed token's strongest features, named in the scene: scene annotations
     # (SVG text pinned to 3D points), not a WebGL text trace, whose glyph meshes
     # cost ~200 ms a frame to rebuild in a software-rendered browser.
-    strength = snapshot.latest[rows]
-    named = sorted(on, key=lambda r: (-float(strength[r]), ids[r]))[:n_labels]
-    # The newest token's features sit close together (a new node is placed beside
-    # its strongest neighbour), so their names fan out on leader lines instead of
-    # stacking on one spot: toward the middle of the opening view for nodes off to
-    # one side (a name pointing outward is cut at the canvas edge in a small
-    # embed), else alternately left and right.
-    half = _extent(coords)
-    sides = {r: _label_side(coords[r], k, half) for k, r in enumerate(named)}
-    # each side's names stack top to bottom in the order their nodes do on screen
-    # (at the opening camera), so no two names of one side land on each other
-    rank = {r: i for side in ("left", "right")
-            for i, r in enumerate(sorted((r for r in named if sides[r] == side), key=lambda r: -float(coords[r] @ SCREEN_UP)))}
     annotations = []
-    for r in named:
-        side = sides[r]
+    for r, ax, ay in scene.named:
         annotations.append({
             "x": float(coords[r, 0]), "y": float(coords[r, 1]), "z": float(coords[r, 2]),
             "text": plotly_text(label(ids[r]) or key_name(ids[r]), SCENE_LABEL_CHARS), "name": str(ids[r]),
             "showarrow": True, "arrowhead": 0, "arrowwidth": 1, "arrowcolor": "rgba(255,243,176,0.45)",
-            "ax": 70 if side == "right" else -70, "ay": -78 + 22 * rank[r],
-            "xanchor": "left" if side == "right" else "right", "font": {"color": SCENE_LABEL_COLOUR, "size": 12},
+            "ax": ax, "ay": ay,
+            "xanchor": "left" if ax > 0 else "right", "font": {"color": SCENE_LABEL_COLOUR, "size": 12},
             "bgcolor": "rgba(11,15,25,0.7)",
         })
-    row = {i: r for r, i in enumerate(ids)}
-    if edges is None:
-        edges = (snapshot.edge_a, snapshot.edge_b, snapshot.edge_weight)
-    src, dst, weight = edges
-    ends = np.empty((len(src), 2), dtype=np.intp)
-    ends[:, 0] = np.fromiter(map(row.get, np.asarray(src).tolist(), repeat(-1)), np.intp, len(src))
-    ends[:, 1] = np.fromiter(map(row.get, np.asarray(dst).tolist(), repeat(-1)), np.intp, len(src))
-    placed = (ends >= 0).all(axis=1)
-    weight = np.asarray(weight, np.float64)[placed]
-    ends = ends[placed]
     plane_trace = {"type": "scatter3d", "mode": "lines", "name": "planes", "x": [], "y": [], "z": [],
                    "line": {"width": 1.5, "color": PLANE_COLOUR}, "hoverinfo": "skip", "showlegend": False}
-    for z, name in sorted((planes or {}).items()):
+    for z, name in sorted(scene.planes.items()):
         corners = [(-half, -half), (half, -half), (half, half), (-half, half), (-half, -half)]
         plane_trace["x"] += [c[0] for c in corners] + [None]
         plane_trace["y"] += [c[1] for c in corners] + [None]
@@ -265,20 +313,21 @@ def figure_dict(snapshot: GraphSnapshot, positions: Mapping[Hashable, tuple], la
                             "name": f"plane {name}", "showarrow": False, "xanchor": "left", "yshift": 9,
                             "font": {"color": ACTIVE_RING, "size": 11}})
     axis_range = [-half, half]
-    scene = {name: {**_axis(), "range": axis_range} for name in ("xaxis", "yaxis", "zaxis")}
+    layout_scene = {name: {**_axis(), "range": axis_range} for name in ("xaxis", "yaxis", "zaxis")}
     # once a person moves the camera, uirevision keeps theirs
-    scene.update(aspectmode="cube", bgcolor=BACKGROUND, uirevision="axon",
-                 dragmode="orbit", hovermode="closest", annotations=annotations,
-                 camera={"eye": dict(zip("xyz", OPENING_EYE))})
+    layout_scene.update(aspectmode="cube", bgcolor=BACKGROUND, uirevision="axon",
+                        dragmode="orbit", hovermode="closest", annotations=annotations,
+                        camera={"eye": dict(zip("xyz", OPENING_EYE))})
     layout = {
         "paper_bgcolor": BACKGROUND, "plot_bgcolor": BACKGROUND,
         "font": {"color": "#d8dcf0"}, "margin": {"l": 0, "r": 0, "t": 0, "b": 0},
         "showlegend": False, "uirevision": "axon", "hovermode": "closest",
         "hoverlabel": {"bgcolor": "#1b1f3a", "font": {"color": "#ffffff"}},
-        "transition": {"duration": 0}, "scene": scene,
+        "transition": {"duration": 0}, "scene": layout_scene,
     }
+    ends, weight, bucket = scene.edge_rows, scene.edge_weight, scene.edge_bucket
     top = max(float(np.abs(weight).max()), 1e-12) if len(weight) else 1.0
-    negative = weight < 0 if signed else np.zeros(len(weight), bool)
+    negative = bucket >= 3
     return {"data": [*_edge_traces(ends[~negative], np.abs(weight[~negative]), coords, top=top),
                      node_trace, active_trace,
                      *_edge_traces(ends[negative], -weight[negative], coords, NEGATIVE_EDGE_STYLES, top=top),

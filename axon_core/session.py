@@ -37,7 +37,8 @@ from .depth import virtual_weights
 from .edges import EDGE_KINDS, SIGNED_KINDS, npmi_neighbours, score_edge_columns, score_edges
 from .export import download_name, run_to_json, standalone_html
 from .features import key_name, node_key, split_key, split_keys
-from .figure import figure_dict, to_json
+from .deltas import GraphStream
+from .figure import Scene, figure_dict, scene_of, to_json
 from .generation import GenerationSettings, LayerSae, TokenStep, hook_layer
 from .graph import GraphState
 from .labels import fallback_label
@@ -110,6 +111,7 @@ class RunSession:
         self.gradients: dict[int, dict] = {}
         self.at: int | None = None  # scrubbed to this token position (None: follow the run)
         self.graph = GraphState()
+        self.stream = GraphStream(self.graph.decay, self.planes())  # what this viewer's player was sent
         self.layout = ForceLayout(seed=0)
         self.steps: list[TokenStep] = []
         self.step_seconds: list[float] = []  # wall time per generated token (when fed directly)
@@ -259,8 +261,8 @@ class RunSession:
                 self._relayout()  # every node seen so far gets its place before positions freeze
             self.at = max(int(position), self.steps[0].position)
 
-    def figure(self, relayout: bool = True) -> dict:
-        """The current frame's figure, laid out warm-started from the last one.
+    def scene(self, relayout: bool = True) -> Scene:
+        """The current frame's :class:`Scene`, laid out warm-started from the last one.
 
         Positions always follow co-firing strength (so switching the edge kind
         does not move nodes) and stay put while scrubbed; the edges drawn are
@@ -284,13 +286,33 @@ class RunSession:
                 a, b, score, _ = score_edge_columns(self.graph, snap, kind, w_dec=self.w_dec,
                                                     saes={la: x.sae for la, x in self.by_layer.items()})
             shift = 1.0 if kind == "npmi_all" else 0.0  # NPMI in [-1, 1] → width in [0, 2]
-            planes = {z: f"layer {layer}" for layer, z in self.plane_of.items()}
-            self._figure = figure_dict(snap, positions, self.label, edges=(a, b, score + shift),
-                                       signed=kind in SIGNED_KINDS or kind == "causal", planes=planes or None)
-            named = [int(a["name"]) for a in self._figure["layout"].get("scene", {}).get("annotations", ())
-                     if str(a.get("name", "")).lstrip("-").isdigit()]  # not the planes' names
-        self.prioritize(named)
+            scene = scene_of(snap, positions, edges=(a, b, score + shift),
+                             signed=kind in SIGNED_KINDS or kind == "causal", planes=self.planes())
+        self.prioritize([scene.ids[r] for r, _, _ in scene.named])  # the scene's names, strongest first
+        return scene
+
+    def planes(self) -> dict[float, str]:
+        return {z: f"layer {layer}" for layer, z in self.plane_of.items()}
+
+    def figure(self, relayout: bool = True) -> dict:
+        """The current frame's figure (a Plotly dict) of :meth:`scene`."""
+        scene = self.scene(relayout)
+        with self.lock:
+            self._figure = figure_dict(None, None, self.label, scene=scene)
         return self._figure
+
+    def graph_log(self, relayout: bool = True, final: bool = False) -> str:
+        """The graph as the page's player receives it: this viewer's delta log
+        (:class:`axon_core.deltas.GraphStream`), extended by this frame."""
+        scene = self.scene(relayout)
+        with self.lock:
+            return self.stream.update(self.steps, scene, self.label, at=self.at, final=final)
+
+    def restart_graph(self, reason: str) -> None:
+        """The next :meth:`graph_log` sends the full state (an edge kind changed, a
+        check replaced the edges, a page reconnected)."""
+        with self.lock:
+            self.stream.restart(reason)
 
     def prioritize(self, keys) -> None:
         """Ask for these features' labels before all others, in this order (the

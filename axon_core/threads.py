@@ -259,7 +259,6 @@ def view_like_load(pair, tokens: int = 80, k: int = 12, seed: int = 0) -> Callab
     (``k`` of the SAE's features each, drawn from a growing pool, so the graph
     reaches its 300 nodes), laid out warm, drawn and serialised. Returns a
     function that builds one frame."""
-    import json
 
     import numpy as np
 
@@ -277,7 +276,7 @@ def view_like_load(pair, tokens: int = 80, k: int = 12, seed: int = 0) -> Callab
         view.add(TokenStep(p, p, f"t{p}", p <= 5, feats, next_token_id=p + 1))
 
     def frame() -> None:
-        json.loads(view.figure_json())  # built, serialised, and read back as Gradio's queue does
+        view.graph_log()  # laid out, its scene built, and the delta to the page's player written, as a view does
 
     return frame
 

@@ -17,6 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from axon_core.deltas import PlayerState, scene_drawn
 from axon_core.catalogue import DEFAULT_RELEASE, DEFAULT_SAE_ID, load_catalogue
 from axon_core.engine import Engine
 from axon_core.generation import GenerationSettings, generate
@@ -226,7 +227,9 @@ def test_causal_check_measures_the_shown_token(services, layered):
     position = layered.steps[-1].position
     assert v.note.startswith(f"Token {position} (") and "ablations" in v.note
     assert list(v.table.columns) == causal.CAUSAL_COLUMNS and len(v.table) > 0
-    assert set(v.table["source"]) and layered.edge_kind == "causal" and json.loads(v.figure)["data"]
+    assert set(v.table["source"]) and layered.edge_kind == "causal"
+    drawn = PlayerState.of(v.figure).drawn()  # the page's player, sent the measured edges
+    assert drawn["nodes"] and drawn["edges"] == scene_drawn(layered.scene(relayout=False))["edges"]
 
 
 def test_downloads_are_written_on_demand(services, finished, monkeypatch, tmp_path):

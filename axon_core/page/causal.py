@@ -82,7 +82,7 @@ def causal_for_token(services: "Services", run: "RunSession | None") -> CausalVi
     note = (f"Token {position} ({html.escape(repr(token))}): {sum(len(c.features) for c in checks)} ablations "
             f"in {ms:.0f} ms. In the graph: measured effects (blue: the earlier feature helped the later one "
             f"fire, red: it held it back; width: size).")
-    return CausalView(pd.DataFrame(rows, columns=CAUSAL_COLUMNS).round(3), note, run.figure_json(relayout=False))
+    return CausalView(pd.DataFrame(rows, columns=CAUSAL_COLUMNS).round(3), note, run.graph_log(relayout=False))
 
 
 def depth_checks(pair, run: "RunSession", position: int):

@@ -110,7 +110,7 @@ def frame(services: "Services", run: RunSession, extra: str | None = None, final
         ending = Ending(run.export_json(services.versions()), to_json(run.timeline()).decode(),
                         compare if compare is not None else "")
     return Frame(run, status_line(services, run, extra, "done" if final else "running"), run.text_html(),
-                 run.figure_json(), table, scrub, ending)
+                 run.graph_log(final=final), table, scrub, ending)
 
 
 def failure(services: "Services", message: str, run: RunSession | None = None) -> Frame:

@@ -49,7 +49,7 @@ class TokenView:
 def at_token(run: "RunSession", position: int | None) -> TokenView:
     """Outputs for the graph shown at ``position`` (None: the newest token)."""
     run.scrub(position)
-    return TokenView(run.figure_json(relayout=False), run.text_html(), table_frame(run),
+    return TokenView(run.graph_log(relayout=False), run.text_html(), table_frame(run),
                      to_json(run.timeline()).decode(), scrub_range(run))
 
 
@@ -81,7 +81,7 @@ def redraw(run: "RunSession | None", kind) -> str | None:
     if run is None or kind not in VIEW_EDGE_KINDS:
         return None
     run.edge_kind = kind
-    return run.figure_json(relayout=False)
+    return run.graph_log(relayout=False)
 
 
 def gradient_for_token(services, run: "RunSession | None") -> str | None:
