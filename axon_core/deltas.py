@@ -25,7 +25,8 @@ Worked example::
     state = PlayerState.of(log2)                    # what the player draws, decoded in Python (for tests)
 
 Per token: ``p`` its position, ``n`` the features new to the state as
-``[name, None, layer]`` (placed later by ``m``), ``f`` its features, flat
+``[name, None, layer]`` (placed later by ``m``) and ``k`` their node keys
+(what a click on one reports), ``f`` its features, flat
 ``[node, activation·qa, ...]``. Per frame (on the newest token's line):
 ``m`` moved or newly drawn nodes, flat ``[node, x, y, z, ...]`` (thousandths;
 sent when a node moved more than about a pixel, every change on a run's last
@@ -128,6 +129,7 @@ class GraphStream:
             line: dict[str, Any] = {"p": step.position}
             if new:
                 line["n"] = new
+                line["k"] = self.keys[len(self.keys) - len(new):]  # what a click on them reports
             line["f"] = fired
             lines.append(line)
             self.steps_sent += 1

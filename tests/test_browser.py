@@ -9,7 +9,7 @@ What is checked:
 1. streaming: the 3D graph's node count (the ``features`` trace) grows over
    the frames of a run and ``window.__axonFrames`` counts them;
 2. ONE plot element for the whole session, never re-created;
-3. the camera survives frames and a new run (``Plotly.react``, constant uirevision);
+3. the camera survives frames and a new run (one player: ``Plotly.update`` of the traces that changed);
 4. a share link with ``autorun=1`` reproduces the same text in two fresh pages
    and through ``gradio_client``'s ``/generate``;
 5. Neuronpedia labels are text: a label that is an ``<img onerror>`` shows
@@ -93,17 +93,20 @@ RECORD_FRAMES = """() => {
   if (window.__axonSamples) return;
   window.__axonSamples = [];
   window.__axonRun = 0;
-  const react = window.Plotly.react;
-  window.Plotly.react = function (gd, data, layout, config) {
-    const bytes = JSON.stringify({data, layout}).length;
-    return react.call(this, gd, data, layout, config).then((r) => {
-      if (gd.classList && gd.classList.contains('axon-graph')) {
-        const nodes = gd._fullData.filter(t => t.name === 'features').map(t => t._length)[0];
-        window.__axonSamples.push({run: window.__axonRun, nodes, bytes, t: Math.round(performance.now())});
-      }
-      return r;
-    });
-  };
+  // the graph player draws with Plotly.newPlot (its first state) and Plotly.update (the rest)
+  for (const name of ['newPlot', 'update', 'react']) {
+    const call = window.Plotly[name];
+    window.Plotly[name] = function (gd, data, ...rest) {
+      const bytes = JSON.stringify(data || {}).length;
+      return Promise.resolve(call.call(this, gd, data, ...rest)).then((r) => {
+        if (gd.classList && gd.classList.contains('axon-graph')) {
+          const nodes = gd._fullData.filter(t => t.name === 'features').map(t => t._length)[0];
+          window.__axonSamples.push({run: window.__axonRun, nodes, bytes, t: Math.round(performance.now())});
+        }
+        return r;
+      });
+    };
+  }
 }"""
 # busy: Gradio's progress classes, or a run streaming (the status line's data-state)
 BUSY = "document.querySelectorAll('.generating, .pending, #axon-status [data-state=running]').length"
@@ -604,7 +607,10 @@ def test_steering_compares_side_by_side_and_shares(steer_page, app, browser):
 # ---- 11-16: the live graph people came for (issue 9) -------------------------------------
 
 SCRUB = "Show the graph at token (drag; the end follows the run)"
-SCENE_LABELS = "document.querySelector('.axon-graph')._fullLayout.scene.annotations"
+# the scene's names: HTML over the canvas, placed by the graph player from the live camera
+SCENE_NAMES = """[...document.querySelectorAll('.axon-graph .axon-names div')]
+  .filter(d => d.dataset.kind === 'name' && d.style.display !== 'none')
+  .map(d => ({id: Number(d.dataset.name.replace(/^.*#/, '')), text: d.textContent, html: d.innerHTML}))"""
 FRAME_TIMES = "window.__axonFrameTimes.slice()"
 OUT = ROOT / "out" / "browser"
 
@@ -630,21 +636,19 @@ def test_newest_tokens_labels_are_scene_text_and_inert(live, app):
     the 3D scene; a hostile label is drawn as inert text."""
     page = live.page
     generate(page, "The capital of France is", run=11)
-    scene = page.evaluate(f"(() => {{ const a = {SCENE_LABELS};"
-                          " return {ids: a.map(x => Number(x.name)), text: a.map(x => x.text)}; })()")
-    # drawn as text in the page (SVG), and as text only: no element made from a label
-    drawn = page.evaluate("[...document.querySelectorAll('.axon-graph .annotation-text')].map(e => e.textContent)")
+    page.wait_for_function(f"{BUSY} === 0 && window.__axonGraphCounts.caughtUp")
+    names = page.evaluate(SCENE_NAMES)
+    scene = {"ids": [n["id"] for n in names], "text": [n["text"] for n in names]}
     ringed = page.evaluate(ACTIVE)
     print(f"\nscene labels: {list(zip(scene['ids'], scene['text']))}")
     assert scene["ids"] and set(scene["ids"]) <= set(ringed) and len(scene["ids"]) == min(8, len(ringed))
     for i, text in zip(scene["ids"], scene["text"]):
-        want = (XSS if i % 5 == 0 else f"concept {i}")[:27]
-        assert text in (f"Feature {i}", want.replace("<", "&lt;").replace(">", "&gt;")) or \
-            text.startswith(want[:20].replace("<", "&lt;")), (i, text)
-        assert "<" not in text
+        want = XSS if i % 5 == 0 else f"concept {i}"
+        assert text in (f"Feature {i}", want if len(want) <= 28 else want[:27] + "\u2026"), (i, text)
     # labels are known by now (the fake answers at once): at least one is a Neuronpedia label
     assert any(not t.startswith("Feature ") for t in scene["text"]), scene
-    assert len(drawn) == len(scene["text"]) and all("<" not in t or "img" in t for t in drawn), drawn
+    # a hostile label is text (set with textContent): its markup is escaped in the page, never an element
+    assert all("<" not in n["html"] for n in names), names
     assert page.locator(".axon-graph img").count() == 0
     assert page.evaluate("typeof window.__xss") == "undefined"
 
@@ -901,8 +905,8 @@ def test_layers_from_a_link_are_depth_planes_and_a_token_can_be_tested(app, brow
         assert sorted(planes) == [2, 5, 8, 11] and all(len(zs) == 1 for zs in planes.values())
         heights = [next(iter(planes[x])) for x in (2, 5, 8, 11)]
         assert heights == sorted(heights) and len(set(heights)) == 4
-        names = page.evaluate("document.querySelector('.axon-graph')._fullLayout.scene.annotations"
-                              ".map(a => a.text)")
+        names = page.evaluate("[...document.querySelectorAll('.axon-graph .axon-names div')]"
+                              ".filter(d => d.style.display !== 'none').map(d => d.textContent)")
         assert [n for n in names if n.startswith("layer ")] == [f"layer {x}" for x in (2, 5, 8, 11)]
         OUT.mkdir(parents=True, exist_ok=True)
         page.set_viewport_size({"width": 1280, "height": 800})
