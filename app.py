@@ -161,7 +161,7 @@ with gr.Blocks(title="AXON", delete_cache=(int(EXPORT_MAX_AGE), int(EXPORT_MAX_A
         causal_table = gr.Dataframe(pd.DataFrame(columns=CAUSAL_COLUMNS), interactive=False, max_height=320,
                                     label="Earlier → later feature: co-firing NPMI, virtual weight, measured effect")
     with gr.Accordion("Timeline: tokens × strongest features (click a token to see the graph then)", open=False,
-                      elem_classes=FULL):
+                      elem_classes=FULL) as timeline_box:
         timeline = gr.HTML(value="", html_template='<div class="axon-plot axon-timeline"></div>',
                            js_on_load=GRAPH_JS, head=PLOTLY_HEAD, label="Timeline")
     with gr.Row(elem_classes=FULL):
@@ -175,6 +175,8 @@ with gr.Blocks(title="AXON", delete_cache=(int(EXPORT_MAX_AGE), int(EXPORT_MAX_A
     html_file = gr.DownloadButton("html", elem_id="axon-dl-html", elem_classes=["axon-hidden"])
     replay_file = gr.DownloadButton("replay", elem_id="axon-dl-replay", elem_classes=["axon-hidden"])
     run_json = gr.JSON(visible=False)
+    timeline_open = gr.State(False)  # the timeline is drawn only while its accordion is open
+    api_run = gr.Button("generate", visible=False)  # the API's /generate (the page's own events send less)
 
     inputs = [prompt, model, release, sae_id, temperature, top_k, top_p, repetition_penalty,
               max_tokens, seed, feature_k, threshold, steer_box, edge_kind, at_state, layers]
@@ -185,6 +187,9 @@ with gr.Blocks(title="AXON", delete_cache=(int(EXPORT_MAX_AGE), int(EXPORT_MAX_A
     # for a click, "once", dropped the press); SessionRuns then stops the older run.
     STREAMING = dict(show_progress="minimal", show_progress_on=[status], trigger_mode="multiple")
     outputs = [text, graph, table, status, run_state, run_json, json_btn, html_btn, timeline, compare, scrub]
+    # the page's runs: the same frames without the run JSON and the timeline (ui/handlers.PAGE_LEAVES_OUT),
+    # which are hundreds of KB each and sent whole; the timeline follows a run if it is open
+    page_outputs = [text, graph, table, status, run_state, json_btn, html_btn, compare, scrub]
     # a new run clears the last run's JSON, timeline and comparison, and re-sends what did not change
     # rather than skipping it (a skip costs Gradio a new component per output per frame)
     HANDLERS.resend_at_start(outputs, {run_json: None, json_btn: json_btn.value, html_btn: html_btn.value,
@@ -192,21 +197,28 @@ with gr.Blocks(title="AXON", delete_cache=(int(EXPORT_MAX_AGE), int(EXPORT_MAX_A
     # preprocess=False: every input reaches _request_from_inputs as sent, which clamps
     # or ignores it with a notice, so no API value (a string for a number, a value
     # not in a dropdown) ends in a bare error.
-    run_event = run_btn.click(HANDLERS.generate_for_session, inputs, outputs, api_name="generate",
+    run_event = run_btn.click(HANDLERS.generate_for_page, inputs, page_outputs, api_visibility="private",
                               concurrency_id="generate", preprocess=False, **STREAMING)
-    submit_event = prompt.submit(HANDLERS.generate_for_session, inputs, outputs, api_visibility="private",
+    api_event = api_run.click(HANDLERS.generate_for_session, inputs, outputs, api_name="generate",
+                              concurrency_id="generate", preprocess=False, **STREAMING)
+    submit_event = prompt.submit(HANDLERS.generate_for_page, inputs, page_outputs, api_visibility="private",
                                  concurrency_id="generate", preprocess=False, **STREAMING)
-    steer_event = steer_btn.click(HANDLERS.generate_for_session, inputs, outputs, api_visibility="private",
+    steer_event = steer_btn.click(HANDLERS.generate_for_page, inputs, page_outputs, api_visibility="private",
                                   concurrency_id="generate", preprocess=False, **STREAMING)
-    stop_btn.click(None, None, None, cancels=[run_event, submit_event, steer_event])
+    stop_btn.click(None, None, None, cancels=[run_event, submit_event, steer_event, api_event])
+    for event in (run_event, submit_event, steer_event):
+        event.then(HANDLERS.after_run, [run_state, timeline_open], [replay_btn, timeline], api_visibility="private")
+    timeline_box.expand(HANDLERS.open_timeline, run_state, [timeline_open, timeline], api_visibility="private")
+    timeline_box.collapse(lambda: False, None, timeline_open, api_visibility="private")
     add_steer_btn.click(HANDLERS.add_steer, [run_state, steer_feature, steer_strength, steer_box], steer_box,
                         api_visibility="private")
     clear_steer_btn.click(lambda: "", None, steer_box, api_visibility="private")
     edge_kind.change(HANDLERS.redraw, [run_state, edge_kind], graph, api_visibility="private")
     at_outputs = [graph, text, table, timeline, scrub]
-    scrub.input(HANDLERS.scrub_to, [run_state, scrub], at_outputs, api_visibility="private", trigger_mode="always_last")
-    text.select(HANDLERS.highlight_token, run_state, at_outputs, api_visibility="private")
-    timeline.select(HANDLERS.highlight_token, run_state, at_outputs, api_visibility="private")
+    scrub.input(HANDLERS.scrub_to, [run_state, scrub, timeline_open], at_outputs, api_visibility="private",
+                trigger_mode="always_last")
+    text.select(HANDLERS.highlight_token, [run_state, timeline_open], at_outputs, api_visibility="private")
+    timeline.select(HANDLERS.highlight_token, [run_state, timeline_open], at_outputs, api_visibility="private")
     link_btn.click(HANDLERS.share_link, [run_state] + inputs[:13] + [layers], link_box, api_visibility="private")
     model.change(HANDLERS.releases_for, model, [release, sae_id], api_visibility="private")
     release.input(HANDLERS.sae_ids_for, release, sae_id, api_visibility="private")
@@ -229,13 +241,13 @@ with gr.Blocks(title="AXON", delete_cache=(int(EXPORT_MAX_AGE), int(EXPORT_MAX_A
                                (replay_btn, replay_file, "replay")):
         button.click(HANDLERS.download_for(kind), run_state, file,
                      api_visibility="private").then(None, file, None, js=SAVE_FILE)
-    # the replay button is offered with the other two, when a run's JSON is there
-    run_json.change(lambda _: gr.update(interactive=True), run_json, replay_btn, api_visibility="private")
     gr.api(HANDLERS.engine_stats, api_name="engine_stats", api_visibility="undocumented")
     load_event = demo.load(HANDLERS.from_query, None, inputs[:13] + [autorun_state, at_state, embed_open, layers],
                            api_visibility="private")
-    autorun_event = load_event.then(HANDLERS.autorun_generation, [autorun_state] + inputs, outputs,
+    autorun_event = load_event.then(HANDLERS.autorun_generation, [autorun_state] + inputs, page_outputs,
                                     api_visibility="private", concurrency_id="generate", **STREAMING)
+    autorun_event.then(HANDLERS.after_run, [run_state, timeline_open], [replay_btn, timeline],
+                       api_visibility="private")
     stop_btn.click(None, None, None, cancels=[autorun_event])
 
 HANDLERS.page = demo  # its per-session state is trimmed after each run (ui/gradio_state.py)

@@ -81,6 +81,7 @@ class GraphStream:
         self.tag = secrets.token_hex(4)
         self.epoch = 0
         self.sent_bytes = 0  # all lines sent, every epoch (for /engine_stats and tests)
+        self.compacted = False  # a run's end was sent as one full state (see page.run.frame)
         self.restart()
 
     def restart(self, reason: str = "") -> None:

@@ -311,11 +311,11 @@ def test_any_api_values_are_clamped_into_the_sliders(app_module, values):
 def test_queue_lets_several_sessions_generate_at_once(app_module):
     demo = app_module.demo
     runs = [fn for fn in demo.fns.values()
-            if getattr(fn.fn, "__name__", "") in ("generate_for_session", "autorun_generation")]
-    assert len(runs) == 4  # Generate, Enter, Steer, and the share link's autorun
+            if getattr(fn.fn, "__name__", "") in ("generate_for_session", "generate_for_page", "autorun_generation")]
+    assert len(runs) == 5  # Generate, Enter, Steer, the share link's autorun, and the API's /generate
     assert {fn.concurrency_id for fn in runs} == {"generate"}  # one pool of workers for all runs
     assert all(fn.concurrency_limit == "default" for fn in runs)
-    assert not any(fn.preprocess for fn in runs if fn.fn.__name__ == "generate_for_session")
+    assert not any(fn.preprocess for fn in runs if fn.fn.__name__ != "autorun_generation")
     if "AXON_CONCURRENCY" not in os.environ:
         assert app_module.SERVICES.settings.concurrency == (1 if app_module.SERVICES.settings.zero_gpu else 16)
     assert demo._queue.default_concurrency_limit == app_module.SERVICES.settings.concurrency

@@ -47,6 +47,7 @@ def notify(text: str, kind: str = "info") -> None:
 
 
 UNKNOWN = object()  # no plain value known for an output: gr.skip() it
+PAGE_LEAVES_OUT = (5, 8)  # of Generate's outputs (frame_outputs), the run JSON and the timeline: the API's only
 SKIP = gr.skip()
 
 
@@ -143,7 +144,29 @@ class Handlers:
     def autorun_generation(self, request: gr.Request, autorun, *inputs):
         if not autorun:
             return
-        yield from self.generate_for_session(request, gr.Progress(), *inputs)
+        yield from self.generate_for_page(request, gr.Progress(), *inputs)
+
+    def generate_for_page(self, request: gr.Request, progress=gr.Progress(), *inputs):
+        """:meth:`generate_for_session` as the page receives it: without the run JSON
+        and the timeline (hundreds of KB each, sent whole), which only the API's
+        ``/generate`` returns; the page asks for them when it shows them
+        (:meth:`after_run`, :meth:`open_timeline`; downloads are written on demand)."""
+        for out in self.generate_for_session(request, progress, *inputs):
+            yield [v for i, v in enumerate(out) if i not in PAGE_LEAVES_OUT]
+
+    def after_run(self, run: RunSession | None, timeline_open):
+        """After a page's run: the replay download is offered, and the timeline drawn if it is open."""
+        ready = gr.update(interactive=bool(run is not None and run.steps))
+        return ready, self.timeline_value(run, timeline_open)
+
+    def timeline_value(self, run: RunSession | None, timeline_open):
+        if not timeline_open or run is None or not run.steps:
+            return gr.skip()
+        return view.timeline_json(run)
+
+    def open_timeline(self, run: RunSession | None):
+        """The timeline's accordion opened: draw it now (it is not sent while closed)."""
+        return True, self.timeline_value(run, True)
 
     @staticmethod
     def forget_run(run: RunSession | None) -> None:
@@ -249,17 +272,18 @@ class Handlers:
     def _token_view(v: view.TokenView | None):
         if v is None:
             return (gr.skip(),) * 5
-        return v.figure, v.text, v.table, v.timeline, scrub_update(v.scrub)
+        return v.figure, v.text, v.table, _or_skip(v.timeline), scrub_update(v.scrub)
 
     def decision_gradient(self, run: RunSession | None):
         """The decision strip's gradient flavour for the shown token (the text with the strip)."""
         return _or_skip(view.gradient_for_token(self.services, run))
 
-    def scrub_to(self, run: RunSession | None, position):
-        return self._token_view(view.scrub_to(run, position))
+    def scrub_to(self, run: RunSession | None, position, timeline_open=True):
+        return self._token_view(view.scrub_to(run, position, timeline=bool(timeline_open)))
 
-    def highlight_token(self, run: RunSession | None, evt: gr.SelectData):
-        return self._token_view(view.highlight_token(run, evt.value if evt.value is not None else evt.index))
+    def highlight_token(self, run: RunSession | None, timeline_open, evt: gr.SelectData):
+        return self._token_view(view.highlight_token(run, evt.value if evt.value is not None else evt.index,
+                                                     timeline=bool(timeline_open)))
 
     def causal_for_token(self, run: RunSession | None):
         """Graph, edge picker, effects table, note."""

@@ -96,21 +96,27 @@ def scrub_range(run: RunSession) -> Scrub | None:
 
 
 def frame(services: "Services", run: RunSession, extra: str | None = None, final: bool = False,
-          compare: str | None = None) -> Frame:
-    """Text, graph, status and state; on the last frame also the run JSON, the
-    timeline and (for a steered run) the comparison. The table and the slider
-    are redrawn at most every TABLE_INTERVAL during a run (a browser spends
-    ~200 ms re-rendering the table)."""
+          compare: str | None = None, ending: bool = True) -> Frame:
+    """Text, graph, status and state; on the last frame also (unless not
+    ``ending``: a label tail's redraws) the run JSON, the timeline and (for a
+    steered run) the comparison. The table and the slider are redrawn at most
+    every TABLE_INTERVAL during a run (a browser spends ~200 ms re-rendering
+    the table). A run's first final frame sends the graph as one compact full
+    state (a new epoch of the delta log): the value Gradio sends whole once more
+    when the event completes is then that, not the run's whole history of deltas."""
     now = time.monotonic()
     table = scrub = None
     if final or now - run.table_at >= TABLE_INTERVAL:
         run.table_at, table, scrub = now, table_frame(run), scrub_range(run)
-    ending = None
-    if final:
-        ending = Ending(run.export_json(services.versions()), to_json(run.timeline()).decode(),
-                        compare if compare is not None else "")
+    end = None
+    if final and ending:
+        end = Ending(run.export_json(services.versions()), to_json(run.timeline()).decode(),
+                     compare if compare is not None else "")
+    if final and not run.stream.compacted:
+        run.restart_graph("ended")
+        run.stream.compacted = True
     return Frame(run, status_line(services, run, extra, "done" if final else "running"), run.text_html(),
-                 run.graph_log(final=final), table, scrub, ending)
+                 run.graph_log(final=final), table, scrub, end)
 
 
 def failure(services: "Services", message: str, run: RunSession | None = None) -> Frame:
@@ -264,7 +270,13 @@ def run_frames(services: "Services", prompt, model, release, sae_id, temperature
         ended = [n for n in live.notices if n.startswith("stopped")][-1:]
         extra = "; ".join(notices + ended) or None
         yield frame(services, run, extra=extra, final=True, compare=compare)
+        # labels that arrive now redraw the text, graph and table; the run JSON and the
+        # timeline (hundreds of KB, sent whole) follow once, with them, when the tail ends
+        tail = False
         for _ in label_tail(services, run):
+            tail = True
+            yield frame(services, run, extra=extra, final=True, compare=compare, ending=False)
+        if tail:
             yield frame(services, run, extra=extra, final=True, compare=compare)
     except Exception as err:  # noqa: BLE001 - a person sees a message, the log the trace
         log.exception("generation failed")

@@ -42,18 +42,24 @@ class TokenView:
     figure: str
     text: str
     table: pd.DataFrame
-    timeline: str
+    timeline: str | None  # None: not drawn (the timeline is closed)
     scrub: Scrub | None  # None: leave the slider as it is
 
 
-def at_token(run: "RunSession", position: int | None) -> TokenView:
-    """Outputs for the graph shown at ``position`` (None: the newest token)."""
+def timeline_json(run: "RunSession") -> str:
+    """The timeline figure (tokens × strongest features) as JSON."""
+    return to_json(run.timeline()).decode()
+
+
+def at_token(run: "RunSession", position: int | None, timeline: bool = True) -> TokenView:
+    """Outputs for the graph shown at ``position`` (None: the newest token);
+    without ``timeline`` (its accordion closed) the timeline is not drawn (None)."""
     run.scrub(position)
     return TokenView(run.graph_log(relayout=False), run.text_html(), table_frame(run),
-                     to_json(run.timeline()).decode(), scrub_range(run))
+                     timeline_json(run) if timeline else None, scrub_range(run))
 
 
-def scrub_to(run: "RunSession | None", position) -> TokenView | None:
+def scrub_to(run: "RunSession | None", position, timeline: bool = True) -> TokenView | None:
     """The token slider: the graph as it was at that token (during a run too)."""
     if run is None or not run.steps:
         return None
@@ -61,10 +67,10 @@ def scrub_to(run: "RunSession | None", position) -> TokenView | None:
         position = int(position)
     except (TypeError, ValueError):
         return None
-    return at_token(run, position)
+    return at_token(run, position, timeline)
 
 
-def highlight_token(run: "RunSession | None", position) -> TokenView | None:
+def highlight_token(run: "RunSession | None", position, timeline: bool = True) -> TokenView | None:
     """A click on a token (in the text or the timeline) shows the graph at that
     token: its features lit and named; a second click goes back to the newest token."""
     try:
@@ -73,7 +79,7 @@ def highlight_token(run: "RunSession | None", position) -> TokenView | None:
         return None
     if run is None or not run.steps:
         return None
-    return at_token(run, None if run.at == position else position)
+    return at_token(run, None if run.at == position else position, timeline)
 
 
 def redraw(run: "RunSession | None", kind) -> str | None:
