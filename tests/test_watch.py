@@ -7,6 +7,7 @@ of the run's tokens and SAELens's ``sae.encode`` of its hook activations.
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -183,3 +184,62 @@ def test_gemma_jumprelu_watched_equal_sae_encode_below_thresholds(gemma3_hub):
         _check(steps, enc, list(range(len(indices))), indices)
     finally:
         pairs._models.clear()
+
+
+# ---- the page: the watch box → the run → sparklines, hover, run JSON, link ------------------------------
+
+
+def test_page_run_watches_draws_sparklines_and_links_it(pairs, tmp_path):
+    import re
+    from urllib.parse import parse_qs, urlsplit
+
+    from axon_core.catalogue import DEFAULT_RELEASE, DEFAULT_SAE_ID, load_catalogue
+    from axon_core.export import run_from_json
+    from axon_core.labels import LabelService
+    from axon_core.page import links, watchlist
+    from axon_core.page.run import Frame, Notice, run_frames
+    from axon_core.page.services import Services
+    from axon_core.page.settings import PageSettings
+
+    labels = LabelService(base_url="http://127.0.0.1:9", datasets_url="http://127.0.0.1:9",
+                          cache_path=tmp_path / "labels.sqlite", enabled=False)
+    engine = Engine(max_run_seconds=120)
+    services = Services(PageSettings(), load_catalogue(), pairs, labels, engine, hub_notice="offline")
+    try:
+        box, _ = watchlist.pin("", 8, 7, 8)
+        box, _ = watchlist.pin(box, None, 300, 8)
+        box, note = watchlist.pin(box, 8, 7, 8)
+        assert box == "7, 300" and note == "L8 #7 is watched already."
+        args = ["Paris is", "gpt2-small", DEFAULT_RELEASE, DEFAULT_SAE_ID, 0.8, 50, 0.95, 1.1, 5, 3, 12, 0.1, "",
+                "npmi", None, None, box + ", 9:1, x"]
+        items = list(run_frames(services, *args))
+        notices = [x.text for x in items if isinstance(x, Notice)]
+        frames = [x for x in items if isinstance(x, Frame)]
+        assert any("watch: skipped 'x'" in n for n in notices)
+        run = frames[-1].run
+        assert run.watched_keys == (7, 300)
+        d = frames[-1].ending.run_json
+        assert d["meta"]["watch"] == "7,300"
+        steps, _, _ = run_from_json(json.loads(json.dumps(d)))
+        assert [s.watched for s in steps] == [s.watched for s in run.steps] and all(len(s.watched) == 2 for s in steps)
+        # the reference: sae.encode of a plain run_with_cache of the run's tokens
+        pair = pairs.get(DEFAULT_RELEASE, DEFAULT_SAE_ID)
+        enc = _encoded(pair, run.steps, True, [(pair.hook_name, pair.sae)])[pair.hook_name]
+        _check(run.steps, enc, [0, 1], [7, 300])
+        # sparklines under the text, one per watched feature, as many points as tokens, the newest marked
+        page = frames[-1].text
+        sparks = re.findall(r'<div class="axon-spark" data-key="(\d+)" data-tokens="(\d+)" data-at="(\d+)"', page)
+        n = len(run.steps)
+        assert sparks == [("7", str(n), str(n - 1)), ("300", str(n), str(n - 1))]
+        first = re.findall(r'class="axon-spark" data-key="7" data-tokens="(\d+)"', frames[0].text)
+        assert len(frames) == 1 or int(first[0]) < n  # it grows as the run streams
+        run.scrub(run.steps[1].position)  # the slider: the scrubbed token is marked
+        assert f'data-key="7" data-tokens="{n}" data-at="1"' in run.text_html()
+        assert "watched: " in run.text_html()  # each token's hover lists the watched features
+        url = links.share_link(services, "http://h/", None, *args[:12], "", [], box)
+        assert parse_qs(urlsplit(url).query)["watch"] == ["7,300"]
+        fill = links.from_query(services, parse_qs(urlsplit(url).query), "http://h/")
+        assert fill.watch == "7,300"
+    finally:
+        engine.close()
+        labels.close()
