@@ -138,7 +138,7 @@ with gr.Blocks(title="AXON", delete_cache=(int(EXPORT_MAX_AGE), int(EXPORT_MAX_A
         find_table = gr.Dataframe(pd.DataFrame(columns=FIND_COLUMNS), interactive=False, max_height=260,
                                   label="Features found (click one to watch it; one that fired is also inspected)")
         with gr.Row(equal_height=True):
-            watch_box = gr.Textbox(label=WATCH_LABEL, placeholder="e.g. 7124, 88 (or 8:7124 in a run of several layers)",
+            watch_box = gr.Textbox("", label=WATCH_LABEL, placeholder="e.g. 7124, 88 (or 8:7124 in a run of several layers)",
                                    scale=4, elem_id="axon-watch-box")
             watch_btn = gr.Button("Watch the clicked feature", size="sm", scale=1, elem_id="axon-watch-btn")
             clear_watch_btn = gr.Button("Clear watch list", size="sm", scale=1)

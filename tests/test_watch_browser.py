@@ -87,7 +87,7 @@ def test_find_pin_watch_scrub_and_link(app, browser):  # noqa: F811
         page.wait_for_function(f"+{SPARK}.dataset.at === {i}")
         assert page.locator(".axon-text .tok.here").get_attribute("data-pos") == str(positions[i])
         SHOT.parent.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(SHOT))
+        page.locator("#axon-text-box").screenshot(path=str(SHOT))  # the text, its sparkline, the strip
         # the link carries the watch list, and reopens it
         page.get_by_role("button", name="Copy link").click()
         links = "[...document.querySelectorAll('textarea')].map(t => t.value).filter(v => v.includes('watch='))"
