@@ -29,6 +29,7 @@ from axon_core.page.inspector import INSPECT_HINT, NEIGHBOUR_COLUMNS, PUSH_COLUM
 from axon_core.page.services import Services  # noqa: E402
 from axon_core.page.settings import EXAMPLES, EXPORT_MAX_AGE, SESSION_TTL  # noqa: E402
 from axon_core.page.status import TABLE_COLUMNS  # noqa: E402
+from axon_core.page.watchlist import WATCH_LABEL  # noqa: E402
 from ui.handlers import Handlers  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -81,6 +82,7 @@ with gr.Blocks(title="AXON", delete_cache=(int(EXPORT_MAX_AGE), int(EXPORT_MAX_A
     run_state = gr.State(None, time_to_live=SESSION_TTL, delete_callback=HANDLERS.forget_run)
     autorun_state = gr.State(False)
     at_state = gr.State(None)
+    picked_state = gr.State(None)  # (layer, index) last clicked in the table or the graph: the Watch button's
     gr.HTML('<div class="axon-head"><b>AXON</b> · what GPT-2 is <i>thinking</i> while it writes: '
             'SAE features of its residual stream, token by token</div>', elem_classes=FULL)
     with gr.Row(elem_classes=FULL + ["axon-bar"], equal_height=True):
@@ -136,7 +138,12 @@ with gr.Blocks(title="AXON", delete_cache=(int(EXPORT_MAX_AGE), int(EXPORT_MAX_A
             find_btn = gr.Button("Find", size="sm", scale=1)
         find_note = gr.Markdown(FIND_HINT)
         find_table = gr.Dataframe(pd.DataFrame(columns=FIND_COLUMNS), interactive=False, max_height=260,
-                                  label="Features found (click one that fired to inspect it)")
+                                  label="Features found (click one to watch it; one that fired is also inspected)")
+        with gr.Row(equal_height=True):
+            watch_box = gr.Textbox("", label=WATCH_LABEL, placeholder="e.g. 7124, 88 (or 8:7124 in a run of several layers)",
+                                   scale=4, elem_id="axon-watch-box")
+            watch_btn = gr.Button("Watch the clicked feature", size="sm", scale=1, elem_id="axon-watch-btn")
+            clear_watch_btn = gr.Button("Clear watch list", size="sm", scale=1)
         inspector_head = gr.Markdown(INSPECT_HINT)
         with gr.Row():
             inspector_plot = gr.LinePlot(height=180, label="Activation over the run")
@@ -179,7 +186,7 @@ with gr.Blocks(title="AXON", delete_cache=(int(EXPORT_MAX_AGE), int(EXPORT_MAX_A
     api_run = gr.Button("generate", visible=False)  # the API's /generate (the page's own events send less)
 
     inputs = [prompt, model, release, sae_id, temperature, top_k, top_p, repetition_penalty,
-              max_tokens, seed, feature_k, threshold, steer_box, edge_kind, at_state, layers]
+              max_tokens, seed, feature_k, threshold, steer_box, edge_kind, at_state, layers, watch_box]
     # A run's progress shows on the status line only: Gradio's progress overlay on
     # all eleven outputs costs the browser a re-layout every frame.
     # trigger_mode "multiple": a new Generate (or Enter, or Steer) starts at once, also
@@ -219,7 +226,8 @@ with gr.Blocks(title="AXON", delete_cache=(int(EXPORT_MAX_AGE), int(EXPORT_MAX_A
                 trigger_mode="always_last")
     text.select(HANDLERS.highlight_token, [run_state, timeline_open], at_outputs, api_visibility="private")
     timeline.select(HANDLERS.highlight_token, [run_state, timeline_open], at_outputs, api_visibility="private")
-    link_btn.click(HANDLERS.share_link, [run_state] + inputs[:13] + [layers], link_box, api_visibility="private")
+    link_btn.click(HANDLERS.share_link, [run_state] + inputs[:13] + [layers, watch_box], link_box,
+                   api_visibility="private")
     model.change(HANDLERS.releases_for, model, [release, sae_id], api_visibility="private")
     release.input(HANDLERS.sae_ids_for, release, sae_id, api_visibility="private")
     sae_id.input(HANDLERS.load_choice, [release, sae_id], status, api_visibility="private")
@@ -237,12 +245,20 @@ with gr.Blocks(title="AXON", delete_cache=(int(EXPORT_MAX_AGE), int(EXPORT_MAX_A
                     trigger_mode="always_last")
     find_table.select(HANDLERS.inspect_from_found, run_state, inspector_outputs, api_visibility="private")
     graph.select(HANDLERS.inspect_from_graph, run_state, inspector_outputs, api_visibility="private")
+    # the watch list: a search result is pinned by its click; a table row or graph node by the Watch button
+    find_table.select(HANDLERS.watch_from_found, [run_state, watch_box, sae_id], watch_box, api_visibility="private")
+    table.select(HANDLERS.pick_from_table, run_state, picked_state, api_visibility="private")
+    graph.select(HANDLERS.pick_from_graph, run_state, picked_state, api_visibility="private")
+    watch_btn.click(HANDLERS.watch_picked, [run_state, picked_state, watch_box, sae_id], watch_box,
+                    api_visibility="private")
+    clear_watch_btn.click(lambda: "", None, watch_box, api_visibility="private")
     for button, file, kind in ((json_btn, json_file, "json"), (html_btn, html_file, "html"),
                                (replay_btn, replay_file, "replay")):
         button.click(HANDLERS.download_for(kind), run_state, file,
                      api_visibility="private").then(None, file, None, js=SAVE_FILE)
     gr.api(HANDLERS.engine_stats, api_name="engine_stats", api_visibility="undocumented")
-    load_event = demo.load(HANDLERS.from_query, None, inputs[:13] + [autorun_state, at_state, embed_open, layers],
+    load_event = demo.load(HANDLERS.from_query, None,
+                           inputs[:13] + [autorun_state, at_state, embed_open, layers, watch_box],
                            api_visibility="private")
     autorun_event = load_event.then(HANDLERS.autorun_generation, [autorun_state] + inputs, page_outputs,
                                     api_visibility="private", concurrency_id="generate", **STREAMING)

@@ -9,7 +9,7 @@ through the weights together (:func:`~axon_core.batching.step_batch`) when
 that is measured to be faster on this device (:class:`BatchChooser`).
 
 Identical requests (model, SAE, prompt, every sampling setting incl. the seed,
-steering) are computed once: a request arriving while its run is in flight
+steering, the watch list) are computed once: a request arriving while its run is in flight
 attaches to it; one arriving later gets the finished run from a bounded
 replay cache (bytes and TTL), which its view paces like a live run.
 
@@ -127,7 +127,9 @@ class LiveRun:
         feats = sum(len(s.features) for s in self.steps)
         decided = [s.decision for s in self.steps if s.decision is not None]  # candidates, effects (floats)
         extra = sum(300 * len(d.candidates) + 32 * len(d.candidates) * len(d.effects) for d in decided)
-        return 600 + 400 * len(self.steps) + 120 * feats + extra + 100 * sum(len(s.fit) for s in self.steps)
+        watched = sum(len(s.watched) for s in self.steps)
+        return (600 + 400 * len(self.steps) + 120 * feats + extra + 100 * sum(len(s.fit) for s in self.steps)
+                + 24 * watched)
 
     # ---- writing (engine thread) ------------------------------------------
 
@@ -211,10 +213,13 @@ class EngineCounters:
     rounds: int = 0  # engine turns (each: every live run's prompt pass or one token)
 
 
-def request_key(pair, prompt: str, settings: GenerationSettings, steer: tuple, extra: tuple = ()) -> tuple:
-    """What makes two requests the same run (``extra``: the other SAEs it reads)."""
+def request_key(pair, prompt: str, settings: GenerationSettings, steer: tuple, extra: tuple = (),
+                watch: tuple = ()) -> tuple:
+    """What makes two requests the same run (``extra``: the other SAEs it reads; ``watch``:
+    the features it follows, canonical keys (:func:`~axon_core.watch.resolve_watch`), in order:
+    the order of a step's ``watched``)."""
     saes = tuple((s.release, s.sae_id) for s in map(LayerSae.of, extra))
-    return (pair.choice.release, pair.choice.sae_id, prompt, settings, tuple(steer), saes)
+    return (pair.choice.release, pair.choice.sae_id, prompt, settings, tuple(steer), saes, tuple(watch))
 
 
 class Engine:
@@ -241,15 +246,16 @@ class Engine:
     # ---- sessions ------------------------------------------------------------
 
     def submit(self, pair, prompt: str, settings: GenerationSettings, steer: tuple = (),
-               meta: dict[str, Any] | None = None, extra: tuple = ()) -> LiveRun:
+               meta: dict[str, Any] | None = None, extra: tuple = (), watch: tuple = ()) -> LiveRun:
         """The run for this request: one in flight, a finished one from the replay
         cache, or a new one. The caller becomes one of its viewers and must call
         :meth:`release` when done. ``extra``: more SAEs of the same model
-        (LoadedPairs) read in the same forward (see :class:`Generation`).
+        (LoadedPairs) read in the same forward (see :class:`Generation`); ``watch``: the
+        features whose exact activations every step reports (canonical keys).
         Raises :class:`~axon_core.generation.PromptError` (or ``ValueError`` for a
         steering spec the SAE cannot take, or extra SAEs it cannot read) at once."""
-        extra = tuple(extra)
-        key = request_key(pair, prompt, settings, steer, extra)
+        extra, watch = tuple(extra), tuple(tuple(k) for k in watch)
+        key = request_key(pair, prompt, settings, steer, extra, watch)
         with self._lock:
             run = self._inflight.get(key)
             if run is not None and not run.finished:
@@ -262,7 +268,7 @@ class Engine:
                 self.counters.replayed += 1
                 return run
         edit = steering_edit(pair.sae, steer) if steer else None
-        generation = Generation(pair, prompt, settings, edit, extra=extra)  # PromptError here, in the caller
+        generation = Generation(pair, prompt, settings, edit, extra=extra, watch=watch)  # PromptError here
         run = LiveRun(key, meta or {}, settings, steer, generation)
         with self._lock:
             other = self._inflight.get(key)  # the same request may have raced us here

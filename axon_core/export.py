@@ -71,6 +71,8 @@ def run_to_json(steps: list[TokenStep], settings: GenerationSettings, meta: dict
         "features": [_feature(f) for f in s.features],
         **({"decision": decision_json(s.decision)} if s.decision is not None else {}),
         **({"fit": [fit_json(f) for f in s.fit]} if s.fit else {}),
+        # the watched features' exact activations, in the order of meta["watch"] (a run that watched some)
+        **({"watched": [float(v) for v in s.watched]} if s.watched else {}),
     } for s in steps]
     edges = []
     for e in graph.edges():  # graph nodes are (layer, index) keys in a run of several SAEs
@@ -148,6 +150,7 @@ def run_from_json(d: dict[str, Any]) -> tuple[list[TokenStep], GenerationSetting
         prob=_opt_float(t.get("prob")), sampled_prob=_opt_float(t.get("sampled_prob")),
         notice=t.get("notice"), display=t.get("display"),  # "display": absent in older files
         decision=_decision(t.get("decision")), fit=_fits(t.get("fit")),  # absent in older files
+        watched=tuple(float(v) for v in t.get("watched") or ()),
     ) for t in d.get("tokens", [])]
     return steps, settings, dict(d.get("meta", {}))
 

@@ -47,6 +47,7 @@ from .fast_encode import encode_top
 from .features import FeatureHit, direct_logit_attribution
 from .residuals import FastStepper, make_stepper
 from .sampling import Choice, sample_next
+from .watch import Watch
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,9 @@ class TokenStep:
     # (axon_core.decision); None at prompt positions before the last, and at the run's end
     decision: Decision | None = None
     fit: tuple[Fit, ...] = ()  # how well each SAE reconstructs this token's residual (primary first)
+    # the exact activation of each watched feature (the run's watch list, in its order; 0 where it
+    # does not fire), whether or not it is among ``features`` (see axon_core.watch)
+    watched: tuple[float, ...] = ()
 
     @property
     def shown(self) -> str:
@@ -230,7 +234,9 @@ class Generation:
     ``extra``: more SAEs of the same model (LoadedPairs or :class:`LayerSae`,
     at most one per layer) read in the same forward; ``extra_edits`` optionally
     edits their hook points (``{hook_name: edit}``, e.g. steering at another
-    layer). :attr:`saes` lists every SAE read, the primary first.
+    layer). :attr:`saes` lists every SAE read, the primary first. ``watch``:
+    (layer, index) keys in :func:`~axon_core.watch.resolve_watch`'s canonical form,
+    whose exact activations every step reports in ``watched``.
 
     Worked example::
 
@@ -243,7 +249,7 @@ class Generation:
 
     def __init__(self, pair, prompt: str, settings: GenerationSettings, edit=None, stepper=None,
                  extra: Sequence[Any] = (), extra_edits: Mapping[str, Any] | None = None,
-                 decisions: bool = True):
+                 decisions: bool = True, watch: Sequence[tuple] = ()):
         self.pair, self.settings = pair, settings
         # each step's Decision (candidates, direct-path effects) and Fit (variance explained);
         # False: features and attributions only (what benchmarks/decision.py compares against)
@@ -251,6 +257,7 @@ class Generation:
         model = pair.model
         self.saes: tuple[LayerSae, ...] = (LayerSae.of(pair), *(LayerSae.of(x) for x in extra))
         _check_saes(pair, extra, self.saes)
+        self.watch = Watch(self.saes, watch)  # ValueError for keys not of these SAEs
         self.layered = len(self.saes) > 1  # hits carry their layer
         self.prepend_bos = bool(getattr(pair.sae.cfg.metadata, "prepend_bos", True))
         self.tokens = encode_prompt(model, prompt, self.prepend_bos).to(pair.device)
@@ -344,6 +351,7 @@ class Generation:
             out = self.stepper.step(self.tokens)
         feats, fits = self.encode(out.acts)
         extra_feats, extra_fits = self.extra_encode(out)
+        watched = self._watched(out)
         self._next = self._choose(out.last_logits) if self.budget else None
         n, history = self.tokens.shape[0], self.history
         steps = []
@@ -360,7 +368,7 @@ class Generation:
                 position=p, token_id=history[p], text=self._text(history[p]), is_prompt=True,
                 features=hits, next_token_id=next_id,
                 notice=self.context_notice if last and self.cut_short else None,
-                display=display, decision=decision, fit=_row_fits(fits, extra_fits, p),
+                display=display, decision=decision, fit=_row_fits(fits, extra_fits, p), watched=watched[p],
             ))
         self.done = self._next is None
         return steps
@@ -405,8 +413,14 @@ class Generation:
             position=self.tokens.shape[0] + i, token_id=cur.token_id, text=self._text(cur.token_id),
             is_prompt=False, features=hits, next_token_id=nxt.token_id if nxt else None,
             prob=cur.prob, sampled_prob=cur.sampled_prob, notice=notice, display=display,
-            decision=decision, fit=_row_fits(fits, extra_fits, 0),
+            decision=decision, fit=_row_fits(fits, extra_fits, 0), watched=self._watched(out)[0],
         )
+
+    def _watched(self, out) -> list[tuple[float, ...]]:
+        """Each row's watched activations (``()`` each when nothing is watched)."""
+        if not self.watch:
+            return [()] * int(out.acts.shape[0])
+        return self.watch.rows([out.acts, *(out.extra[s.hook_name] for s in self.saes[1:])])
 
     @torch.inference_mode()
     def step(self) -> TokenStep:
@@ -465,16 +479,16 @@ class GlyphJoiner:
 
 @torch.inference_mode()
 def generate(pair, prompt: str, settings: GenerationSettings, edit=None, extra: Sequence[Any] = (),
-             extra_edits: Mapping[str, Any] | None = None) -> Iterator[TokenStep]:
+             extra_edits: Mapping[str, Any] | None = None, watch: Sequence[tuple] = ()) -> Iterator[TokenStep]:
     """Stream the run: the prompt's tokens (one batched pass), then one
     KV-cached forward per new token. See the module docstring for what a step holds.
 
     ``pair`` is a :class:`~axon_core.loading.LoadedPair`; ``edit`` optionally
     changes the activation at the hook point (steering); ``extra`` and
-    ``extra_edits``: more SAEs read in the same forward, as for :class:`Generation`.
+    ``extra_edits``: more SAEs read in the same forward, and ``watch``, as for :class:`Generation`.
     Raises :class:`PromptError` before yielding anything if the prompt cannot run.
     """
-    run = Generation(pair, prompt, settings, edit, extra=extra, extra_edits=extra_edits)
+    run = Generation(pair, prompt, settings, edit, extra=extra, extra_edits=extra_edits, watch=watch)
     yield from run.start()
     while not run.done:
         yield run.step()

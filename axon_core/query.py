@@ -15,6 +15,7 @@ Worked example::
     req.settings.temperature, req.settings.top_k   # (2.0, 50)
     notices  # ['temperature 9 clamped to 2', "top_k 'nan' is not a number, kept 50"]
     parse_query({"steer": "12:4.5, 88:-3", "layers": "8,2,2"}, Limits())[0].steer   # ((12, 4.5), (88, -3.0))
+    parse_query({"watch": "7124, 8:88"}, Limits())[0].watch         # ((None, 7124), (8, 88))
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ _PROMPT_BAD = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
 _INT_RE = re.compile(r"[+-]?[0-9]+", re.ASCII)
 _LAYER_RE = re.compile(r"\s*([0-9]{1,12})\s*", re.ASCII)
 _STEER_RE = re.compile(r"\s*([0-9]{1,12})\s*:\s*(\S{1,64})\s*", re.ASCII)
+_WATCH_RE = re.compile(r"\s*(?:([0-9]{1,12})\s*:\s*)?([0-9]{1,12})\s*", re.ASCII)
 
 
 def _no_controls(text: str) -> str:
@@ -177,6 +179,35 @@ def _parse_layers(raw: str, limits: Limits, notices: list[str]) -> tuple[int, ..
     return tuple(sorted(found))
 
 
+def _parse_watch(raw: str, limits: Limits, notices: list[str]) -> tuple[tuple[int | None, int], ...]:
+    """``"7124, 8:88"`` → ((None, 7124), (8, 88)): features (of the run's SAE, or of the
+    SAE at a layer), distinct, in order, at most ``max_watch``."""
+    found: list[tuple[int | None, int]] = []
+    bad: list[str] = []
+    dropped = 0
+    lo_i, hi_i = limits.steer_index
+    lo_l, hi_l = limits.layer
+    for part in raw.split(","):
+        if not part.strip():
+            continue
+        m = _WATCH_RE.fullmatch(part)
+        layer = int(m.group(1)) if m and m.group(1) is not None else None
+        index = int(m.group(2)) if m else -1
+        if not lo_i <= index <= hi_i or (layer is not None and not lo_l <= layer <= hi_l):
+            bad.append(part)
+        elif (layer, index) not in found:
+            if len(found) >= limits.max_watch:
+                dropped += 1
+                continue
+            found.append((layer, index))
+    if bad:
+        more = f" (+{len(bad) - 1} more)" if len(bad) > 1 else ""
+        notices.append(f"watch: skipped '{_echo(bad[0])}'{more}")
+    if dropped:
+        notices.append(f"watch: kept the first {limits.max_watch} features, dropped {dropped}")
+    return tuple(found)
+
+
 # ---------------------------------------------------------------- public API
 
 
@@ -193,9 +224,10 @@ def parse_query(
     top_k, top_p, repetition_penalty, max_tokens, feature_k, threshold,
     stop_at_eos, autorun, steer (``123:4.5,88:-2``), at (a token position to show
     the graph at), embed (``1``: the embed view), layers (``2,5,8,11``: the blocks
-    whose SAEs one run reads at once). Unknown keys and empty
+    whose SAEs one run reads at once), watch (``7124,8:88``: features followed
+    at every token). Unknown keys and empty
     values are ignored silently, except that an empty prompt/model/release/
-    sae_id/steer/layers clears the default. ``limits`` defaults to :meth:`Limits.from_env`;
+    sae_id/steer/layers/watch clears the default. ``limits`` defaults to :meth:`Limits.from_env`;
     ``defaults`` to :data:`DEFAULT_REQUEST` (its settings are clamped to
     ``limits`` silently).
     """
@@ -291,10 +323,15 @@ def _parse(params: Any, limits: Limits | None, defaults: RunRequest | None,
     if raw is not None:
         layers = _parse_layers(raw, limits, notices) if raw.strip() else ()
 
+    watch = tuple(defaults.watch)
+    raw = _value(params, "watch", notices)
+    if raw is not None:
+        watch = _parse_watch(raw, limits, notices) if raw.strip() else ()
+
     if changes:
         settings = replace(settings, **changes)
     req = RunRequest(
         prompt=prompt, model=names["model"], release=names["release"], sae_id=names["sae_id"],
-        settings=settings, autorun=autorun, steer=steer, at=at, embed=embed, layers=layers,
+        settings=settings, autorun=autorun, steer=steer, at=at, embed=embed, layers=layers, watch=watch,
     )
     return req, notices

@@ -39,6 +39,8 @@ class RunRequest:
     at: int | None = None  # show the graph as it was at this token position
     embed: bool = False  # the embed view: text, graph and a link to the full page
     layers: tuple[int, ...] = ()  # blocks whose SAEs the run reads at once (ascending, distinct); () → one SAE
+    # features followed at every token (axon_core.watch): (layer | None, index), distinct, in order
+    watch: tuple[tuple[int | None, int], ...] = ()
 
 
 DEFAULT_REQUEST = RunRequest(
@@ -73,6 +75,7 @@ class Limits:
     steer_coefficient: tuple[float, float] = (-100.0, 100.0)  # clamped
     max_layers: int = 4  # SAEs read at once (``layers``)
     layer: tuple[int, int] = (0, 127)  # out of range: entry skipped
+    max_watch: int = 16  # features a run follows (``watch``)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Limits":

@@ -43,6 +43,7 @@ from .generation import GenerationSettings, LayerSae, TokenStep, hook_layer
 from .graph import GraphState
 from .labels import fallback_label
 from .layout import ForceLayout
+from .sparklines import sparklines_html
 from .strip import hover_text, strip_html
 from .timeline import timeline_figure
 
@@ -79,6 +80,11 @@ class RunSession:
     plane (depth in the scene, earliest at the bottom), labels come from each
     SAE's own Neuronpedia id, and the ``virtual`` and ``causal`` edge kinds
     join layers.
+
+    ``watch`` (canonical (layer, index) keys, :func:`~axon_core.watch.resolve_watch`):
+    the features the run follows; each step's ``watched`` holds their exact
+    activations, drawn as sparklines under the text (:meth:`watch_html`) and
+    listed on each token's hover; :attr:`watched_keys` are their graph keys.
     """
 
     def __init__(
@@ -91,6 +97,7 @@ class RunSession:
         w_dec=None,
         edge_kind: str = "npmi",
         saes=None,
+        watch=(),
     ):
         self.meta, self.settings, self.labels = dict(meta), settings, labels
         self.np_id: str | None = meta.get("neuronpedia_id")
@@ -106,6 +113,8 @@ class RunSession:
             order = sorted(self.by_layer)
             self.plane_of = {layer: (r - (len(order) - 1) / 2) * PLANE_GAP for r, layer in enumerate(order)}
             self.w_dec = {layer: x.sae.W_dec for layer, x in self.by_layer.items()}
+        # the watched features as graph node keys, in the order of each step's ``watched``
+        self.watched_keys: tuple[int, ...] = tuple(node_key(la, i) for la, i in watch)
         self.causal: dict[str, np.ndarray] | None = None  # the latest causal check's edges (see set_causal)
         # the decision strip's gradient flavour, where asked for: {deciding position: {"other", "pushes", "ms"}}
         self.gradients: dict[int, dict] = {}
@@ -130,6 +139,8 @@ class RunSession:
         self._known: dict[int, str] = {}  # labels known for this session's features
         self._unknown: dict[int, str] = {}  # fallbacks, until new labels arrive
         self._unknown_epoch = None
+        if self.labels is not None and self.watched_keys:  # the watched features' names, first
+            self.prioritize(self.watched_keys)
 
     # ---- feeding ----------------------------------------------------------
 
@@ -396,7 +407,11 @@ class RunSession:
         prob = f" · p={s.prob:.3f}" if s.prob is not None else ""
         why = hover_text(s, before)
         why = f" · {why}" if why else ""
-        title = html.escape(f"pos {s.position}{prob}{why} · {top or 'no features'}", quote=True)
+        watched = ""
+        if s.watched:
+            watched = " · watched: " + ", ".join(f"{self.label(k)[:32]} ({v:.2f})"
+                                                 for k, v in zip(self.watched_keys, s.watched))
+        title = html.escape(f"pos {s.position}{prob}{why} · {top or 'no features'}{watched}", quote=True)
         return token_span(s, cls, f' data-pos="{s.position}" title="{title}"')
 
     def text_html(self, highlight: int | None = None) -> str:
@@ -422,7 +437,22 @@ class RunSession:
                 lit = highlight is not None and any(f.key == highlight for f in s.features)
                 cls = " ".join(c for c in ("lit" if lit else "", "here" if s.position == at else "") if c)
                 parts[i] = self._span(s, cls, steps[i - 1] if i else None)
-        return f'<div class="axon-text">{"".join(parts)}</div>' + self.decision_html(steps, at)
+        return (f'<div class="axon-text">{"".join(parts)}</div>' + self.watch_html(steps, at)
+                + self.decision_html(steps, at))
+
+    def watch_html(self, steps: list[TokenStep] | None = None, at: int | None = None) -> str:
+        """The watched features' sparklines (see :mod:`axon_core.sparklines`); "" when none."""
+        if not self.watched_keys:
+            return ""
+        with self.lock:
+            steps = list(self.steps) if steps is None else steps
+            at = self.at if at is None else at
+        span = len(steps)
+        if not self.caught_up or self.live is None:  # the axis the run may reach, so the line grows
+            prompt = sum(s.is_prompt for s in steps)
+            span = max(span, prompt + self.settings.max_new_tokens)
+        names = [f"{key_name(k)} · {self.label(k)}" for k in self.watched_keys]
+        return sparklines_html(steps, self.watched_keys, names, at, span)
 
     def decision_html(self, steps: list[TokenStep] | None = None, at: int | None = None) -> str:
         """The decision strip for the newest token, or the scrubbed one (see :mod:`axon_core.strip`)."""

@@ -32,6 +32,7 @@ from urllib.parse import urlencode
 
 from .query import parse_query
 from .run_request import DEFAULT_REQUEST, NUMBER_KEYS, Limits, RunRequest, fmt_number
+from .watch import format_watch
 
 __all__ = [
     "RunRequest",
@@ -77,6 +78,8 @@ def build_query(req: RunRequest, defaults: RunRequest | None = None) -> str:
         pairs.append(("embed", "1" if req.embed else "0"))
     if tuple(req.layers) != tuple(d.layers):
         pairs.append(("layers", ",".join(str(int(i)) for i in req.layers)))
+    if tuple(req.watch) != tuple(d.watch):
+        pairs.append(("watch", format_watch(req.watch)))
     return urlencode(pairs, encoding="utf-8", errors="replace")
 
 

@@ -12,9 +12,12 @@ is" is viewed as the page views it (``run_frames``: frames, table, label tail).
 - ``first_run_named_pct``: share of the scene's names and the table's rows named at the end of that run
 - ``step_ms``: the engine's median time per token of that run
 - ``search_ms``: median local search ("Find a feature") over the 24,576 cached labels
+- ``step_watch16_ms``, ``watch_ratio``: one token of the same run watching 16 features (8 that fired,
+  8 that did not), and its ratio to the same run unwatched, both stepped side by side in turns
+  (ABBA, each token of each run timed, medians), so a burst of load elsewhere hits both alike
 
 Usage: ``python benchmarks/concepts.py --hub /tmp/axon-hub-full``
-Last line: ``concepts: bulk_s=… first_run_named_pct=… step_ms=… search_ms=…``
+Last line: ``concepts: bulk_s=… first_run_named_pct=… step_ms=… step_watch16_ms=… watch_ratio=… search_ms=…``
 """
 
 from __future__ import annotations
@@ -49,6 +52,38 @@ QUERIES = ["capital", "fran", "the", "python code", "legal court", "colour", "zz
 def labels() -> dict[int, str]:
     rng = random.Random(0)
     return {i: f"{' '.join(rng.sample(WORDS, 3))} ({rng.choice(WORDS)} context)" for i in range(D_SAE)}
+
+
+def watch_cost(pair, settings, fired: list[int], rounds: int = 3) -> tuple[float, float, float]:
+    """Median ms per new token of a run watching 16 features and of the same run unwatched,
+    stepped in turns (ABBA); returns (plain_ms, watch16_ms, ratio)."""
+    from axon_core.generation import Generation
+    from axon_core.watch import resolve_watch
+
+    never = [i for i in range(D_SAE) if i not in set(fired)]
+    keys, _ = resolve_watch([(None, i) for i in (fired[:8] + never[:: D_SAE // 8])[:16]], [pair])
+    assert len(keys) == 16
+    times: dict[bool, list[float]] = {False: [], True: []}
+    for r in range(rounds):
+        gens = {w: Generation(pair, PROMPT, settings, watch=keys if w else ()) for w in (False, True)}
+        for g in gens.values():
+            g.start()
+        turn = 0
+        while not all(g.done for g in gens.values()):
+            order = (False, True) if turn % 2 == 0 else (True, False)
+            for w in order:
+                g = gens[w]
+                if g.done:
+                    continue
+                t = time.perf_counter()
+                step = g.step()
+                times[w].append(time.perf_counter() - t)
+                if w:
+                    assert len(step.watched) == 16
+            turn += 1
+        del gens
+    plain, watched = (1e3 * statistics.median(times[w]) for w in (False, True))
+    return plain, watched, watched / plain
 
 
 def main() -> None:
@@ -144,10 +179,15 @@ def main() -> None:
         search_ms = 1e3 * statistics.median(times)
         print(f"search: median {search_ms:.2f} ms, max {1e3 * max(times):.2f} ms over {len(times)} queries; "
               f"'capital' -> {len(services.labels.search([NP], 'capital'))} hits, last query {len(hits)}")
+        pair = services.pairs.get("gpt2-small-res-jb", "blocks.8.hook_resid_pre")
+        fired = sorted({f.index for s in run.steps for f in s.features})
+        plain_ms, watch_ms, ratio = watch_cost(pair, GenerationSettings(max_new_tokens=args.tokens), fired)
+        print(f"watch: side by side, plain {plain_ms:.1f} ms/token, watching 16 {watch_ms:.1f} ms/token "
+              f"(ratio {ratio:.3f}; target <= 1.05)")
         services.engine.close()
         services.labels.close()
     print(f"concepts: bulk_s={bulk_s:.1f} first_run_named_pct={pct:.0f} step_ms={step_ms:.1f} "
-          f"search_ms={search_ms:.2f}")
+          f"step_watch16_ms={watch_ms:.1f} watch_ratio={ratio:.3f} search_ms={search_ms:.2f}")
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ BASE = {
     "prompt": "The capital of France is", "model": "gpt2-small", "release": "gpt2-small-res-jb",
     "sae_id": "blocks.8.hook_resid_pre", "temperature": 0.8, "top_k": 50, "top_p": 0.95,
     "repetition_penalty": 1.1, "max_tokens": 1, "seed": 0, "feature_k": 12, "threshold": 0.1,
-    "steer": "", "edge_kind": "npmi", "layers": [],
+    "steer": "", "edge_kind": "npmi", "layers": [], "watch": "",
 }
 ORDER = list(BASE)
 STATUS, RUN = 3, 4  # indices of the status line and the run JSON in predict()'s result
@@ -578,3 +578,11 @@ def test_a_run_of_several_layers_reads_them_all_and_changes_nothing_else(client)
     out = call(client, layers=[0, 2, 5, 11], **over)
     assert "layers: a run reads at most 4 SAEs; kept 0, 2, 5, 8" in out[STATUS]
     assert "SAE gpt2-small-res-jb / blocks.0.hook_resid_pre" in out[STATUS]  # not in this (offline) hub
+
+
+def test_generate_watches_features_through_the_api(client):
+    """``watch`` (the watched-features box): every token of the run JSON carries their exact activations."""
+    run = call(client, max_tokens=3, watch="5, 9, x")[RUN]
+    assert run["meta"]["watch"] == "5,9"
+    assert run["tokens"] and all(len(t["watched"]) == 2 for t in run["tokens"])
+    assert "watched" not in call(client, max_tokens=3)[RUN]["tokens"][0]  # the same request unwatched

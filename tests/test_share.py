@@ -23,7 +23,7 @@ LIMITS = Limits()
 KEYS = [
     "prompt", "model", "release", "sae_id", "seed", "temperature", "top_k", "top_p",
     "repetition_penalty", "max_tokens", "feature_k", "threshold", "stop_at_eos",
-    "autorun", "steer", "layers",
+    "autorun", "steer", "layers", "watch",
 ]
 NUMBERISH = [
     "nan", "NaN", "-nan", "inf", "-inf", "Infinity", "1e309", "-1e309", "1e-400", "-0",
@@ -82,6 +82,11 @@ def assert_within_limits(req: RunRequest, limits: Limits) -> None:
     assert isinstance(req.layers, tuple) and len(req.layers) <= limits.max_layers
     assert list(req.layers) == sorted(set(req.layers))
     assert all(type(i) is int and limits.layer[0] <= i <= limits.layer[1] for i in req.layers)
+    assert isinstance(req.watch, tuple) and len(req.watch) <= limits.max_watch
+    assert len(set(req.watch)) == len(req.watch)
+    for layer, i in req.watch:
+        assert layer is None or (type(layer) is int and limits.layer[0] <= layer <= limits.layer[1])
+        assert type(i) is int and limits.steer_index[0] <= i <= limits.steer_index[1]
 
 
 def assert_notices_ok(notices: list[str]) -> None:
@@ -344,3 +349,35 @@ def test_layers_parsing():
     assert parse_query({"layers": ""}, LIMITS, defaults)[0].layers == ()
     assert parse_query({}, LIMITS, defaults)[0].layers == (2, 8)
     assert parse_query({}, LIMITS)[0].layers == () and "layers" not in build_query(DEFAULT_REQUEST)
+
+
+# ------------------------------------------------------------------ watch (issue 22 item 2: followed features)
+
+valid_watch = st.lists(st.tuples(st.one_of(st.none(), st.integers(*LIMITS.layer)), st.integers(0, 2**31 - 1)),
+                       max_size=LIMITS.max_watch, unique=True).map(tuple)
+
+
+@settings(max_examples=80, deadline=None, database=None)
+@given(valid_requests, valid_layers, valid_watch, valid_watch)
+def test_watch_round_trip(req, layers, watch, default_watch):
+    req = RunRequest(**{**req.__dict__, "layers": layers, "watch": watch})
+    back, notices = parse_query(parse_qs(build_query(req)), LIMITS)
+    assert notices == [] and back == req
+    defaults = RunRequest(**{**DEFAULT_REQUEST.__dict__, "watch": default_watch})
+    back, notices = parse_query(parse_qs(build_query(req, defaults), keep_blank_values=True), LIMITS, defaults)
+    assert notices == [] and back == req
+
+
+def test_watch_parsing():
+    req, notices = parse_query({"prompt": "Hi", "watch": "7124, 8:88"}, LIMITS)
+    assert req.watch == ((None, 7124), (8, 88)) and notices == []
+    assert "watch=7124%2C8%3A88" in build_query(req)
+    req, notices = parse_query({"watch": " 5,5, x, 8:5, 999:1, -3, 8:5 "}, LIMITS)
+    assert req.watch == ((None, 5), (8, 5))
+    assert notices == ["watch: skipped 'x' (+2 more)"]
+    req, notices = parse_query({"watch": ",".join(str(i) for i in range(20))}, LIMITS)
+    assert len(req.watch) == 16 and notices == ["watch: kept the first 16 features, dropped 4"]
+    defaults = RunRequest(**{**DEFAULT_REQUEST.__dict__, "watch": ((None, 3),)})
+    assert parse_query({"watch": ""}, LIMITS, defaults)[0].watch == ()
+    assert parse_query({}, LIMITS, defaults)[0].watch == ((None, 3),)
+    assert "watch" not in build_query(DEFAULT_REQUEST)

@@ -172,7 +172,7 @@ def test_page_and_generate_answer(space):
 def test_share_link_and_embed_view_name_the_space(space):
     # What "Copy link" returns in the page. No forwarded-host header here, as from
     # a proxy that rewrites nothing: SPACE_ID alone decides the public address.
-    (link,) = call_event(space.url, "share_link", GENERATE_ARGS[:13] + [[2, 5]])
+    (link,) = call_event(space.url, "share_link", GENERATE_ARGS[:13] + [[2, 5], ""])
     assert link.startswith(PUBLIC_URL + "?"), link
     assert "prompt=The+capital+of+France+is" in link and "autorun=1" in link and "layers=2%2C5" in link
     # The embed view (?embed=1, what an <iframe> or <gradio-app> shows) links to the full page.

@@ -23,7 +23,7 @@ import time
 
 import gradio as gr
 
-from axon_core.page import causal, downloads, find, inspector, links, picker, view
+from axon_core.page import causal, downloads, find, inspector, links, picker, view, watchlist
 from axon_core.page.run import Frame, Notice, Scrub, run_frames
 from axon_core.page.sessions import SessionRuns
 from axon_core.page.status import status_line
@@ -254,10 +254,40 @@ class Handlers:
 
     def inspect_from_found(self, run, evt: gr.SelectData):
         key = find.key_of_found(run, getattr(evt, "row_value", None))
-        if key is None:
-            gr.Info("That feature has not fired in this run: nothing to inspect yet.")
+        if key is None:  # not fired in this run: nothing to inspect (the click pins it: watch_from_found)
             return [gr.skip()] * 6
         return self.inspect(run, key)
+
+    # ---- the watch list
+
+    def watch_from_found(self, run: RunSession | None, current, sae_id, evt: gr.SelectData):
+        """A click on a search result pins it to the watch list (fired or not)."""
+        pick = watchlist.pick_of_found(getattr(evt, "row_value", None))
+        if pick is None:
+            return gr.skip()
+        text, note = watchlist.pin(current, pick[0], pick[1], watchlist.primary_layer_of(run, sae_id))
+        notify(note or f"Watching {'#' if pick[0] is None else f'L{pick[0]} #'}{pick[1]}: press Generate "
+                       "to follow it at every token.")
+        return text
+
+    @staticmethod
+    def pick_from_table(run: RunSession | None, evt: gr.SelectData):
+        """The feature a table row names, as the Watch button's pick."""
+        return watchlist.pick_of_key(run, inspector.key_of_row(run, getattr(evt, "row_value", None)))
+
+    @staticmethod
+    def pick_from_graph(run: RunSession | None, evt: gr.SelectData):
+        return watchlist.pick_of_key(run, evt.value if evt.value is not None else evt.index)
+
+    def watch_picked(self, run: RunSession | None, picked, current, sae_id):
+        """The Watch button: pin the feature last clicked in the table or the graph."""
+        if not picked:
+            notify("Click a node of the graph or a row of the table first, then press Watch.")
+            return gr.skip()
+        text, note = watchlist.pin(current, picked[0], picked[1], watchlist.primary_layer_of(run, sae_id))
+        if note:
+            notify(note)
+        return text
 
     def add_steer(self, run: RunSession | None, feature, strength, current):
         text, warning = inspector.add_steer(run, feature, strength, current)
@@ -299,12 +329,13 @@ class Handlers:
         return links.base_url(os.environ.get("SPACE_ID"), request.headers if request else None)
 
     def share_link(self, run: RunSession | None, prompt, model, release, sae_id, temperature, top_k, top_p,
-                   repetition_penalty, max_tokens, seed, feature_k, threshold, steer, layers, request: gr.Request):
+                   repetition_penalty, max_tokens, seed, feature_k, threshold, steer, layers, watch=None,
+                   request: gr.Request = None):
         """A link that reopens and reruns this prompt with these settings (and, when
-        the graph is scrubbed to a token, shows that token)."""
+        the graph is scrubbed to a token, shows that token; ``watch``: the watch list)."""
         return links.share_link(self.services, self._base_url(request), run.at if run is not None else None,
                                 prompt, model, release, sae_id, temperature, top_k, top_p, repetition_penalty,
-                                max_tokens, seed, feature_k, threshold, steer, layers)
+                                max_tokens, seed, feature_k, threshold, steer, layers, watch)
 
     def from_query(self, request: gr.Request):
         """Fill the inputs from the page's query string; start at once with autorun=1."""
@@ -317,4 +348,4 @@ class Handlers:
         return (f.prompt, f.model, gr.update(choices=f.release_choices, value=f.release),
                 gr.update(choices=f.sae_id_choices, value=f.sae_id), f.temperature, f.top_k, f.top_p,
                 f.repetition_penalty, f.max_tokens, f.seed, f.feature_k, f.threshold, f.steer, f.autorun, f.at,
-                f.embed_open, gr.update(choices=f.layer_choices, value=f.layers))
+                f.embed_open, gr.update(choices=f.layer_choices, value=f.layers), f.watch)

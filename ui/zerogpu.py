@@ -24,7 +24,7 @@ def gpu_steps_for(services):
 
     @spaces.GPU(duration=services.settings.gpu_seconds)
     def gpu_steps(release: str, sae_id: str, prompt: str, settings: GenerationSettings, steer: tuple = (),
-                  extra_ids: tuple = ()):
-        yield from compute_steps(services, release, sae_id, prompt, settings, steer, extra_ids)
+                  extra_ids: tuple = (), watch: tuple = ()):
+        yield from compute_steps(services, release, sae_id, prompt, settings, steer, extra_ids, watch)
 
     return gpu_steps

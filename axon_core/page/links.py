@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Mapping
 
 from ..catalogue import DEFAULT_MODEL, DEFAULT_RELEASE, DEFAULT_SAE_ID
 from ..share import base_url_for, build_link, parse_query
+from ..watch import format_watch
 from .inspector import format_steer
 from .picker import layer_choices, release_names
 from .request import request_from_inputs
@@ -38,7 +39,7 @@ def base_url(space_id: str | None, headers: Mapping[str, str] | None) -> str:
 def share_link(services: "Services", base: str, at: int | None, *inputs) -> str:
     """A link that reopens and reruns this prompt with these settings (``inputs``:
     :func:`~axon_core.page.request.request_from_inputs`'s, from ``prompt`` to
-    ``layers``), showing token ``at`` when the graph is scrubbed to one."""
+    ``layers``, then optionally ``watch``), showing token ``at`` when the graph is scrubbed to one."""
     req, _ = request_from_inputs(services.settings.limits, *inputs)
     return build_link(base, dataclasses.replace(req, autorun=True, at=at))
 
@@ -75,6 +76,7 @@ class PageFill:
     embed_open: str  # the embed view's link to the full page, or ""
     layer_choices: list[int]
     layers: list[int]
+    watch: str  # the watch list's text ("7124, 8:88")
     notices: list[str]  # about the link's values (shown as "Link: ...")
     layer_notice: str | None = None  # layers the picked SAE's release does not have
 
@@ -113,4 +115,5 @@ def from_query(services: "Services", params: Mapping[str, str], base: str) -> Pa
         req.prompt if "prompt" in params else EXAMPLES[0], model, release_names(catalogue, model), release, ids,
         sae_id, s.temperature, s.top_k, s.top_p, s.repetition_penalty, s.max_new_tokens, s.seed, s.feature_k,
         s.activation_threshold, format_steer(req.steer), bool(req.autorun and "prompt" in params), req.at,
-        embed_link(services, params, base) if req.embed else "", choices, layers, notices, layer_notice)
+        embed_link(services, params, base) if req.embed else "", choices, layers, format_watch(req.watch), notices,
+        layer_notice)

@@ -25,18 +25,19 @@ if TYPE_CHECKING:
     from .services import Services
 
 INPUT_NAMES = ["prompt", "model", "release", "sae_id", "temperature", "top_k", "top_p", "repetition_penalty",
-               "max_tokens", "seed", "feature_k", "threshold", "steer", "layers"]
+               "max_tokens", "seed", "feature_k", "threshold", "steer", "layers", "watch"]
 
 
 def request_from_inputs(limits: Limits, prompt, model, release, sae_id, temperature, top_k, top_p,
                         repetition_penalty, max_tokens, seed, feature_k, threshold, steer="",
-                        layers=None) -> tuple[RunRequest, list[str]]:
+                        layers=None, watch=None) -> tuple[RunRequest, list[str]]:
     """Every input through the same validator as share links: clamped, never raising.
-    ``layers``: the layer picker's value (a list) or a link's "2,5,8,11"."""
+    ``layers``: the layer picker's value (a list) or a link's "2,5,8,11"; ``watch``:
+    the watch list's text ("7124, 8:88")."""
     if isinstance(layers, (list, tuple)):
         layers = ",".join(str(x) for x in layers)
     values = [prompt, model, release, sae_id, temperature, top_k, top_p, repetition_penalty, max_tokens,
-              seed, feature_k, threshold, steer, layers]
+              seed, feature_k, threshold, steer, layers, watch]
     return parse_query({k: "" if v is None else str(v) for k, v in zip(INPUT_NAMES, values)}, limits)
 
 

@@ -36,6 +36,7 @@ from ..generation import GenerationSettings, PromptError, encode_prompt, generat
 from ..loading import LoadError
 from ..session import VIEW_EDGE_KINDS, RunSession
 from ..steering import steering_edit
+from ..watch import format_watch, resolve_watch
 from .compare import comparison_html
 from .request import layer_pairs, request_from_inputs
 from .settings import FRAME_INTERVAL, LABEL_TAIL, TABLE_INTERVAL
@@ -159,27 +160,30 @@ def label_tail(services: "Services", run: RunSession) -> Iterator[bool]:
 
 
 def compute_steps(services: "Services", release: str, sae_id: str, prompt: str, settings: GenerationSettings,
-                  steer: tuple = (), extra_ids: tuple = ()):
+                  steer: tuple = (), extra_ids: tuple = (), watch: tuple = ()):
     """One whole run in this process, as plain TokenSteps (ZeroGPU's GPU call
     runs this in a worker and pickles each step back), stopped 5 s before the
-    GPU call's time is up. ``extra_ids``: sae ids of the release read at once."""
+    GPU call's time is up. ``extra_ids``: sae ids of the release read at once;
+    ``watch``: the features followed (canonical keys)."""
     pair = services.pairs.get(release, sae_id)
     extra = [services.pairs.get(release, x) for x in extra_ids]
     edit = steering_edit(pair.sae, steer) if steer else None
     deadline = time.monotonic() + services.settings.gpu_seconds - 5
-    for step in generate(pair, prompt, settings, edit, extra=extra):
+    for step in generate(pair, prompt, settings, edit, extra=extra, watch=watch):
         yield step
         if time.monotonic() > deadline:
             return
 
 
-def gpu_live(gpu_steps, pair, req, meta: dict, steer: tuple, extra=()) -> tuple[LiveRun, Callable[[], None]]:
+def gpu_live(gpu_steps, pair, req, meta: dict, steer: tuple, extra=(),
+             watch: tuple = ()) -> tuple[LiveRun, Callable[[], None]]:
     """A LiveRun fed by ``gpu_steps`` (:func:`compute_steps` inside a GPU call)
     in the caller's thread, and the function that feeds it for about one frame interval."""
     live = LiveRun(None, meta, req.settings, steer)
     live.started, live.state = time.monotonic(), "running"
+    more = {"watch": watch} if watch else {}  # a GPU call of an older signature still works unwatched
     steps = gpu_steps(pair.choice.release, pair.choice.sae_id, req.prompt, req.settings, steer,
-                      tuple(x.choice.sae_id for x in extra))
+                      tuple(x.choice.sae_id for x in extra), **more)
 
     def pull():
         deadline = time.monotonic() + FRAME_INTERVAL
@@ -197,7 +201,7 @@ def gpu_live(gpu_steps, pair, req, meta: dict, steer: tuple, extra=()) -> tuple[
 
 
 def run_frames(services: "Services", prompt, model, release, sae_id, temperature, top_k, top_p, repetition_penalty,
-               max_tokens, seed, feature_k, threshold, steer="", edge_kind="npmi", at=None, layers=None,
+               max_tokens, seed, feature_k, threshold, steer="", edge_kind="npmi", at=None, layers=None, watch=None,
                progress: Callable[[float, str], Any] | None = None, gpu_steps=None) -> Iterator[Notice | Frame]:
     """Generate from ``prompt`` and yield a frame per view update (see the module doc).
 
@@ -207,17 +211,21 @@ def run_frames(services: "Services", prompt, model, release, sae_id, temperature
     side at the end. ``at`` (a token position, from a link) is shown at the end.
     ``layers`` (a list, or "2,5,8,11"): read the release's SAEs at these
     layers too, in the same forward (each layer a plane of the graph).
+    ``watch`` ("7124, 8:88"): features whose exact activation every token reports
+    (sparklines under the text; see :mod:`axon_core.watch`).
     ``progress(fraction, message)`` hears how loading goes; ``gpu_steps``
     (ZeroGPU only) is :func:`compute_steps` wrapped in a GPU call.
     """
     req, notices = request_from_inputs(services.settings.limits, prompt, model, release, sae_id, temperature, top_k,
                                        top_p, repetition_penalty, max_tokens, seed, feature_k, threshold, steer,
-                                       layers)
+                                       layers, watch)
     if notices:
         yield Notice("; ".join(notices)[:300])
     try:
         pair = services.pairs.get(req.release or DEFAULT_RELEASE, req.sae_id or DEFAULT_SAE_ID, progress=progress)
         extra = layer_pairs(services, pair, req.layers, notices, progress=progress)
+        watched, watch_notes = resolve_watch(req.watch, [pair, *extra])
+        notices += watch_notes
         services.bulk_labels(pair, *extra)  # every layer's labels, in bulk, in the background
     except LoadError as err:
         yield failure(services, "; ".join([str(err)] + notices))
@@ -227,10 +235,11 @@ def run_frames(services: "Services", prompt, model, release, sae_id, temperature
                        f"ran {pair.choice.model}")
     meta = {"model": pair.choice.model, "release": pair.choice.release, "sae_id": pair.choice.sae_id,
             "hook_name": pair.hook_name, "neuronpedia_id": pair.neuronpedia_id, "device": pair.device,
-            "prompt": req.prompt}
+            "prompt": req.prompt, **({"watch": format_watch(watched)} if watched else {})}
     kind = edge_kind if isinstance(edge_kind, str) and edge_kind in VIEW_EDGE_KINDS else "npmi"
     run = RunSession({**meta, "steer": req.steer}, req.settings, services.labels, w_dec=pair.sae.W_dec,
-                     edge_kind=kind, frame_interval=FRAME_INTERVAL, saes=[pair, *extra] if extra else None)
+                     edge_kind=kind, frame_interval=FRAME_INTERVAL, saes=[pair, *extra] if extra else None,
+                     watch=watched)
     zero_gpu, engine = services.settings.zero_gpu, services.engine
     lives, pulls = [], [None, None]
     try:
@@ -239,10 +248,10 @@ def run_frames(services: "Services", prompt, model, release, sae_id, temperature
                 encode_prompt(pair.model, req.prompt)
                 steering_edit(pair.sae, req.steer)
                 for i, steer_ in enumerate([req.steer, ()] if req.steer else [req.steer]):
-                    live, pulls[i] = gpu_live(gpu_steps, pair, req, meta, steer_, extra)
+                    live, pulls[i] = gpu_live(gpu_steps, pair, req, meta, steer_, extra, watched if i == 0 else ())
                     lives.append(live)
             else:
-                lives.append(engine.submit(pair, req.prompt, req.settings, req.steer, meta, extra))
+                lives.append(engine.submit(pair, req.prompt, req.settings, req.steer, meta, extra, watched))
                 if req.steer:  # the plain run, computed alongside (or already cached)
                     lives.append(engine.submit(pair, req.prompt, req.settings, (), meta, extra))
         except (PromptError, ValueError) as err:  # ValueError: a steering spec this SAE cannot take

@@ -1,0 +1,108 @@
+"""The watch list in a real browser (one app launch): find a feature by a word of its label,
+click the result, see it pinned; Generate: its sparkline grows under the text while the run
+streams and its mark follows the token slider; Copy link carries ``watch=``, and the link
+reopens the watch list in a fresh page. Skips (or fails under CI) like tests/test_browser.py."""
+
+from __future__ import annotations
+
+import urllib.parse
+
+import pytest
+
+from app_server import ROOT, AppServer
+from neuronpedia_fake import FakeNeuronpedia
+from test_browser import BROWSER_MISSING, BUSY, LONG, NP_ID, SCRUB, XSS
+
+if BROWSER_MISSING:  # test_browser skipped (or, under CI, failed) the module already
+    pytest.skip(f"browser tests skipped: {BROWSER_MISSING}", allow_module_level=True)
+
+from test_browser import browser  # noqa: E402,F401  (its one Chromium per module, as a fixture)
+
+SHOT = ROOT / "out" / "browser" / "watch.png"
+FEATURE = 7
+FOUND = '[role=grid][aria-label^="Features found"]'
+# every redraw of the text box: the watched sparkline's token count and marked index
+RECORD = """() => { window.__sparks = []; const box = document.querySelector('#axon-text-box');
+  new MutationObserver(() => { const s = box.querySelector('.axon-spark');
+    if (s) window.__sparks.push([+s.dataset.tokens, +s.dataset.at]); })
+    .observe(box, {childList: true, subtree: true}); }"""
+SPARK = f"document.querySelector('.axon-spark[data-key=\"{FEATURE}\"]')"
+
+
+@pytest.fixture(scope="module")
+def app(offline_hub, tmp_path_factory):
+    names = {i: XSS if i % 5 == 0 else f"concept {i}" for i in range(1024)}
+    names[FEATURE] = "France and its capital city"
+    batches = [[(i, names[i]) for i in range(b, b + 256)] for b in range(0, 1024, 256)]
+    with FakeNeuronpedia(labels={(NP_ID, i): d for i, d in names.items()}, batches={NP_ID: batches}) as fake:
+        with AppServer(offline_hub, neuronpedia=fake, log_dir=tmp_path_factory.mktemp("app"),
+                       env={"AXON_NEURONPEDIA_RATE": "500", "AXON_TORCH_THREADS": "1"}) as server:
+            yield server
+            assert "Traceback" not in server.log_text(), server.log_text()[-3000:]
+
+
+@pytest.mark.timeout(240)
+def test_find_pin_watch_scrub_and_link(app, browser):  # noqa: F811
+    query = {"prompt": "The capital of France is", "max_tokens": 60, "seed": 4, "temperature": 1}
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(LONG)
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    try:
+        page.goto(app.url + "?" + urllib.parse.urlencode(query))
+        page.wait_for_function(f"document.querySelector('textarea')?.value === {query['prompt']!r}")
+        page.wait_for_function(f"{BUSY} === 0")
+        # find by a word's start (the bulk download of the labels may still be on its way: ask again)
+        box = page.get_by_label("Find a feature")
+        for _ in range(60):
+            box.fill("Fran")
+            box.press("Enter")
+            try:
+                page.wait_for_function(f"[...document.querySelectorAll('{FOUND} [role=gridcell]')]"
+                                       ".some(td => td.innerText.includes('France and its capital'))", timeout=2000)
+                break
+            except Exception:  # noqa: BLE001 - not local yet
+                continue
+        cell = page.locator(f"{FOUND} [role=gridcell]", has_text="France and its capital").first
+        cell.click()
+        watch = page.locator("#axon-watch-box textarea")
+        page.wait_for_function(f"document.querySelector('#axon-watch-box textarea').value === '{FEATURE}'")
+        # generate: the sparkline grows while the run streams
+        page.evaluate(RECORD)
+        page.get_by_role("button", name="Generate", exact=True).click()
+        page.wait_for_function("document.querySelector('#axon-status [data-state=done]') !== null")
+        page.wait_for_function(f"{BUSY} === 0")
+        n_tokens = page.locator(".axon-text .tok").count()
+        page.wait_for_function(f"{SPARK} && +{SPARK}.dataset.tokens === {n_tokens}")
+        grew = sorted({t for t, _ in page.evaluate("window.__sparks")})
+        assert len(grew) >= 3 and grew[0] < n_tokens, grew  # drawn at several lengths during the run
+        assert int(page.locator(".axon-spark").first.get_attribute("data-at")) == n_tokens - 1
+        assert "France and its capital" in page.locator(".axon-spark-name").first.inner_text()
+        assert "watched:" in page.locator(".axon-text .tok").nth(2).get_attribute("title")
+        # the slider: the sparkline marks the scrubbed token
+        positions = page.eval_on_selector_all(".axon-text .tok", "els => els.map(e => +e.dataset.pos)")
+        i = len(positions) // 2
+        page.locator(f"input[type=range][aria-label='range slider for {SCRUB}']").fill(str(positions[i]))
+        page.wait_for_function(f"+{SPARK}.dataset.at === {i}")
+        assert page.locator(".axon-text .tok.here").get_attribute("data-pos") == str(positions[i])
+        SHOT.parent.mkdir(parents=True, exist_ok=True)
+        page.locator("#axon-text-box").screenshot(path=str(SHOT))  # the text, its sparkline, the strip
+        # the link carries the watch list, and reopens it
+        page.get_by_role("button", name="Copy link").click()
+        links = "[...document.querySelectorAll('textarea')].map(t => t.value).filter(v => v.includes('watch='))"
+        page.wait_for_function(f"{links}.length > 0")
+        link = page.evaluate(f"{links}[0]")
+        assert f"watch={FEATURE}" in link, link
+        fresh = context.new_page()
+        fresh.set_default_timeout(LONG)
+        fresh.goto(link)
+        fresh.wait_for_function(f"document.querySelector('#axon-watch-box textarea')?.value === '{FEATURE}'")
+        fresh.wait_for_function(f"{SPARK} !== null")
+        fresh.wait_for_function(f"{BUSY} === 0")
+        assert fresh.locator(".axon-spark").count() == 1
+        assert watch.input_value() == str(FEATURE)
+        assert page.evaluate("window.__xss") is None and not errors, errors
+        print(f"\nsparkline drawn at {len(grew)} lengths during the run ({grew[:3]} … {grew[-1]}); {SHOT}")
+    finally:
+        context.close()
