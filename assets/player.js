@@ -34,6 +34,7 @@
  *   k   the new nodes' keys, in the order of n (what a click reports; default the name)
  *   u   nodes no longer drawn, flat [node, ...] (a live view's node cap)
  *   l   labels [[node, label], ...] (a live view names nodes as their labels arrive)
+ *   w   the watch list's nodes, flat [node, ...] (marked with an orange diamond; replaces the last list)
  * Edge strengths index style.edges: 0-2 weak to strong, 3-5 the same below zero (signed kinds).
  * player.hold(true) while a person drags the scene: states are applied, drawn when hold(false).
  * player.configure(options) takes new planes/decay/q/qa/style (a new live epoch); then reset().
@@ -74,6 +75,7 @@
     this._heads = [];
     this.edges = new Map();  // "a,b" -> [a, b, bucket]
     this.ring = [];
+    this.watched = [];
     this.names = [];
     this.half = 1;
     this.p = null;
@@ -127,6 +129,7 @@
     if (d.r) for (i = 0; i < d.r.length; i += 2) this.edges.delete(d.r[i] + "," + d.r[i + 1]);
     if (d.e) for (i = 0; i < d.e.length; i += 3) this.edges.set(d.e[i] + "," + d.e[i + 1], [d.e[i], d.e[i + 1], d.e[i + 2]]);
     if (d.s) this.names = d.s;
+    if (d.w) this.watched = d.w;
     if (d.h != null) this.half = d.h;
     if (d.t != null) {
       var tok = {text: d.t, p: d.p, prompt: !!d.pr, prob: d.pb == null ? null : d.pb, f: d.f || []};
@@ -461,6 +464,15 @@
                hovertext: ring.map(function (i) { return hover[row.get(i)]; }), hoverinfo: "text",
                marker: {size: ring.map(function (i) { return size[row.get(i)] + 6; }), symbol: "circle-open",
                         color: st.ring, line: {width: 2, color: st.ring}}, showlegend: false});
+    var watch = this.watched.filter(function (i) { return row.has(i); });
+    data.push({type: "scatter3d", mode: "markers", name: "watched",
+               x: watch.map(function (i) { return N.x[i]; }), y: watch.map(function (i) { return N.y[i]; }),
+               z: watch.map(function (i) { return N.z[i]; }),
+               customdata: watch.map(cd), hovertext: watch.map(function (i) { return "watched: " + hover[row.get(i)]; }),
+               hoverinfo: "text",
+               marker: {size: watch.map(function (i) { return size[row.get(i)] + 10; }), symbol: "diamond-open",
+                        color: st.watch || "#ff9f1c", line: {width: 2, color: st.watch || "#ff9f1c"}},
+               showlegend: false});
     var px = [], py = [], pz = [];
     this.planes.forEach(function (pl) {
       var c = [[-half, -half], [half, -half], [half, half], [-half, half], [-half, -half]];

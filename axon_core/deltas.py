@@ -32,7 +32,8 @@ Per token: ``p`` its position, ``n`` the features new to the state as
 sent when a node moved more than about a pixel, every change on a run's last
 frame); ``u`` nodes no longer drawn (the 300-node cap); ``l`` labels
 ``[[node, label], ...]`` of drawn nodes, when known or changed; ``e``/``r`` edges
-added or restyled / removed; ``s`` the scene names; ``h`` the cube's half-width.
+added or restyled / removed; ``s`` the scene names; ``h`` the cube's half-width;
+``w`` the watch list's nodes (marked in the scene; replaces the previous list).
 """
 
 from __future__ import annotations
@@ -93,6 +94,7 @@ class GraphStream:
         self.edges: dict[tuple[int, int], int] = {}
         self.names: list | None = None
         self.half: float | None = None
+        self.watched: list[int] = []  # the watch list's nodes, as marked
         self.at: int | None = None
         self.steps_sent = 0
         head = {"v": 1, "id": f"{self.tag}-{self.epoch}", "q": Q_POS, "qa": Q_ACT, "decay": self.decay,
@@ -112,7 +114,7 @@ class GraphStream:
         return node
 
     def update(self, steps: Sequence, scene: Scene, label: Callable[[int], str], at: int | None = None,
-               final: bool = False) -> str:
+               final: bool = False, watched: Sequence[int] = ()) -> str:
         if at != self.at:
             self.restart("scrubbed" if at is not None else "following")
             self.at = at
@@ -134,7 +136,7 @@ class GraphStream:
             line["f"] = fired
             lines.append(line)
             self.steps_sent += 1
-        frame = self._frame(scene, label, final)
+        frame = self._frame(scene, label, final, watched)
         if frame:
             if lines:
                 lines[-1].update(frame)
@@ -146,7 +148,8 @@ class GraphStream:
             self.sent_bytes += len(text)
         return self.log
 
-    def _frame(self, scene: Scene, label: Callable[[int], str], final: bool) -> dict[str, Any]:
+    def _frame(self, scene: Scene, label: Callable[[int], str], final: bool,
+               watched: Sequence[int] = ()) -> dict[str, Any]:
         out: dict[str, Any] = {}
         half = float(scene.half)
         tol = 0 if final else max(1, int(Q_POS * 2 * half / PIXELS))
@@ -196,6 +199,10 @@ class GraphStream:
         if half != self.half:
             out["h"] = half
             self.half = half
+        marked = [self.ref[k] for k in watched if k in self.ref]
+        if marked != self.watched:
+            out["w"] = marked
+            self.watched = marked
         return out
 
 

@@ -317,7 +317,8 @@ class RunSession:
         (:class:`axon_core.deltas.GraphStream`), extended by this frame."""
         scene = self.scene(relayout)
         with self.lock:
-            return self.stream.update(self.steps, scene, self.label, at=self.at, final=final)
+            return self.stream.update(self.steps, scene, self.label, at=self.at, final=final,
+                                      watched=self.watched_keys)
 
     def restart_graph(self, reason: str) -> None:
         """The next :meth:`graph_log` sends the full state (an edge kind changed, a

@@ -143,3 +143,15 @@ def test_a_layered_run_carries_its_planes_and_layers():
     assert head["planes"] == [[-1.0, "layer 2"], [1.0, "layer 8"]]
     new = list(lines_of(log))[0]["n"]
     assert sorted(n[2] for n in new) == [2, 8]
+
+
+def test_the_watch_list_is_marked_where_its_features_are_nodes():
+    run = _run()
+    steps = random_steps(12, n_features=60, seed=6)
+    for s in steps:
+        run.add(s)
+    fired = steps[3].features[0].index
+    run.watched_keys = (fired, 10_000)  # one that fired, one that never did (no node to mark)
+    state = PlayerState.of(run.graph_log())
+    marked = [d for d in lines_of(run.stream.log) if "w" in d][-1]["w"]
+    assert [state.name[n] for n in marked] == [f"#{fired}"]
