@@ -49,6 +49,7 @@ GRAPH_JS = (HERE / "assets" / "graph.js").read_text()  # the timeline: a Plotly 
 # the live graph: the graph player (the replay page's, too) fed by the server's delta log
 LIVE_JS = (HERE / "assets" / "player.js").read_text() + "\n" + (HERE / "assets" / "live.js").read_text()
 TEXT_JS = (HERE / "assets" / "text.js").read_text()
+NOTES_JS = (HERE / "assets" / "notes.js").read_text()
 EDGE_CHOICES = [("above chance (NPMI > 0)", "npmi"), ("all co-firing, by NPMI", "npmi_all"),
                 ("co-activation strength", "cooccurrence"), ("decoder cosine (SAE geometry)", "decoder"),
                 ("virtual weights across layers", "virtual"), ("measured effects (causal check)", "causal")]
@@ -94,6 +95,9 @@ with gr.Blocks(title="AXON", delete_cache=(int(EXPORT_MAX_AGE), int(EXPORT_MAX_A
     with gr.Row(elem_classes=["axon-main"], equal_height=False):
         with gr.Column(scale=2, min_width=300, elem_classes=["axon-side"]):
             text = gr.HTML(EMPTY_TEXT, js_on_load=TEXT_JS, elem_id="axon-text-box", container=False)
+            # under the text: the watch list's sparklines and the decision strip (apart from the text,
+            # which then only grows during a run and is streamed as appends)
+            notes = gr.HTML("", js_on_load=NOTES_JS, elem_id="axon-notes", container=False)
             status = gr.HTML(HANDLERS.status_line(), elem_id="axon-status", container=False)
             why_btn = gr.Button("Why this word? Add the gradient flavour (through later layers) for the shown token",
                                 size="sm", elem_id="axon-why", elem_classes=FULL)
@@ -196,7 +200,7 @@ with gr.Blocks(title="AXON", delete_cache=(int(EXPORT_MAX_AGE), int(EXPORT_MAX_A
     outputs = [text, graph, table, status, run_state, run_json, json_btn, html_btn, timeline, compare, scrub]
     # the page's runs: the same frames without the run JSON and the timeline (ui/handlers.PAGE_LEAVES_OUT),
     # which are hundreds of KB each and sent whole; the timeline follows a run if it is open
-    page_outputs = [text, graph, table, status, run_state, json_btn, html_btn, compare, scrub]
+    page_outputs = [text, graph, table, status, run_state, json_btn, html_btn, compare, scrub, notes]
     # a new run clears the last run's JSON, timeline and comparison, and re-sends what did not change
     # rather than skipping it (a skip costs Gradio a new component per output per frame)
     HANDLERS.resend_at_start(outputs, {run_json: None, json_btn: json_btn.value, html_btn: html_btn.value,
@@ -221,7 +225,7 @@ with gr.Blocks(title="AXON", delete_cache=(int(EXPORT_MAX_AGE), int(EXPORT_MAX_A
                         api_visibility="private")
     clear_steer_btn.click(lambda: "", None, steer_box, api_visibility="private")
     edge_kind.change(HANDLERS.redraw, [run_state, edge_kind], graph, api_visibility="private")
-    at_outputs = [graph, text, table, timeline, scrub]
+    at_outputs = [graph, text, table, timeline, scrub, notes]
     scrub.input(HANDLERS.scrub_to, [run_state, scrub, timeline_open], at_outputs, api_visibility="private",
                 trigger_mode="always_last")
     text.select(HANDLERS.highlight_token, [run_state, timeline_open], at_outputs, api_visibility="private")
@@ -232,7 +236,7 @@ with gr.Blocks(title="AXON", delete_cache=(int(EXPORT_MAX_AGE), int(EXPORT_MAX_A
     release.input(HANDLERS.sae_ids_for, release, sae_id, api_visibility="private")
     sae_id.input(HANDLERS.load_choice, [release, sae_id], status, api_visibility="private")
     sae_id.change(HANDLERS.layers_for, [release, sae_id, layers], layers, api_visibility="private")
-    why_btn.click(HANDLERS.decision_gradient, run_state, text, api_visibility="private", concurrency_id="depth",
+    why_btn.click(HANDLERS.decision_gradient, run_state, notes, api_visibility="private", concurrency_id="depth",
                   concurrency_limit=2)
     causal_btn.click(HANDLERS.causal_for_token, run_state, [graph, edge_kind, causal_table, causal_note],
                      api_visibility="private", concurrency_id="depth", concurrency_limit=2)

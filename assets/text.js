@@ -7,21 +7,3 @@ element.addEventListener("click", (ev) => {
   trigger("select", { index: pos, value: pos, selected: true });
 });
 
-// The decision strip (axon_core/strip.py): a click on a candidate shows what
-// pushed the choice rather than that one (computed with the run, no request).
-// The choice is kept while the strip shows the same token (a redraw of the text).
-const applyVs = () => {
-  const strip = element.querySelector(".axon-decision");
-  if (!strip || strip.dataset.pos !== element.dataset.vsPos) return;
-  const j = element.dataset.vsJ;
-  strip.querySelectorAll(".axon-cand").forEach((b) => b.classList.toggle("vs", b.dataset.j === j));
-  strip.querySelectorAll(".dec-push").forEach((d) => d.classList.toggle("off", d.dataset.j !== j));
-};
-element.addEventListener("click", (ev) => {
-  const cand = ev.target.closest(".axon-cand");
-  if (!cand || cand.classList.contains("chosen")) return;
-  element.dataset.vsPos = cand.closest(".axon-decision").dataset.pos;
-  element.dataset.vsJ = cand.dataset.j;
-  applyVs();
-});
-new MutationObserver(applyVs).observe(element, { childList: true, subtree: true });

@@ -416,14 +416,22 @@ class RunSession:
         return token_span(s, cls, f' data-pos="{s.position}" title="{title}"')
 
     def text_html(self, highlight: int | None = None) -> str:
+        """The text and what is shown under it: :meth:`tokens_html` (closed),
+        then :meth:`notes_html` (the API's text output; the page shows them in two places)."""
+        return self.tokens_html(highlight) + "</div>" + self.notes_html()
+
+    def tokens_html(self, highlight: int | None = None, frozen: bool = False) -> str:
         """The text so far, one span per token; hovering shows its top features;
         the scrubbed token is marked, and with ``highlight`` (a feature) the
         tokens it fired on. Spans are kept between frames and rebuilt only when
-        labels arrive, so a frame formats only its new tokens."""
+        labels arrive (not while ``frozen``: a running view's frames), so a frame
+        formats only its new tokens. Left unclosed (the browser closes it): a
+        frame's text then begins with the last frame's, and Gradio sends only
+        the new spans."""
         with self.lock:
             steps, at = list(self.steps), self.at
             epoch = getattr(self.labels, "arrivals", None)
-            if epoch != self._spans_epoch:
+            if epoch != self._spans_epoch and not (frozen and self._spans):
                 self._spans, self._spans_epoch = [], epoch
             for i in range(len(self._spans), len(steps)):
                 self._spans.append(self._span(steps[i], before=steps[i - 1] if i else None))
@@ -438,8 +446,13 @@ class RunSession:
                 lit = highlight is not None and any(f.key == highlight for f in s.features)
                 cls = " ".join(c for c in ("lit" if lit else "", "here" if s.position == at else "") if c)
                 parts[i] = self._span(s, cls, steps[i - 1] if i else None)
-        return (f'<div class="axon-text">{"".join(parts)}</div>' + self.watch_html(steps, at)
-                + self.decision_html(steps, at))
+        return f'<div class="axon-text">{"".join(parts)}'
+
+    def notes_html(self) -> str:
+        """What the page shows under the text: the watch list's sparklines and the decision strip."""
+        with self.lock:
+            steps, at = list(self.steps), self.at
+        return self.watch_html(steps, at) + self.decision_html(steps, at)
 
     def watch_html(self, steps: list[TokenStep] | None = None, at: int | None = None) -> str:
         """The watched features' sparklines (see :mod:`axon_core.sparklines`); "" when none."""

@@ -19,8 +19,8 @@ if BROWSER_MISSING:  # test_browser skipped (or, under CI, failed) the module al
 from playwright import sync_api  # noqa: E402
 
 SHOT = ROOT / "out" / "browser" / "decision.png"
-# every redraw of the text box: [newest token's position, the strip's position, its candidates]
-RECORD = """() => { window.__strips = []; const box = document.querySelector('#axon-text-box');
+# every redraw of the text and the notes under it: [newest token's position, the strip's position, its candidates]
+RECORD = """() => { window.__strips = []; const box = document.querySelector('.axon-side');
   new MutationObserver(() => { const t = [...box.querySelectorAll('.axon-text .tok')].pop();
     const s = box.querySelector('.axon-decision');
     window.__strips.push([t ? t.dataset.pos : null, s ? s.dataset.pos : null,

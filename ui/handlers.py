@@ -51,9 +51,12 @@ PAGE_LEAVES_OUT = (5, 8)  # of Generate's outputs (frame_outputs), the run JSON 
 SKIP = gr.skip()
 
 
-def frame_outputs(frame: Frame, shown: list | None = None) -> list:
+def frame_outputs(frame: Frame, shown: list | None = None, page: bool = False) -> list:
     """One frame as Generate's outputs: text, graph, table, status, state, run JSON,
-    the two download buttons, timeline, comparison, token slider.
+    the two download buttons, timeline, comparison, token slider; with ``page``
+    (the page's own events), the text is the tokens only and the notes under it
+    (sparklines, decision strip) follow last, and the run JSON and timeline
+    (:data:`PAGE_LEAVES_OUT`) are left out.
 
     ``shown`` (one per output, :data:`UNKNOWN` where not known) is what each output
     shows now; an output with nothing new re-sends that value instead of
@@ -64,13 +67,15 @@ def frame_outputs(frame: Frame, shown: list | None = None) -> list:
     diff: nothing travels. Without ``shown``, nothing new is a skip."""
     if frame.warning is not None:
         notify(frame.warning, "warning")
-    out = [frame.text, frame.figure, frame.table, frame.status, frame.run]
+    out = [frame.tokens if page else frame.text, frame.figure, frame.table, frame.status, frame.run]
     if frame.ending is not None:
         ready = gr.update(interactive=True)
         out += [frame.ending.run_json, ready, ready, frame.ending.timeline, frame.ending.compare]
     else:
         out += [None] * 5
     out.append(scrub_update(frame.scrub))
+    if page:
+        out.append(frame.notes)
     for i, value in enumerate(out):
         if i in (3, 4):  # status and the run's state: always this frame's
             continue
@@ -84,6 +89,8 @@ def frame_outputs(frame: Frame, shown: list | None = None) -> list:
                 shown[i] = value["value"]
         else:
             shown[i] = value
+    if page:
+        return [v for i, v in enumerate(out) if i not in PAGE_LEAVES_OUT]
     return out
 
 
@@ -112,25 +119,27 @@ class Handlers:
         the run first sends them): see :func:`frame_outputs`."""
         self.start_values = [values.get(c, UNKNOWN) for c in outputs]
 
-    def run_generation(self, *inputs, progress=None):
+    def run_generation(self, *inputs, progress=None, page: bool = False):
         """Generate's frames as output lists (:func:`axon_core.page.run.run_frames`)."""
         frames = run_frames(self.services, *inputs, progress=_loading(progress), gpu_steps=self.gpu_steps)
         shown = list(self.start_values) if self.start_values is not None else None
+        if shown is not None and page:
+            shown.append(UNKNOWN)  # the notes
         try:
             for item in frames:
                 if isinstance(item, Notice):
                     notify(item.text, item.kind)
                 else:
-                    yield frame_outputs(item, shown)
+                    yield frame_outputs(item, shown, page)
         finally:
             frames.close()
 
-    def generate_for_session(self, request: gr.Request, progress=gr.Progress(), *inputs):
+    def generate_for_session(self, request: gr.Request, progress=gr.Progress(), *inputs, page: bool = False):
         """The Generate, Enter and Steer events: :meth:`run_generation` for this
         browser session, which it keeps to one run at a time (see :class:`SessionRuns`)."""
         key = getattr(request, "session_hash", None)
         ticket = self.session_runs.start(key)
-        frames = self.run_generation(*inputs, progress=progress)
+        frames = self.run_generation(*inputs, progress=progress, page=page)
         try:
             for frame in frames:
                 if self.session_runs.superseded(key, ticket):
@@ -151,8 +160,7 @@ class Handlers:
         and the timeline (hundreds of KB each, sent whole), which only the API's
         ``/generate`` returns; the page asks for them when it shows them
         (:meth:`after_run`, :meth:`open_timeline`; downloads are written on demand)."""
-        for out in self.generate_for_session(request, progress, *inputs):
-            yield [v for i, v in enumerate(out) if i not in PAGE_LEAVES_OUT]
+        yield from self.generate_for_session(request, progress, *inputs, page=True)
 
     def after_run(self, run: RunSession | None, timeline_open):
         """After a page's run: the replay download is offered, and the timeline drawn if it is open."""
@@ -301,8 +309,8 @@ class Handlers:
     @staticmethod
     def _token_view(v: view.TokenView | None):
         if v is None:
-            return (gr.skip(),) * 5
-        return v.figure, v.text, v.table, _or_skip(v.timeline), scrub_update(v.scrub)
+            return (gr.skip(),) * 6
+        return v.figure, v.text, v.table, _or_skip(v.timeline), scrub_update(v.scrub), v.notes
 
     def decision_gradient(self, run: RunSession | None):
         """The decision strip's gradient flavour for the shown token (the text with the strip)."""

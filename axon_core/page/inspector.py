@@ -73,7 +73,7 @@ def inspect(services: "Services", run: "RunSession | None", key) -> Inspection:
     return Inspection(head, pd.DataFrame(info["history"], columns=HISTORY_COLUMNS),
                       pd.DataFrame(info["neighbours"], columns=NEIGHBOUR_COLUMNS).round(3),
                       pd.DataFrame(info["pushes"], columns=PUSH_COLUMNS).round(3),
-                      run.text_html(highlight=key), steerable)
+                      run.tokens_html(highlight=key), steerable)
 
 
 def key_of_row(run: "RunSession | None", row) -> int | None:

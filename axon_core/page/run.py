@@ -80,12 +80,14 @@ class Frame:
 
     run: RunSession | None
     status: str
-    text: str | None = None
+    text: str | None = None  # the API's: tokens (closed) + notes
     figure: str | None = None
     table: pd.DataFrame | None = None
     scrub: Scrub | None = None
     ending: Ending | None = None
     warning: str | None = None  # a failed run: pop this up (not markup)
+    tokens: str | None = None  # the page's text: the tokens only (see RunSession.tokens_html)
+    notes: str | None = None  # the page's, under the text: sparklines and the decision strip
 
 
 def scrub_range(run: RunSession) -> Scrub | None:
@@ -116,8 +118,9 @@ def frame(services: "Services", run: RunSession, extra: str | None = None, final
     if final and not run.stream.compacted:
         run.restart_graph("ended")
         run.stream.compacted = True
-    return Frame(run, status_line(services, run, extra, "done" if final else "running"), run.text_html(),
-                 run.graph_log(final=final), table, scrub, end)
+    tokens, notes = run.tokens_html(frozen=not final), run.notes_html()
+    return Frame(run, status_line(services, run, extra, "done" if final else "running"), tokens + "</div>" + notes,
+                 run.graph_log(final=final), table, scrub, end, tokens=tokens, notes=notes)
 
 
 def failure(services: "Services", message: str, run: RunSession | None = None) -> Frame:

@@ -44,6 +44,7 @@ class TokenView:
     table: pd.DataFrame
     timeline: str | None  # None: not drawn (the timeline is closed)
     scrub: Scrub | None  # None: leave the slider as it is
+    notes: str = ""  # under the text: sparklines and the decision strip
 
 
 def timeline_json(run: "RunSession") -> str:
@@ -55,8 +56,8 @@ def at_token(run: "RunSession", position: int | None, timeline: bool = True) -> 
     """Outputs for the graph shown at ``position`` (None: the newest token);
     without ``timeline`` (its accordion closed) the timeline is not drawn (None)."""
     run.scrub(position)
-    return TokenView(run.graph_log(relayout=False), run.text_html(), table_frame(run),
-                     timeline_json(run) if timeline else None, scrub_range(run))
+    return TokenView(run.graph_log(relayout=False), run.tokens_html(), table_frame(run),
+                     timeline_json(run) if timeline else None, scrub_range(run), run.notes_html())
 
 
 def scrub_to(run: "RunSession | None", position, timeline: bool = True) -> TokenView | None:
@@ -121,4 +122,4 @@ def gradient_for_token(services, run: "RunSession | None") -> str | None:
         entry = {"error": f"The gradient flavour failed ({type(err).__name__}): {str(err)[:200]}"}
     with run.lock:
         run.gradients[before.position] = entry
-    return run.text_html()
+    return run.notes_html()
