@@ -39,6 +39,8 @@ class RunRequest:
     at: int | None = None  # show the graph as it was at this token position
     embed: bool = False  # the embed view: text, graph and a link to the full page
     layers: tuple[int, ...] = ()  # blocks whose SAEs the run reads at once (ascending, distinct); () → one SAE
+    # a what-if fork: (token position, token id): the run continues as if that token had been chosen there
+    fork: tuple[int, int] | None = None
 
 
 DEFAULT_REQUEST = RunRequest(
@@ -73,6 +75,7 @@ class Limits:
     steer_coefficient: tuple[float, float] = (-100.0, 100.0)  # clamped
     max_layers: int = 4  # SAEs read at once (``layers``)
     layer: tuple[int, int] = (0, 127)  # out of range: entry skipped
+    fork_token: tuple[int, int] = (0, 2**31 - 1)  # a fork's token id (out of range: no fork)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Limits":
