@@ -108,6 +108,7 @@ class RunSession:
         self.causal: dict[str, np.ndarray] | None = None  # the latest causal check's edges (see set_causal)
         # the decision strip's gradient flavour, where asked for: {deciding position: {"other", "pushes", "ms"}}
         self.gradients: dict[int, dict] = {}
+        self.fork: tuple[int, int] | None = None  # the fork last shown beside this run (a share link carries it)
         self.at: int | None = None  # scrubbed to this token position (None: follow the run)
         self.graph = GraphState()
         self.layout = ForceLayout(seed=0)

@@ -23,7 +23,7 @@ import time
 
 import gradio as gr
 
-from axon_core.page import causal, downloads, find, inspector, links, picker, view
+from axon_core.page import causal, downloads, find, fork, inspector, links, picker, view
 from axon_core.page.run import Frame, Notice, Scrub, run_frames
 from axon_core.page.sessions import SessionRuns
 from axon_core.page.status import status_line
@@ -255,6 +255,15 @@ class Handlers:
         """The decision strip's gradient flavour for the shown token (the text with the strip)."""
         return _or_skip(view.gradient_for_token(self.services, run))
 
+    def fork_run(self, run: RunSession | None, spec):
+        """The strip's ⑂: the run forked at that token, beside the run (streamed)."""
+        yield from fork.fork_frames(self.services, run, spec)
+
+    def fork_from_link(self, run: RunSession | None, spec):
+        """A link's ``fork=position:token``, once its run is done."""
+        if spec:
+            yield from fork.fork_frames(self.services, run, f"{spec[0]}:{spec[1]}")
+
     def scrub_to(self, run: RunSession | None, position):
         return self._token_view(view.scrub_to(run, position))
 
@@ -280,7 +289,8 @@ class Handlers:
         the graph is scrubbed to a token, shows that token)."""
         return links.share_link(self.services, self._base_url(request), run.at if run is not None else None,
                                 prompt, model, release, sae_id, temperature, top_k, top_p, repetition_penalty,
-                                max_tokens, seed, feature_k, threshold, steer, layers)
+                                max_tokens, seed, feature_k, threshold, steer, layers,
+                                fork=run.fork if run is not None else None)
 
     def from_query(self, request: gr.Request):
         """Fill the inputs from the page's query string; start at once with autorun=1."""
@@ -293,4 +303,4 @@ class Handlers:
         return (f.prompt, f.model, gr.update(choices=f.release_choices, value=f.release),
                 gr.update(choices=f.sae_id_choices, value=f.sae_id), f.temperature, f.top_k, f.top_p,
                 f.repetition_penalty, f.max_tokens, f.seed, f.feature_k, f.threshold, f.steer, f.autorun, f.at,
-                f.embed_open, gr.update(choices=f.layer_choices, value=f.layers))
+                f.embed_open, gr.update(choices=f.layer_choices, value=f.layers), f.fork)
