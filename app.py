@@ -96,7 +96,7 @@ with gr.Blocks(title="AXON", delete_cache=(int(EXPORT_MAX_AGE), int(EXPORT_MAX_A
                                 size="sm", elem_id="axon-why", elem_classes=FULL)
             fork_view = gr.HTML(FORK_HINT, elem_id="axon-fork-view", elem_classes=FULL, container=False)
             fork_req = gr.Textbox("", elem_id="axon-fork-req", elem_classes=["axon-hidden"], show_label=False,
-                                  container=False)  # the strip's ⑂ writes "position:token:nonce" here
+                                  container=False)  # the strip's fork button writes "position:token:nonce" here (.change: a scripted input event does not reach .input)
             fork_state = gr.State(None)  # a link's fork=position:token, shown once its run is done
             scrub = gr.Slider(0, 1, value=0, step=1, label="Show the graph at token (drag; the end follows the run)",
                               interactive=True, elem_id="axon-scrub")
@@ -217,7 +217,7 @@ with gr.Blocks(title="AXON", delete_cache=(int(EXPORT_MAX_AGE), int(EXPORT_MAX_A
     sae_id.change(HANDLERS.layers_for, [release, sae_id, layers], layers, api_visibility="private")
     why_btn.click(HANDLERS.decision_gradient, run_state, text, api_visibility="private", concurrency_id="depth",
                   concurrency_limit=2)
-    fork_event = fork_req.input(HANDLERS.fork_run, [run_state, fork_req], fork_view, api_visibility="private",
+    fork_event = fork_req.change(HANDLERS.fork_run, [run_state, fork_req], fork_view, api_visibility="private",
                                 concurrency_id="fork", concurrency_limit=4, trigger_mode="always_last")
     causal_btn.click(HANDLERS.causal_for_token, run_state, [graph, edge_kind, causal_table, causal_note],
                      api_visibility="private", concurrency_id="depth", concurrency_limit=2)

@@ -26,7 +26,7 @@ element.addEventListener("click", (ev) => {
 });
 new MutationObserver(applyVs).observe(element, { childList: true, subtree: true });
 
-// Forks (axon_core/page/fork.py): the ⑂ beside a candidate, or a shift-click on
+// Forks (axon_core/page/fork.py): the "fork" button beside a candidate, or a shift-click on
 // the candidate, asks the server to fork the run there with that token. The
 // request goes through a hidden textbox (#axon-fork-req) as "position:token:nonce"
 // (the nonce: the same fork clicked twice is asked twice; the engine computes it once).

@@ -6,8 +6,8 @@ on the step before): the candidates with their probabilities at temperature 1
 and under the sampling distribution used, the chosen one marked; for the
 runner-up (and, on a click, any other candidate) the features at q − 1 that
 pushed the choice for and against it, by the *direct path* (said so in the
-strip); beside each candidate not chosen a ⑂ button that forks the run at q
-with that token (a click on the candidate itself only compares: it is cheap
+strip); beside each candidate not chosen a “fork” button that forks the run at q
+with that token (“fork”; a click on the candidate itself only compares: it is cheap
 and reversible, a fork computes a new continuation; shift-click also forks,
 see assets/text.js and :mod:`axon_core.page.fork`); and how much of the residual there the SAE explains (a badge,
 flagged when low). Everything shown is escaped: token texts and labels are
@@ -131,7 +131,7 @@ def strip_html(steps: Sequence[TokenStep], position: int | None, label: Callable
         title = f"T=1: {pct(c.prob)} · sampled: {pct(c.sampled_prob)}" + (" · chosen" if c.chosen else "")
         fork = ("" if c.chosen else
                 f'<button type="button" class="axon-fork" data-pos="{shown.position}" data-tok="{c.token_id}" '
-                f'title="{html.escape(FORK_TITLE.format(_q(c.text)), quote=True)}">⑂</button>')
+                f'title="{html.escape(FORK_TITLE.format(_q(c.text)), quote=True)}">fork</button>')
         cands.append(f'<span class="dec-cand"><button type="button" class="{cls}" data-j="{j}" '
                      f'title="{html.escape(title, quote=True)}">'
                      f'{_q(c.text)} <b>{html.escape(pct(c.prob))}</b> <small>{html.escape(pct(c.sampled_prob))}</small>'
@@ -147,7 +147,7 @@ def strip_html(steps: Sequence[TokenStep], position: int | None, label: Callable
     return (f'{head}<div class="dec-head"><b>Why {_q(shown.shown)}?</b> {_fit_badge(before.fit, before.shown)}'
             f'</div><div class="dec-cands">{"".join(cands)}</div>'
             f'<div class="dec-legend">bold: probability at temperature 1 · small: under the sampling used '
-            f'· click a candidate: what pushed the choice against it · ⑂ beside it (or shift-click): fork the '
+            f'· click a candidate: what pushed the choice against it · “fork” beside it (or shift-click): fork the '
             f'run here, as if it had been chosen</div>{"".join(pushes)}'
             f'<div class="dec-flavour">flavour shown above: {html.escape(DIRECT)}</div>'
             f'{_gradient((gradients or {}).get(before.position), shown, before, decision, label)}</div>')

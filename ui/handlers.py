@@ -256,13 +256,20 @@ class Handlers:
         return _or_skip(view.gradient_for_token(self.services, run))
 
     def fork_run(self, run: RunSession | None, spec):
-        """The strip's ⑂: the run forked at that token, beside the run (streamed)."""
-        yield from fork.fork_frames(self.services, run, spec)
+        """The strip's fork button: the run forked at that token, beside the run (streamed)."""
+        shown = False
+        for panel in fork.fork_frames(self.services, run, spec):
+            shown = True
+            yield panel
+        if not shown:
+            yield gr.skip()
 
     def fork_from_link(self, run: RunSession | None, spec):
-        """A link's ``fork=position:token``, once its run is done."""
-        if spec:
-            yield from fork.fork_frames(self.services, run, f"{spec[0]}:{spec[1]}")
+        """A link's ``fork=position:token``, once its run is done (nothing to show: the panel stays)."""
+        if not spec:
+            yield gr.skip()
+            return
+        yield from self.fork_run(run, f"{spec[0]}:{spec[1]}")
 
     def scrub_to(self, run: RunSession | None, position):
         return self._token_view(view.scrub_to(run, position))

@@ -1,4 +1,4 @@
-"""A click on "fork here" in the decision strip: the run forked at that token, beside the run.
+"""A click on "fork" in the decision strip: the run forked at that token, beside the run.
 
 The fork is a request like any other (the engine computes an identical fork
 once, see :mod:`axon_core.fork`): the run's prompt, settings, steering and
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("axon")
 FORK_INTERVAL = 0.25  # seconds between redraws of the panel while the fork streams
 FORK_HINT = ('<div class="axon-fork-hint">What if another word had been chosen? In the decision strip, '
-             '<b>⑂</b> beside a candidate (or shift-click it) forks the run there: the model writes on as if '
+             '<b>fork</b> beside a candidate (or shift-click it) forks the run there: the model writes on as if '
              'that token had been chosen, and both continuations show here side by side.</div>')
 
 
