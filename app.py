@@ -94,6 +94,8 @@ with gr.Blocks(title="AXON", delete_cache=(int(EXPORT_MAX_AGE), int(EXPORT_MAX_A
             status = gr.HTML(HANDLERS.status_line(), elem_id="axon-status", container=False)
             why_btn = gr.Button("Why this word? Add the gradient flavour (through later layers) for the shown token",
                                 size="sm", elem_id="axon-why", elem_classes=FULL)
+            measure_btn = gr.Button("Measure it: ablate the shown token's 8 strongest features in turn (the measured "
+                                    "flavour)", size="sm", elem_id="axon-measure", elem_classes=FULL)
             fork_view = gr.HTML(FORK_HINT, elem_id="axon-fork-view", elem_classes=FULL, container=False)
             fork_req = gr.Textbox("", elem_id="axon-fork-req", elem_classes=["axon-hidden"], show_label=False,
                                   container=False)  # the strip's fork button writes "position:token:nonce" here (.change: a scripted input event does not reach .input)
@@ -217,6 +219,8 @@ with gr.Blocks(title="AXON", delete_cache=(int(EXPORT_MAX_AGE), int(EXPORT_MAX_A
     sae_id.change(HANDLERS.layers_for, [release, sae_id, layers], layers, api_visibility="private")
     why_btn.click(HANDLERS.decision_gradient, run_state, text, api_visibility="private", concurrency_id="depth",
                   concurrency_limit=2)
+    measure_btn.click(HANDLERS.decision_measured, run_state, text, api_visibility="private", concurrency_id="depth",
+                      concurrency_limit=2)
     fork_event = fork_req.change(HANDLERS.fork_run, [run_state, fork_req], fork_view, api_visibility="private",
                                 concurrency_id="fork", concurrency_limit=4, trigger_mode="always_last")
     causal_btn.click(HANDLERS.causal_for_token, run_state, [graph, edge_kind, causal_table, causal_note],

@@ -28,6 +28,7 @@ from typing import Callable, Sequence
 from .decision import DIRECT, GRADIENT, Decision, Fit
 from .features import key_name
 from .generation import TokenStep
+from .measured import MEASURED
 
 N_PUSHERS = 4  # features listed for, and against, a choice
 FORK_TITLE = "fork the run here: the model writes on as if {} had been chosen (both texts shown side by side)"
@@ -108,11 +109,29 @@ def _gradient(g: dict | None, shown: TokenStep, before: TokenStep, decision: Dec
             f'{_pushers(None, before, g["other"], label, g["pushes"])}</div>')
 
 
+def _measured(m: dict | None, shown: TokenStep, before: TokenStep, decision: Decision,
+              label: Callable[[int], str]) -> str:
+    """The measured flavour's block, when it was computed for this decision (see :func:`strip_html`)."""
+    if not m:
+        return ""
+    if m.get("error"):
+        return f'<div class="dec-measured">{html.escape(m["error"])}</div>'
+    j = decision.index_of(m["other"])
+    other = decision.candidates[j].text if j is not None else f"#{m['other']}"
+    rows = "".join(f'<span class="dec-feat" data-key="{k}">{html.escape(key_name(k))} {html.escape(label(k)[:40])} '
+                   f'<b>{dd:+.2f}</b> <small>p {100 * dp:+.1f} pt</small></span>' for k, dd, dp in m["rows"])
+    return (f'<div class="dec-measured"><div class="dec-vs">flavour: {html.escape(MEASURED)}; {_q(shown.shown)} '
+            f'rather than {_q(other)} at {_q(before.shown)}, as run: logit difference {m["logit_diff"]:+.2f}, '
+            f'p {pct(m["prob"])} ({m["ms"]:.0f} ms). Removing each feature changes them by:</div>'
+            f'{rows or "<span class=dec-none>no features to ablate</span>"}</div>')
+
+
 def strip_html(steps: Sequence[TokenStep], position: int | None, label: Callable[[int], str],
-               gradients: dict[int, dict] | None = None) -> str:
+               gradients: dict[int, dict] | None = None, measured: dict[int, dict] | None = None) -> str:
     """The strip for the token at ``position`` (None: the newest), or "" before a run.
     ``gradients``: ``{deciding position: {"other", "pushes", "ms"}}`` (or ``{"error"}``),
-    the gradient flavour where it was asked for."""
+    the gradient flavour where it was asked for; ``measured``: ``{deciding position:
+    {"other", "logit_diff", "prob", "rows": [(key, Δ logit diff, Δ p)], "ms"}}``, the measured one."""
     if not steps:
         return ""
     at = len(steps) - 1 if position is None else next((i for i, s in enumerate(steps) if s.position == position),
@@ -150,7 +169,8 @@ def strip_html(steps: Sequence[TokenStep], position: int | None, label: Callable
             f'· click a candidate: what pushed the choice against it · “fork” beside it (or shift-click): fork the '
             f'run here, as if it had been chosen</div>{"".join(pushes)}'
             f'<div class="dec-flavour">flavour shown above: {html.escape(DIRECT)}</div>'
-            f'{_gradient((gradients or {}).get(before.position), shown, before, decision, label)}</div>')
+            f'{_gradient((gradients or {}).get(before.position), shown, before, decision, label)}'
+            f'{_measured((measured or {}).get(before.position), shown, before, decision, label)}</div>')
 
 
 def hover_text(step: TokenStep, before: TokenStep | None) -> str:

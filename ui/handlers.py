@@ -255,6 +255,10 @@ class Handlers:
         """The decision strip's gradient flavour for the shown token (the text with the strip)."""
         return _or_skip(view.gradient_for_token(self.services, run))
 
+    def decision_measured(self, run: RunSession | None):
+        """The decision strip's measured flavour for the shown token (the text with the strip)."""
+        return _or_skip(view.measured_for_token(self.services, run))
+
     def fork_run(self, run: RunSession | None, spec):
         """The strip's fork button: the run forked at that token, beside the run (streamed)."""
         shown = False
