@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from ..decision import gradient_pushes
+from ..decision import gradient_pushes, gradient_pushes_fast
 from ..depth import run_tokens
 from ..figure import to_json
 from ..generation import forward_lock
@@ -109,9 +109,13 @@ def gradient_for_token(services, run: "RunSession | None") -> str | None:
         tokens = run_tokens(steps, getattr(pair.model.tokenizer, "bos_token_id", None))
         edit = steering_edit(pair.sae, run.meta["steer"]) if run.meta.get("steer") else None
         t = time.perf_counter()
-        with forward_lock(pair.model, None):
-            pushes = gradient_pushes(pair.model, pair.sae, pair.hook_name, tokens, before.position,
-                                     [f.index for f in feats], decision.chosen, decision.runner_up.token_id, edit)
+        args = (pair.sae, pair.hook_name, tokens, before.position, [f.index for f in feats], decision.chosen,
+                decision.runner_up.token_id, edit)
+        if FastWeights.supports(pair.model):  # GPT-2: the fast stepper's prefix, one row's backward
+            pushes = gradient_pushes_fast(pair.fast_weights, pair.model, *args)
+        else:
+            with forward_lock(pair.model, None):
+                pushes = gradient_pushes(pair.model, *args)
         entry = {"other": decision.runner_up.token_id, "pushes": [(f.key, v) for f, v in zip(feats, pushes)],
                  "ms": 1e3 * (time.perf_counter() - t)}
     except (LoadError, ValueError, RuntimeError) as err:
