@@ -12,6 +12,10 @@ ablations in one batch as in the causal check (:func:`axon_core.depth.causal_che
 Reported per feature: the change in ``logit(chosen) − logit(other)`` and in the
 chosen token's probability (temperature 1), ablated minus as run.
 
+:func:`gradient_pushes_fast` (here for the same resume, not in
+:mod:`axon_core.decision`, which the token loop imports) is the gradient
+flavour through that resume, for GPT-2.
+
 Worked example::
 
     m = measured_effects(pair.model, pair.sae, pair.hook_name, tokens, position=5,
@@ -23,6 +27,7 @@ Worked example::
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any, Callable, Sequence
 
 import torch
@@ -103,3 +108,33 @@ def measured_effects(model: Any, sae: Any, hook_name: str, tokens: torch.Tensor,
     prob = logits.log_softmax(-1)[:, int(chosen)].exp()
     return Measured(tuple(features), tuple(code[features].tolist()) if n else (), float(diff[0]), float(prob[0]),
                     tuple((diff[1:] - diff[0]).tolist()), tuple((prob[1:] - prob[0]).tolist()))
+
+
+def gradient_pushes_fast(weights, model, sae, hook_name: str, tokens: torch.Tensor, position: int,
+                         features: Sequence[int], chosen: int, other: int,
+                         edit: Callable[[torch.Tensor], torch.Tensor] | None = None) -> list[float]:
+    """:func:`~axon_core.decision.gradient_pushes` through the GPT-2 fast path (``weights``: its
+    :class:`~axon_core.residuals.FastWeights`): the prefix in one batched pass of
+    the fast stepper without gradients (its keys and values then held fixed,
+    copied out of inference mode), then only the one position from the hook
+    point up (:func:`axon_core.depth._resume`, the causal check's resume) with
+    gradients, and the two logits it needs (final LayerNorm, two unembedding
+    columns), so the backward runs through one row of the later blocks only."""
+    tokens = torch.as_tensor(tokens, dtype=torch.long).flatten()[: position + 1].to(weights.W_E.device)
+    with torch.inference_mode():
+        stepper = FastStepper(weights, hook_name, edit, capacity=position + 1)
+        x = stepper.step(tokens).acts[position]
+    with torch.no_grad():  # plain tensors: inference tensors cannot take part in autograd
+        held = SimpleNamespace(keys=stepper.keys.clone(), values=stepper.values.clone())
+        x = x.clone()
+    last = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
+    pick = torch.tensor([int(chosen), int(other)], device=x.device)
+    with torch.enable_grad():
+        a = sae.encode(x[None])[0].detach().requires_grad_(True)
+        recon = sae.decode(a[None])[0]
+        xs = (x + recon - recon.detach())[None]  # the same value; gradient through the decoder
+        resid = _resume(weights, held, position, xs, hook_name, [last])[last]
+        two = model.ln_final(resid[:, None])[:, 0] @ model.W_U[:, pick] + model.b_U[pick]
+        (grad,) = torch.autograd.grad(two[0, 0] - two[0, 1], a)
+    idx = torch.tensor(list(features), dtype=torch.long, device=a.device)
+    return (a.detach()[idx] * grad[idx]).tolist()

@@ -49,7 +49,8 @@ def main() -> None:
 
     import torch
 
-    from axon_core.decision import gradient_pushes, gradient_pushes_fast
+    from axon_core.decision import gradient_pushes
+    from axon_core.measured import gradient_pushes_fast
     from axon_core.fast_encode import encode_path
     from axon_core.generation import Generation, GenerationSettings
     from axon_core.loading import PairCache

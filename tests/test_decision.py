@@ -251,7 +251,8 @@ def _reference_gradient(model, sae, hook_name, tokens, p, feats, chosen, other):
 
 
 def _check_gradient(pair, steps, prepend_bos=True, fast=False):
-    from axon_core.decision import gradient_pushes, gradient_pushes_fast
+    from axon_core.decision import gradient_pushes
+    from axon_core.measured import gradient_pushes_fast
 
     model = pair.model
     bos = [model.tokenizer.bos_token_id] if prepend_bos else []

@@ -23,12 +23,12 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from ..decision import gradient_pushes, gradient_pushes_fast
+from ..decision import gradient_pushes
 from ..depth import run_tokens
 from ..figure import to_json
 from ..generation import forward_lock
 from ..loading import LoadError
-from ..measured import measured_effects
+from ..measured import gradient_pushes_fast, measured_effects
 from ..residuals import FastWeights
 from ..session import VIEW_EDGE_KINDS
 from ..steering import steering_edit
