@@ -25,6 +25,7 @@ from axon_core.catalogue import DEFAULT_MODEL, DEFAULT_RELEASE, DEFAULT_SAE_ID  
 from axon_core.generation import GenerationSettings  # noqa: E402
 from axon_core.page.causal import CAUSAL_COLUMNS, CAUSAL_HINT  # noqa: E402
 from axon_core.page.find import FIND_COLUMNS, FIND_HINT  # noqa: E402
+from axon_core.page.fork import FORK_HINT  # noqa: E402
 from axon_core.page.inspector import INSPECT_HINT, NEIGHBOUR_COLUMNS, PUSH_COLUMNS  # noqa: E402
 from axon_core.page.services import Services  # noqa: E402
 from axon_core.page.settings import EXAMPLES, EXPORT_MAX_AGE, SESSION_TTL  # noqa: E402
@@ -101,6 +102,12 @@ with gr.Blocks(title="AXON", delete_cache=(int(EXPORT_MAX_AGE), int(EXPORT_MAX_A
             status = gr.HTML(HANDLERS.status_line(), elem_id="axon-status", container=False)
             why_btn = gr.Button("Why this word? Add the gradient flavour (through later layers) for the shown token",
                                 size="sm", elem_id="axon-why", elem_classes=FULL)
+            measure_btn = gr.Button("Measure it: ablate the shown token's 8 strongest features in turn (the measured "
+                                    "flavour)", size="sm", elem_id="axon-measure", elem_classes=FULL)
+            fork_view = gr.HTML(FORK_HINT, elem_id="axon-fork-view", elem_classes=FULL, container=False)
+            fork_req = gr.Textbox("", elem_id="axon-fork-req", elem_classes=["axon-hidden"], show_label=False,
+                                  container=False)  # the strip's fork button writes "position:token:nonce" here (.change: a scripted input event does not reach .input)
+            fork_state = gr.State(None)  # a link's fork=position:token, shown once its run is done
             scrub = gr.Slider(0, 1, value=0, step=1, label="Show the graph at token (drag; the end follows the run)",
                               interactive=True, elem_id="axon-scrub")
             table = gr.Dataframe(pd.DataFrame(columns=TABLE_COLUMNS), label="Top features (latest token)",
@@ -238,6 +245,10 @@ with gr.Blocks(title="AXON", delete_cache=(int(EXPORT_MAX_AGE), int(EXPORT_MAX_A
     sae_id.change(HANDLERS.layers_for, [release, sae_id, layers], layers, api_visibility="private")
     why_btn.click(HANDLERS.decision_gradient, run_state, notes, api_visibility="private", concurrency_id="depth",
                   concurrency_limit=2)
+    measure_btn.click(HANDLERS.decision_measured, run_state, notes, api_visibility="private", concurrency_id="depth",
+                      concurrency_limit=2)
+    fork_event = fork_req.change(HANDLERS.fork_run, [run_state, fork_req], fork_view, api_visibility="private",
+                                concurrency_id="fork", concurrency_limit=4, trigger_mode="always_last")
     causal_btn.click(HANDLERS.causal_for_token, run_state, [graph, edge_kind, causal_table, causal_note],
                      api_visibility="private", concurrency_id="depth", concurrency_limit=2)
     prefetch_btn.click(HANDLERS.prefetch_labels, [release, sae_id], status, api_visibility="private")
@@ -262,13 +273,15 @@ with gr.Blocks(title="AXON", delete_cache=(int(EXPORT_MAX_AGE), int(EXPORT_MAX_A
                      api_visibility="private").then(None, file, None, js=SAVE_FILE)
     gr.api(HANDLERS.engine_stats, api_name="engine_stats", api_visibility="undocumented")
     load_event = demo.load(HANDLERS.from_query, None,
-                           inputs[:13] + [autorun_state, at_state, embed_open, layers, watch_box],
+                           inputs[:13] + [autorun_state, at_state, embed_open, layers, watch_box, fork_state],
                            api_visibility="private")
     autorun_event = load_event.then(HANDLERS.autorun_generation, [autorun_state] + inputs, page_outputs,
                                     api_visibility="private", concurrency_id="generate", **STREAMING)
     autorun_event.then(HANDLERS.after_run, [run_state, timeline_open], [replay_btn, timeline],
                        api_visibility="private")
-    stop_btn.click(None, None, None, cancels=[autorun_event])
+    link_fork_event = autorun_event.then(HANDLERS.fork_from_link, [run_state, fork_state], fork_view,
+                                         api_visibility="private", concurrency_id="fork")
+    stop_btn.click(None, None, None, cancels=[autorun_event, fork_event, link_fork_event])
 
 HANDLERS.page = demo  # its per-session state is trimmed after each run (ui/gradio_state.py)
 demo.queue(default_concurrency_limit=SERVICES.settings.concurrency, max_size=SERVICES.settings.queue_size)

@@ -19,3 +19,20 @@ element.addEventListener("click", (ev) => {
   applyVs();
 });
 new MutationObserver(applyVs).observe(element, { childList: true, subtree: true });
+
+// Forks (axon_core/page/fork.py): the "fork" button beside a candidate, or a shift-click on
+// the candidate, asks the server to fork the run there with that token. The
+// request goes through a hidden textbox (#axon-fork-req) as "position:token:nonce"
+// (the nonce: the same fork clicked twice is asked twice; the engine computes it once).
+element.addEventListener("click", (ev) => {
+  const btn = ev.target.closest(".axon-fork");
+  const cand = btn ? null : ev.target.closest(".axon-cand");
+  if (!btn && !(cand && ev.shiftKey && !cand.classList.contains("chosen"))) return;
+  const src = btn || cand.parentElement.querySelector(".axon-fork");
+  if (!src) return;
+  ev.stopPropagation();
+  const box = document.querySelector("#axon-fork-req textarea, #axon-fork-req input");
+  if (!box) return;
+  box.value = `${src.dataset.pos}:${src.dataset.tok}:${Date.now()}`;
+  box.dispatchEvent(new Event("input", { bubbles: true }));
+}, true);

@@ -6,4 +6,3 @@ element.addEventListener("click", (ev) => {
   const pos = Number(tok.dataset.pos);
   trigger("select", { index: pos, value: pos, selected: true });
 });
-

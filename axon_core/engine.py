@@ -9,7 +9,7 @@ through the weights together (:func:`~axon_core.batching.step_batch`) when
 that is measured to be faster on this device (:class:`BatchChooser`).
 
 Identical requests (model, SAE, prompt, every sampling setting incl. the seed,
-steering, the watch list) are computed once: a request arriving while its run is in flight
+steering, the watch list, a fork) are computed once: a request arriving while its run is in flight
 attaches to it; one arriving later gets the finished run from a bounded
 replay cache (bytes and TTL), which its view paces like a live run.
 
@@ -58,6 +58,7 @@ import torch
 from .batching import can_batch, step_batch
 from .decision import full_encodes
 from .fast_encode import encode_paths
+from .fork import Fork
 from .generation import Generation, GenerationSettings, LayerSae, TokenStep
 from .steering import steering_edit
 from .threads import (ThreadChooser, engine_threads, measure_startup, real_steps, share_cpus,  # noqa: F401
@@ -214,12 +215,13 @@ class EngineCounters:
 
 
 def request_key(pair, prompt: str, settings: GenerationSettings, steer: tuple, extra: tuple = (),
-                watch: tuple = ()) -> tuple:
+                watch: tuple = (), fork=None) -> tuple:
     """What makes two requests the same run (``extra``: the other SAEs it reads; ``watch``:
     the features it follows, canonical keys (:func:`~axon_core.watch.resolve_watch`), in order:
-    the order of a step's ``watched``)."""
+    the order of a step's ``watched``; ``fork``: a :class:`~axon_core.fork.Fork` of that run, or None)."""
     saes = tuple((s.release, s.sae_id) for s in map(LayerSae.of, extra))
-    return (pair.choice.release, pair.choice.sae_id, prompt, settings, tuple(steer), saes, tuple(watch))
+    key = (pair.choice.release, pair.choice.sae_id, prompt, settings, tuple(steer), saes, tuple(watch))
+    return key if fork is None else key + (("fork", *Fork.of(fork).as_tuple()),)
 
 
 class Engine:
@@ -246,16 +248,19 @@ class Engine:
     # ---- sessions ------------------------------------------------------------
 
     def submit(self, pair, prompt: str, settings: GenerationSettings, steer: tuple = (),
-               meta: dict[str, Any] | None = None, extra: tuple = (), watch: tuple = ()) -> LiveRun:
+               meta: dict[str, Any] | None = None, extra: tuple = (), watch: tuple = (), fork=None,
+               base=()) -> LiveRun:
         """The run for this request: one in flight, a finished one from the replay
         cache, or a new one. The caller becomes one of its viewers and must call
         :meth:`release` when done. ``extra``: more SAEs of the same model
         (LoadedPairs) read in the same forward (see :class:`Generation`); ``watch``: the
-        features whose exact activations every step reports (canonical keys).
+        features whose exact activations every step reports (canonical keys). ``fork``
+        (a :class:`~axon_core.fork.Fork`) with ``base``, the run's steps: that run
+        forked there (computed once like any request: the fork is in the key).
         Raises :class:`~axon_core.generation.PromptError` (or ``ValueError`` for a
         steering spec the SAE cannot take, or extra SAEs it cannot read) at once."""
         extra, watch = tuple(extra), tuple(tuple(k) for k in watch)
-        key = request_key(pair, prompt, settings, steer, extra, watch)
+        key = request_key(pair, prompt, settings, steer, extra, watch, fork)
         with self._lock:
             run = self._inflight.get(key)
             if run is not None and not run.finished:
@@ -268,7 +273,8 @@ class Engine:
                 self.counters.replayed += 1
                 return run
         edit = steering_edit(pair.sae, steer) if steer else None
-        generation = Generation(pair, prompt, settings, edit, extra=extra, watch=watch)  # PromptError here
+        # PromptError (or ForkError) here, in the caller
+        generation = Generation(pair, prompt, settings, edit, extra=extra, watch=watch, fork=fork, base=base)
         run = LiveRun(key, meta or {}, settings, steer, generation)
         with self._lock:
             other = self._inflight.get(key)  # the same request may have raced us here

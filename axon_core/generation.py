@@ -44,10 +44,12 @@ import torch
 
 from .decision import Decision, Fit, candidate_text, candidates, direct_effects, encode_with_fit
 from .fast_encode import encode_top
+from .fork import Fork, ForkError, check_fork, fork_seed, step_before_fork
 from .features import FeatureHit, direct_logit_attribution
 from .residuals import FastStepper, make_stepper
 from .sampling import Choice, sample_next
 from .watch import Watch
+from .stepping import StepOutput
 
 
 @dataclass(frozen=True)
@@ -245,11 +247,19 @@ class Generation:
         while not g.done:
             out = g.stepper.step(torch.tensor([g.next_input], device=pair.device))
             steps.append(g.advance(out))        # 2 new tokens
+
+    ``fork`` (a :class:`~axon_core.fork.Fork`) with ``base`` (the run's own
+    steps, at least up to the fork): the run forked there (see :mod:`axon_core.fork`):
+    :meth:`start` runs the prefix and the forced token in one pass and returns
+    the run's steps up to the fork followed by the forced token's; sampling
+    afterwards uses its own stream (:func:`~axon_core.fork.fork_seed`).
+    Raises :class:`~axon_core.fork.ForkError` for a fork the run cannot take.
     """
 
     def __init__(self, pair, prompt: str, settings: GenerationSettings, edit=None, stepper=None,
                  extra: Sequence[Any] = (), extra_edits: Mapping[str, Any] | None = None,
-                 decisions: bool = True, watch: Sequence[tuple] = ()):
+                 decisions: bool = True, watch: Sequence[tuple] = (), fork: Fork | None = None,
+                 base: Sequence[TokenStep] = ()):
         self.pair, self.settings = pair, settings
         # each step's Decision (candidates, direct-path effects) and Fit (variance explained);
         # False: features and attributions only (what benchmarks/decision.py compares against)
@@ -261,9 +271,14 @@ class Generation:
         self.layered = len(self.saes) > 1  # hits carry their layer
         self.prepend_bos = bool(getattr(pair.sae.cfg.metadata, "prepend_bos", True))
         self.tokens = encode_prompt(model, prompt, self.prepend_bos).to(pair.device)
-        n, self.n_ctx = self.tokens.shape[0], model.cfg.n_ctx
-        self.budget = max(0, min(settings.max_new_tokens, self.n_ctx - n))
-        self.cut_short = self.budget < settings.max_new_tokens
+        self.n_prompt, self.n_ctx = self.tokens.shape[0], model.cfg.n_ctx
+        self.fork, self.base = Fork.of(fork), ()
+        asked = settings.max_new_tokens
+        if self.fork is not None:
+            self.base, asked = self._fork_prefix(base), asked - (self.fork.position + 1 - self.n_prompt)
+        n = self.tokens.shape[0]
+        self.budget = max(0, min(asked, self.n_ctx - n))
+        self.cut_short = self.budget < asked
         self.eos = getattr(model.tokenizer, "eos_token_id", None)
         self.stepper = stepper or make_stepper(model, pair.hook_name, edit, pair.fast_weights,
                                                capacity=n + self.budget,
@@ -273,7 +288,8 @@ class Generation:
         if unread:
             raise ValueError(f"the stepper does not read the extra SAEs' hooks {sorted(unread)}")
         self.lock = forward_lock(model, self.stepper)
-        self.rng = torch.Generator().manual_seed(int(settings.seed))
+        self.rng = torch.Generator().manual_seed(
+            int(settings.seed) if self.fork is None else fork_seed(settings.seed, self.fork))
         self.history = self.tokens.tolist()
         self.setup = _attribution_setup(pair)
         self.extra_setups = [_attribution_setup(pair, s.sae, s.hook_name) for s in self.saes[1:]]
@@ -285,6 +301,22 @@ class Generation:
         self.produced = 0  # new tokens so far
         self.done = False
         self._next: Choice | None = None
+
+    def _fork_prefix(self, base: Sequence[TokenStep]) -> tuple[TokenStep, ...]:
+        """For a fork: the model input becomes the run's tokens before the fork plus
+        the forced one; returns the run's steps before the fork."""
+        q, first = self.fork.position, 1 if self.prepend_bos else 0
+        base = tuple(sorted(base, key=lambda s: s.position))
+        prompt = self.tokens.tolist()
+        check_fork(self.fork, first + len(base), len(prompt), self.settings.max_new_tokens)
+        base = tuple(s for s in base if s.position < q)
+        ids = prompt[:first] + [int(s.token_id) for s in base]
+        if [s.position for s in base] != list(range(first, first + len(base))) or ids[: len(prompt)] != prompt:
+            raise ValueError("the fork's base steps are not this prompt's run")
+        if not 0 <= self.fork.token_id < self.pair.model.cfg.d_vocab:
+            raise ForkError(f"token {self.fork.token_id} is not in this model's vocabulary")
+        self.tokens = torch.tensor(ids + [self.fork.token_id], dtype=self.tokens.dtype, device=self.tokens.device)
+        return base
 
     def _choose(self, logits) -> Choice:
         s = self.settings
@@ -349,6 +381,8 @@ class Generation:
         """The prompt pass (one batched forward); returns the prompt's steps."""
         with self.lock:
             out = self.stepper.step(self.tokens)
+        if self.fork is not None:
+            return self._start_fork(out)
         feats, fits = self.encode(out.acts)
         extra_feats, extra_fits = self.extra_encode(out)
         watched = self._watched(out)
@@ -372,6 +406,33 @@ class Generation:
             ))
         self.done = self._next is None
         return steps
+
+    def _start_fork(self, out) -> list[TokenStep]:
+        """A fork's first pass (the prefix and the forced token): the run's steps
+        before the fork, the one before it now choosing the forced token, and the
+        forced token's own step (only its row is encoded)."""
+        tok, q = self.fork.token_id, self.fork.position
+        last = StepOutput(out.acts[-1:], out.last_logits, out.final_scale[-1:],
+                          {h: t[-1:] for h, t in out.extra.items()})
+        feats, fits = self.encode(last.acts)
+        extra_feats, extra_fits = self.extra_encode(last)
+        at_eos = self.settings.stop_at_eos and tok == self.eos
+        self._next = self._choose(out.last_logits) if self.budget and not at_eos else None
+        for t in self.history[:-1]:
+            self.glyphs.push(t)
+        display = self.glyphs.push(tok)
+        hits, decision = self._step_parts(out.last_logits, feats[0], extra_feats, 0, self._next,
+                                          last.final_scale[0])
+        before = step_before_fork(self.base[-1], tok)
+        cand = before.decision.candidates[before.decision.index_of(tok)] if before.decision else None
+        notice = ("stopped at <|endoftext|>" if at_eos else
+                  self.context_notice if self._next is None and self.cut_short else None)
+        step = TokenStep(position=q, token_id=tok, text=self._text(tok), is_prompt=False, features=hits,
+                         next_token_id=self._next.token_id if self._next else None,
+                         prob=cand.prob if cand else None, sampled_prob=cand.sampled_prob if cand else None,
+                         notice=notice, display=display, decision=decision, fit=_row_fits(fits, extra_fits, 0))
+        self.done = self._next is None
+        return [*self.base[:-1], before, step]
 
     @property
     def next_input(self) -> int:
@@ -479,16 +540,19 @@ class GlyphJoiner:
 
 @torch.inference_mode()
 def generate(pair, prompt: str, settings: GenerationSettings, edit=None, extra: Sequence[Any] = (),
-             extra_edits: Mapping[str, Any] | None = None, watch: Sequence[tuple] = ()) -> Iterator[TokenStep]:
+             extra_edits: Mapping[str, Any] | None = None, watch: Sequence[tuple] = (), fork: Fork | None = None,
+             base: Sequence[TokenStep] = ()) -> Iterator[TokenStep]:
     """Stream the run: the prompt's tokens (one batched pass), then one
     KV-cached forward per new token. See the module docstring for what a step holds.
 
     ``pair`` is a :class:`~axon_core.loading.LoadedPair`; ``edit`` optionally
     changes the activation at the hook point (steering); ``extra`` and
-    ``extra_edits``: more SAEs read in the same forward, and ``watch``, as for :class:`Generation`.
+    ``extra_edits``: more SAEs read in the same forward, and ``watch``, as for :class:`Generation`;
+    ``fork`` and ``base``: the run ``base`` forked (see :mod:`axon_core.fork`).
     Raises :class:`PromptError` before yielding anything if the prompt cannot run.
     """
-    run = Generation(pair, prompt, settings, edit, extra=extra, extra_edits=extra_edits, watch=watch)
+    run = Generation(pair, prompt, settings, edit, extra=extra, extra_edits=extra_edits, watch=watch,
+                     fork=fork, base=base)
     yield from run.start()
     while not run.done:
         yield run.step()

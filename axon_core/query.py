@@ -16,6 +16,7 @@ Worked example::
     notices  # ['temperature 9 clamped to 2', "top_k 'nan' is not a number, kept 50"]
     parse_query({"steer": "12:4.5, 88:-3", "layers": "8,2,2"}, Limits())[0].steer   # ((12, 4.5), (88, -3.0))
     parse_query({"watch": "7124, 8:88"}, Limits())[0].watch         # ((None, 7124), (8, 88))
+    parse_query({"fork": "7:6342"}, Limits())[0].fork      # (7, 6342): token 6342 forced at position 7
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ _ECHO_CHARS = 40
 _PROMPT_BAD = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
 _INT_RE = re.compile(r"[+-]?[0-9]+", re.ASCII)
 _LAYER_RE = re.compile(r"\s*([0-9]{1,12})\s*", re.ASCII)
+_FORK_RE = re.compile(r"\s*([0-9]{1,12})\s*:\s*([0-9]{1,12})\s*", re.ASCII)
 _STEER_RE = re.compile(r"\s*([0-9]{1,12})\s*:\s*(\S{1,64})\s*", re.ASCII)
 _WATCH_RE = re.compile(r"\s*(?:([0-9]{1,12})\s*:\s*)?([0-9]{1,12})\s*", re.ASCII)
 
@@ -206,6 +208,14 @@ def _parse_watch(raw: str, limits: Limits, notices: list[str]) -> tuple[tuple[in
     if dropped:
         notices.append(f"watch: kept the first {limits.max_watch} features, dropped {dropped}")
     return tuple(found)
+def _parse_fork(raw: str, limits: Limits, notices: list[str]) -> tuple[int, int] | None:
+    """``"7:6342"`` → (7, 6342): a token position and the token forced there; else None with a notice."""
+    m = _FORK_RE.fullmatch(raw)
+    lo, hi = limits.fork_token
+    if m is None or int(m.group(1)) > MAX_POSITION or not lo <= int(m.group(2)) <= hi:
+        notices.append(f"fork '{_echo(raw)}' is not position:token_id, not forking")
+        return None
+    return int(m.group(1)), int(m.group(2))
 
 
 # ---------------------------------------------------------------- public API
@@ -225,7 +235,8 @@ def parse_query(
     stop_at_eos, autorun, steer (``123:4.5,88:-2``), at (a token position to show
     the graph at), embed (``1``: the embed view), layers (``2,5,8,11``: the blocks
     whose SAEs one run reads at once), watch (``7124,8:88``: features followed
-    at every token). Unknown keys and empty
+    at every token), fork (``7:6342``: continue as if token 6342
+    had been chosen at position 7). Unknown keys and empty
     values are ignored silently, except that an empty prompt/model/release/
     sae_id/steer/layers/watch clears the default. ``limits`` defaults to :meth:`Limits.from_env`;
     ``defaults`` to :data:`DEFAULT_REQUEST` (its settings are clamped to
@@ -327,11 +338,16 @@ def _parse(params: Any, limits: Limits | None, defaults: RunRequest | None,
     raw = _value(params, "watch", notices)
     if raw is not None:
         watch = _parse_watch(raw, limits, notices) if raw.strip() else ()
+    fork = defaults.fork
+    raw = _value(params, "fork", notices)
+    if raw is not None:
+        fork = _parse_fork(raw, limits, notices) if raw.strip() else None
 
     if changes:
         settings = replace(settings, **changes)
     req = RunRequest(
         prompt=prompt, model=names["model"], release=names["release"], sae_id=names["sae_id"],
         settings=settings, autorun=autorun, steer=steer, at=at, embed=embed, layers=layers, watch=watch,
+        fork=fork,
     )
     return req, notices

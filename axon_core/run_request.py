@@ -41,6 +41,8 @@ class RunRequest:
     layers: tuple[int, ...] = ()  # blocks whose SAEs the run reads at once (ascending, distinct); () → one SAE
     # features followed at every token (axon_core.watch): (layer | None, index), distinct, in order
     watch: tuple[tuple[int | None, int], ...] = ()
+    # a what-if fork: (token position, token id): the run continues as if that token had been chosen there
+    fork: tuple[int, int] | None = None
 
 
 DEFAULT_REQUEST = RunRequest(
@@ -76,6 +78,7 @@ class Limits:
     max_layers: int = 4  # SAEs read at once (``layers``)
     layer: tuple[int, int] = (0, 127)  # out of range: entry skipped
     max_watch: int = 16  # features a run follows (``watch``)
+    fork_token: tuple[int, int] = (0, 2**31 - 1)  # a fork's token id (out of range: no fork)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Limits":

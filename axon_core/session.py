@@ -118,6 +118,9 @@ class RunSession:
         self.causal: dict[str, np.ndarray] | None = None  # the latest causal check's edges (see set_causal)
         # the decision strip's gradient flavour, where asked for: {deciding position: {"other", "pushes", "ms"}}
         self.gradients: dict[int, dict] = {}
+        # the measured flavour, where asked for: {deciding position: {"other", "logit_diff", "prob", "rows", "ms"}}
+        self.measured: dict[int, dict] = {}
+        self.fork: tuple[int, int] | None = None  # the fork last shown beside this run (a share link carries it)
         self.at: int | None = None  # scrubbed to this token position (None: follow the run)
         self.graph = GraphState()
         self.stream = GraphStream(self.graph.decay, self.planes())  # what this viewer's player was sent
@@ -473,7 +476,7 @@ class RunSession:
         with self.lock:
             steps = list(self.steps) if steps is None else steps
             at = self.at if at is None else at
-        return strip_html(steps, at, self.label, self.gradients)
+        return strip_html(steps, at, self.label, self.gradients, self.measured)
 
     def table(self, n: int = 20) -> list[dict]:
         """Top features: of the newest token and then the brightest; when

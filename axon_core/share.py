@@ -22,7 +22,7 @@ Round trip: for any request that :func:`parse_query` could have produced under
 the same :class:`Limits`, ``parse_query(parse_qs(build_query(req)), limits) ==
 (req, [])``. Use ``parse_qs(..., keep_blank_values=True)`` when custom
 ``defaults`` carry a model/release/sae_id/steer that a link must clear: those
-are written as an empty value (``model=``), which means "none".
+are written as an empty value (``model=``), which means "none" (``fork=`` too).
 """
 
 from __future__ import annotations
@@ -80,6 +80,8 @@ def build_query(req: RunRequest, defaults: RunRequest | None = None) -> str:
         pairs.append(("layers", ",".join(str(int(i)) for i in req.layers)))
     if tuple(req.watch) != tuple(d.watch):
         pairs.append(("watch", format_watch(req.watch)))
+    if req.fork != d.fork:
+        pairs.append(("fork", "" if req.fork is None else f"{int(req.fork[0])}:{int(req.fork[1])}"))
     return urlencode(pairs, encoding="utf-8", errors="replace")
 
 

@@ -6,7 +6,10 @@ on the step before): the candidates with their probabilities at temperature 1
 and under the sampling distribution used, the chosen one marked; for the
 runner-up (and, on a click, any other candidate) the features at q − 1 that
 pushed the choice for and against it, by the *direct path* (said so in the
-strip); and how much of the residual there the SAE explains (a badge,
+strip); beside each candidate not chosen a “fork” button that forks the run at q
+with that token (“fork”; a click on the candidate itself only compares: it is cheap
+and reversible, a fork computes a new continuation; shift-click also forks,
+see assets/text.js and :mod:`axon_core.page.fork`); and how much of the residual there the SAE explains (a badge,
 flagged when low). Everything shown is escaped: token texts and labels are
 untrusted.
 
@@ -25,8 +28,10 @@ from typing import Callable, Sequence
 from .decision import DIRECT, GRADIENT, Decision, Fit
 from .features import key_name
 from .generation import TokenStep
+from .measured import MEASURED
 
 N_PUSHERS = 4  # features listed for, and against, a choice
+FORK_TITLE = "fork the run here: the model writes on as if {} had been chosen (both texts shown side by side)"
 
 
 def pct(p: float | None) -> str:
@@ -104,11 +109,29 @@ def _gradient(g: dict | None, shown: TokenStep, before: TokenStep, decision: Dec
             f'{_pushers(None, before, g["other"], label, g["pushes"])}</div>')
 
 
+def _measured(m: dict | None, shown: TokenStep, before: TokenStep, decision: Decision,
+              label: Callable[[int], str]) -> str:
+    """The measured flavour's block, when it was computed for this decision (see :func:`strip_html`)."""
+    if not m:
+        return ""
+    if m.get("error"):
+        return f'<div class="dec-measured">{html.escape(m["error"])}</div>'
+    j = decision.index_of(m["other"])
+    other = decision.candidates[j].text if j is not None else f"#{m['other']}"
+    rows = "".join(f'<span class="dec-feat" data-key="{k}">{html.escape(key_name(k))} {html.escape(label(k)[:40])} '
+                   f'<b>{dd:+.2f}</b> <small>p {100 * dp:+.1f} pt</small></span>' for k, dd, dp in m["rows"])
+    return (f'<div class="dec-measured"><div class="dec-vs">flavour: {html.escape(MEASURED)}; {_q(shown.shown)} '
+            f'rather than {_q(other)} at {_q(before.shown)}, as run: logit difference {m["logit_diff"]:+.2f}, '
+            f'p {pct(m["prob"])} ({m["ms"]:.0f} ms). Removing each feature changes them by:</div>'
+            f'{rows or "<span class=dec-none>no features to ablate</span>"}</div>')
+
+
 def strip_html(steps: Sequence[TokenStep], position: int | None, label: Callable[[int], str],
-               gradients: dict[int, dict] | None = None) -> str:
+               gradients: dict[int, dict] | None = None, measured: dict[int, dict] | None = None) -> str:
     """The strip for the token at ``position`` (None: the newest), or "" before a run.
     ``gradients``: ``{deciding position: {"other", "pushes", "ms"}}`` (or ``{"error"}``),
-    the gradient flavour where it was asked for."""
+    the gradient flavour where it was asked for; ``measured``: ``{deciding position:
+    {"other", "logit_diff", "prob", "rows": [(key, Δ logit diff, Δ p)], "ms"}}``, the measured one."""
     if not steps:
         return ""
     at = len(steps) - 1 if position is None else next((i for i, s in enumerate(steps) if s.position == position),
@@ -125,8 +148,13 @@ def strip_html(steps: Sequence[TokenStep], position: int | None, label: Callable
         cls = "axon-cand" + (" chosen" if c.chosen else "") + (" vs" if runner and c.token_id == runner.token_id
                                                                else "")
         title = f"T=1: {pct(c.prob)} · sampled: {pct(c.sampled_prob)}" + (" · chosen" if c.chosen else "")
-        cands.append(f'<button type="button" class="{cls}" data-j="{j}" title="{html.escape(title, quote=True)}">'
-                     f'{_q(c.text)} <b>{html.escape(pct(c.prob))}</b> <small>{html.escape(pct(c.sampled_prob))}</small></button>')
+        fork = ("" if c.chosen else
+                f'<button type="button" class="axon-fork" data-pos="{shown.position}" data-tok="{c.token_id}" '
+                f'title="{html.escape(FORK_TITLE.format(_q(c.text)), quote=True)}">fork</button>')
+        cands.append(f'<span class="dec-cand"><button type="button" class="{cls}" data-j="{j}" '
+                     f'title="{html.escape(title, quote=True)}">'
+                     f'{_q(c.text)} <b>{html.escape(pct(c.prob))}</b> <small>{html.escape(pct(c.sampled_prob))}</small>'
+                     f'</button>{fork}</span>')
     pushes = []
     for j, c in enumerate(decision.candidates):
         if c.chosen:
@@ -138,9 +166,11 @@ def strip_html(steps: Sequence[TokenStep], position: int | None, label: Callable
     return (f'{head}<div class="dec-head"><b>Why {_q(shown.shown)}?</b> {_fit_badge(before.fit, before.shown)}'
             f'</div><div class="dec-cands">{"".join(cands)}</div>'
             f'<div class="dec-legend">bold: probability at temperature 1 · small: under the sampling used '
-            f'· click a candidate to compare</div>{"".join(pushes)}'
+            f'· click a candidate: what pushed the choice against it · “fork” beside it (or shift-click): fork the '
+            f'run here, as if it had been chosen</div>{"".join(pushes)}'
             f'<div class="dec-flavour">flavour shown above: {html.escape(DIRECT)}</div>'
-            f'{_gradient((gradients or {}).get(before.position), shown, before, decision, label)}</div>')
+            f'{_gradient((gradients or {}).get(before.position), shown, before, decision, label)}'
+            f'{_measured((measured or {}).get(before.position), shown, before, decision, label)}</div>')
 
 
 def hover_text(step: TokenStep, before: TokenStep | None) -> str:

@@ -10,9 +10,12 @@ the median time per new token over all runs of that kind.
 
 Usage: ``python benchmarks/decision.py [--reps 5] [--tokens 40] [--hub DIR]``
 The last line is machine-readable:
-``decision: step_ms=… step_with_decision_ms=… ratio=… gradient_ms=…``
+``decision: step_ms=… step_with_decision_ms=… ratio=… gradient_ms=… measured_ms=…``
 (``gradient_ms``: the gradient flavour for one shown token, off the token loop,
-at the run's last decision: one forward over the prefix and one backward.)
+at the run's last decision, as the app runs it for GPT-2: the fast stepper's
+prefix pass, then one row from the hook point up and its backward;
+``measured_ms``: the measured flavour there, 8 features ablated in turn, the
+position re-run from the hook point up in one batch, as the app runs it.)
 """
 
 from __future__ import annotations
@@ -47,9 +50,11 @@ def main() -> None:
     import torch
 
     from axon_core.decision import gradient_pushes
+    from axon_core.measured import gradient_pushes_fast
     from axon_core.fast_encode import encode_path
     from axon_core.generation import Generation, GenerationSettings
     from axon_core.loading import PairCache
+    from axon_core.measured import measured_effects
 
     torch.manual_seed(0)
     pair = PairCache(device="cpu").get("gpt2-small-res-jb", "blocks.8.hook_resid_pre")
@@ -79,18 +84,30 @@ def main() -> None:
     tokens = torch.tensor([pair.model.tokenizer.bos_token_id] + [s.token_id for s in steps])
     at = steps[-2]
     feats = [f.index for f in at.features]
-    grads = []
+    grads, grads_tl = [], []
+    args_ = (pair.sae, pair.hook_name, tokens, at.position, feats, at.decision.chosen, at.decision.runner_up.token_id)
     for _ in range(args.reps):
         t = time.perf_counter()
-        gradient_pushes(pair.model, pair.sae, pair.hook_name, tokens, at.position, feats, at.decision.chosen,
-                        at.decision.runner_up.token_id)
+        gradient_pushes_fast(pair.fast_weights, pair.model, *args_)  # what the app runs for GPT-2
         grads.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        gradient_pushes(pair.model, *args_)  # TransformerLens's forward (the other families)
+        grads_tl.append(time.perf_counter() - t)
+    measured = []
+    for _ in range(args.reps):
+        t = time.perf_counter()
+        measured_effects(pair.model, pair.sae, pair.hook_name, tokens, at.position, at.decision.chosen,
+                         at.decision.runner_up.token_id, threshold=settings.activation_threshold,
+                         weights=pair.fast_weights)
+        measured.append(time.perf_counter() - t)
     step_ms = 1e3 * statistics.median(plain)
     decision_ms = 1e3 * statistics.median(with_decision)
     print(f"torch threads={torch.get_num_threads()} encode path={encode_path(pair.sae)} "
-          f"{args.reps} runs of {args.tokens} tokens each; gradient at position {at.position}")
+          f"{args.reps} runs of {args.tokens} tokens each; gradient at position {at.position} "
+          f"(through TransformerLens's forward: {1e3 * statistics.median(grads_tl):.1f} ms)")
     print(f"decision: step_ms={step_ms:.2f} step_with_decision_ms={decision_ms:.2f} "
-          f"ratio={decision_ms / step_ms:.3f} gradient_ms={1e3 * statistics.median(grads):.1f}")
+          f"ratio={decision_ms / step_ms:.3f} gradient_ms={1e3 * statistics.median(grads):.1f} "
+          f"measured_ms={1e3 * statistics.median(measured):.1f}")
 
 
 if __name__ == "__main__":

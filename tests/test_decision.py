@@ -250,8 +250,9 @@ def _reference_gradient(model, sae, hook_name, tokens, p, feats, chosen, other):
     return a[idx] * (sae.W_dec.detach()[idx] @ g)
 
 
-def _check_gradient(pair, steps, prepend_bos=True):
+def _check_gradient(pair, steps, prepend_bos=True, fast=False):
     from axon_core.decision import gradient_pushes
+    from axon_core.measured import gradient_pushes_fast
 
     model = pair.model
     bos = [model.tokenizer.bos_token_id] if prepend_bos else []
@@ -262,7 +263,11 @@ def _check_gradient(pair, steps, prepend_bos=True):
         feats = [f.index for f in step.features]
         p, chosen = step.position, int(tokens[step.position + 1])
         other = (chosen + 7) % model.cfg.d_vocab
-        got = torch.tensor(gradient_pushes(model, pair.sae, pair.hook_name, tokens, p, feats, chosen, other))
+        if fast:  # the fast stepper's prefix and its resume from the hook point (GPT-2)
+            got = torch.tensor(gradient_pushes_fast(pair.fast_weights, model, pair.sae, pair.hook_name, tokens, p,
+                                                    feats, chosen, other))
+        else:
+            got = torch.tensor(gradient_pushes(model, pair.sae, pair.hook_name, tokens, p, feats, chosen, other))
         ref = _reference_gradient(model, pair.sae, pair.hook_name, tokens, p, feats, chosen, other)
         assert torch.allclose(got, ref.float(), atol=1e-4, rtol=1e-3), (p, got, ref)
         checked += int(ref.abs().max() > 1e-3)
@@ -272,6 +277,13 @@ def _check_gradient(pair, steps, prepend_bos=True):
 def test_gradient_flavour_equals_autograd_through_a_plain_forward(pair):
     steps = list(generate(pair, PROMPT, SAMPLED))
     _check_gradient(pair, steps)
+
+
+def test_gradient_flavour_through_the_fast_stepper_equals_autograd_through_a_plain_forward(pair):
+    from axon_core.residuals import FastWeights
+
+    assert FastWeights.supports(pair.model)
+    _check_gradient(pair, list(generate(pair, PROMPT, SAMPLED)), fast=True)
 
 
 def test_gradient_flavour_on_pythia(pythia_pair):

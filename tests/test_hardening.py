@@ -252,7 +252,7 @@ query_value = st.one_of(numberish, st.text(st.characters(exclude_categories=()),
                                          "gemma-2-2b", "gpt2-small-hook-z-kk", "1:2,3:nan", "1", "2,5,11",
                                          "0,1,2,3,4,5", "99", "2,x"]))
 QUERY_KEYS = ["prompt", "model", "release", "sae_id", "steer", "autorun", "edge_kind", "at", "embed",
-              "layers", "watch"] + SETTING_KEYS
+              "layers", "watch", "fork"] + SETTING_KEYS
 
 
 @settings(max_examples=150, **QUICK)
@@ -264,8 +264,9 @@ def test_any_link_fills_the_page_with_values_it_can_show(app_module, params):
     with contextlib.redirect_stdout(io.StringIO()):
         out = app_module.HANDLERS.from_query(_Request(params))
     (prompt, model, release, sae_id, temperature, top_k, top_p, rep, max_tokens, seed, feature_k,
-     threshold, steer, autorun, at, embed_open, layers, watch) = out
+     threshold, steer, autorun, at, embed_open, layers, watch, fork) = out
     assert isinstance(watch, str) and len(watch) < 400
+    assert fork is None or (isinstance(fork, tuple) and len(fork) == 2 and all(type(x) is int for x in fork))
     # layers: only those the picked SAE's release has (a run of at most max_layers SAEs)
     assert layers["choices"] == app_module.HANDLERS.layer_choices(release["value"], sae_id["value"])
     assert set(layers["value"]) <= set(layers["choices"]) and len(layers["value"]) <= app_module.LIMITS.max_layers

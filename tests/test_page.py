@@ -22,7 +22,7 @@ from axon_core.catalogue import DEFAULT_RELEASE, DEFAULT_SAE_ID, load_catalogue
 from axon_core.engine import Engine
 from axon_core.generation import GenerationSettings, generate
 from axon_core.labels import LabelService
-from axon_core.page import causal, downloads, inspector, links, picker, view
+from axon_core.page import causal, downloads, fork, inspector, links, picker, view
 from axon_core.page.request import layer_pairs, request_from_inputs
 from axon_core.page.run import Frame, Notice, compute_steps, run_frames
 from axon_core.page.services import Services
@@ -275,6 +275,36 @@ def test_a_link_fills_the_page_with_values_it_can_show(services):
     assert f.embed_open.startswith('<a class="axon-open" href="http://h/?') and "embed=" not in f.embed_open
     bare = links.from_query(services, {}, "http://h/")
     assert bare.autorun is False and bare.notices == [] and bare.embed_open == "" and bare.prompt
+
+
+def test_a_fork_streams_both_texts_side_by_side_and_a_link_carries_it(services, pair):
+    run = frames_of(services, max_tokens=6, temperature=0)[1][-1].run
+    n_prompt = 1 + sum(s.is_prompt for s in run.steps)
+    q = n_prompt + 2
+    before = next(s for s in run.steps if s.position == q - 1)
+    tok = next(c.token_id for c in before.decision.candidates if not c.chosen)
+    run.scrub(q)  # the strip at token q offers to fork there with each candidate not chosen
+    assert f'class="axon-fork" data-pos="{q}" data-tok="{tok}"' in run.text_html()
+    run.scrub(None)
+    panels = list(fork.fork_frames(services, run, f"{q}:{tok}:12345"))
+    last = panels[-1]
+    assert last.startswith('<div class="axon-compare-fork">') and f"Fork</b> at position {q}" in last
+    assert f"first divergence at position {q}" in last and "writing…" not in last
+    cols = re.findall(r'<div class="axon-text">(.*?)</div></div>', last)
+    assert len(cols) == 2 and cols[0].count('class="tok') == cols[1].count('class="tok') == len(run.steps)
+    assert run.fork == (q, tok)
+    url = links.share_link(services, "http://h/", None, *inputs(temperature=0, max_tokens=6)[:12], "", None,
+                           fork=run.fork)
+    assert parse_qs(urlsplit(url).query)["fork"] == [f"{q}:{tok}"]
+    assert links.from_query(services, {"prompt": "Hi", "fork": f"{q}:{tok}"}, "http://h/").fork == (q, tok)
+    # the same fork again is not computed again (the engine's replay cache)
+    computed = services.engine.stats()["computed"]
+    assert list(fork.fork_frames(services, run, f"{q}:{tok}:67890"))[-1] == last
+    assert services.engine.stats()["computed"] == computed
+    # what cannot be forked says why
+    assert "replaces a generated token" in list(fork.fork_frames(services, run, "1:5"))[-1]
+    assert "Generate first" in list(fork.fork_frames(services, None, "1:5"))[-1]
+    assert list(fork.fork_frames(services, run, "junk")) == []
 
 
 def test_one_generating_run_per_browser_session():

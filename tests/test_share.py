@@ -9,6 +9,7 @@ from urllib.parse import parse_qs
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from axon_core.generation import GenerationSettings
+from axon_core.run_request import MAX_POSITION
 from axon_core.share import (
     DEFAULT_REQUEST,
     Limits,
@@ -23,7 +24,7 @@ LIMITS = Limits()
 KEYS = [
     "prompt", "model", "release", "sae_id", "seed", "temperature", "top_k", "top_p",
     "repetition_penalty", "max_tokens", "feature_k", "threshold", "stop_at_eos",
-    "autorun", "steer", "layers", "watch",
+    "autorun", "steer", "layers", "watch", "fork",
 ]
 NUMBERISH = [
     "nan", "NaN", "-nan", "inf", "-inf", "Infinity", "1e309", "-1e309", "1e-400", "-0",
@@ -87,6 +88,8 @@ def assert_within_limits(req: RunRequest, limits: Limits) -> None:
     for layer, i in req.watch:
         assert layer is None or (type(layer) is int and limits.layer[0] <= layer <= limits.layer[1])
         assert type(i) is int and limits.steer_index[0] <= i <= limits.steer_index[1]
+    assert req.fork is None or (len(req.fork) == 2 and all(type(x) is int and x >= 0 for x in req.fork)
+                                and req.fork[0] <= MAX_POSITION and req.fork[1] <= limits.fork_token[1])
 
 
 def assert_notices_ok(notices: list[str]) -> None:
@@ -368,6 +371,22 @@ def test_watch_round_trip(req, layers, watch, default_watch):
     assert notices == [] and back == req
 
 
+# ------------------------------------------------------------------ forks (issue 23 item 3: what if another token)
+
+valid_forks = st.none() | st.tuples(st.integers(0, MAX_POSITION), st.integers(*LIMITS.fork_token))
+
+
+@settings(max_examples=80, deadline=None, database=None)
+@given(valid_requests, valid_forks, valid_forks)
+def test_fork_round_trip(req, fork, default_fork):
+    req = RunRequest(**{**req.__dict__, "fork": fork})
+    back, notices = parse_query(parse_qs(build_query(req)), LIMITS)
+    assert notices == [] and back == req
+    defaults = RunRequest(**{**DEFAULT_REQUEST.__dict__, "fork": default_fork})
+    back, notices = parse_query(parse_qs(build_query(req, defaults), keep_blank_values=True), LIMITS, defaults)
+    assert notices == [] and back == req
+
+
 def test_watch_parsing():
     req, notices = parse_query({"prompt": "Hi", "watch": "7124, 8:88"}, LIMITS)
     assert req.watch == ((None, 7124), (8, 88)) and notices == []
@@ -381,3 +400,16 @@ def test_watch_parsing():
     assert parse_query({"watch": ""}, LIMITS, defaults)[0].watch == ()
     assert parse_query({}, LIMITS, defaults)[0].watch == ((None, 3),)
     assert "watch" not in build_query(DEFAULT_REQUEST)
+
+
+def test_fork_parsing():
+    req, notices = parse_query({"prompt": "Hi", "fork": " 7 : 6342 "}, LIMITS)
+    assert req.fork == (7, 6342) and notices == []
+    assert "fork=7%3A6342" in build_query(req)
+    assert "fork" not in build_query(DEFAULT_REQUEST)
+    for bad in ("7", "x:1", "7:-1", "7:1:2", "-3:5", f"7:{2**31}", f"{MAX_POSITION + 1}:5"):
+        req, notices = parse_query({"fork": bad}, LIMITS)
+        assert req.fork is None and len(notices) == 1 and notices[0].startswith("fork "), (bad, notices)
+    defaults = RunRequest(**{**DEFAULT_REQUEST.__dict__, "fork": (3, 4)})
+    assert parse_query({"fork": ""}, LIMITS, defaults)[0].fork is None
+    assert parse_query({}, LIMITS, defaults)[0].fork == (3, 4)

@@ -23,7 +23,7 @@ import time
 
 import gradio as gr
 
-from axon_core.page import causal, downloads, find, inspector, links, picker, view, watchlist
+from axon_core.page import causal, downloads, find, fork, inspector, links, picker, view, watchlist
 from axon_core.page.run import Frame, Notice, Scrub, run_frames
 from axon_core.page.sessions import SessionRuns
 from axon_core.page.status import status_line
@@ -316,6 +316,26 @@ class Handlers:
         """The decision strip's gradient flavour for the shown token (the text with the strip)."""
         return _or_skip(view.gradient_for_token(self.services, run))
 
+    def decision_measured(self, run: RunSession | None):
+        """The decision strip's measured flavour for the shown token (the notes: the strip)."""
+        return _or_skip(view.measured_for_token(self.services, run))
+
+    def fork_run(self, run: RunSession | None, spec):
+        """The strip's fork button: the run forked at that token, beside the run (streamed)."""
+        shown = False
+        for panel in fork.fork_frames(self.services, run, spec):
+            shown = True
+            yield panel
+        if not shown:
+            yield gr.skip()
+
+    def fork_from_link(self, run: RunSession | None, spec):
+        """A link's ``fork=position:token``, once its run is done (nothing to show: the panel stays)."""
+        if not spec:
+            yield gr.skip()
+            return
+        yield from self.fork_run(run, f"{spec[0]}:{spec[1]}")
+
     def scrub_to(self, run: RunSession | None, position, timeline_open=True):
         return self._token_view(view.scrub_to(run, position, timeline=bool(timeline_open)))
 
@@ -343,7 +363,8 @@ class Handlers:
         the graph is scrubbed to a token, shows that token; ``watch``: the watch list)."""
         return links.share_link(self.services, self._base_url(request), run.at if run is not None else None,
                                 prompt, model, release, sae_id, temperature, top_k, top_p, repetition_penalty,
-                                max_tokens, seed, feature_k, threshold, steer, layers, watch)
+                                max_tokens, seed, feature_k, threshold, steer, layers, watch,
+                                fork=run.fork if run is not None else None)
 
     def from_query(self, request: gr.Request):
         """Fill the inputs from the page's query string; start at once with autorun=1."""
@@ -356,4 +377,4 @@ class Handlers:
         return (f.prompt, f.model, gr.update(choices=f.release_choices, value=f.release),
                 gr.update(choices=f.sae_id_choices, value=f.sae_id), f.temperature, f.top_k, f.top_p,
                 f.repetition_penalty, f.max_tokens, f.seed, f.feature_k, f.threshold, f.steer, f.autorun, f.at,
-                f.embed_open, gr.update(choices=f.layer_choices, value=f.layers), f.watch)
+                f.embed_open, gr.update(choices=f.layer_choices, value=f.layers), f.watch, f.fork)

@@ -36,12 +36,13 @@ def base_url(space_id: str | None, headers: Mapping[str, str] | None) -> str:
     return base_url_for(space_id, host, scheme)
 
 
-def share_link(services: "Services", base: str, at: int | None, *inputs) -> str:
+def share_link(services: "Services", base: str, at: int | None, *inputs, fork: tuple[int, int] | None = None) -> str:
     """A link that reopens and reruns this prompt with these settings (``inputs``:
     :func:`~axon_core.page.request.request_from_inputs`'s, from ``prompt`` to
-    ``layers``, then optionally ``watch``), showing token ``at`` when the graph is scrubbed to one."""
+    ``layers``, then optionally ``watch``), showing token ``at`` when the graph is scrubbed to one, and the
+    ``fork`` (position, token id) shown beside the run, if any."""
     req, _ = request_from_inputs(services.settings.limits, *inputs)
-    return build_link(base, dataclasses.replace(req, autorun=True, at=at))
+    return build_link(base, dataclasses.replace(req, autorun=True, at=at, fork=fork))
 
 
 def embed_link(services: "Services", params: Mapping[str, str], base: str) -> str:
@@ -79,6 +80,7 @@ class PageFill:
     watch: str  # the watch list's text ("7124, 8:88")
     notices: list[str]  # about the link's values (shown as "Link: ...")
     layer_notice: str | None = None  # layers the picked SAE's release does not have
+    fork: tuple[int, int] | None = None  # the fork to show beside the run once it is done
 
 
 def from_query(services: "Services", params: Mapping[str, str], base: str) -> PageFill:
@@ -116,4 +118,4 @@ def from_query(services: "Services", params: Mapping[str, str], base: str) -> Pa
         sae_id, s.temperature, s.top_k, s.top_p, s.repetition_penalty, s.max_new_tokens, s.seed, s.feature_k,
         s.activation_threshold, format_steer(req.steer), bool(req.autorun and "prompt" in params), req.at,
         embed_link(services, params, base) if req.embed else "", choices, layers, format_watch(req.watch), notices,
-        layer_notice)
+        layer_notice, req.fork)

@@ -10,10 +10,12 @@ Worked example::
     highlight_token(run, 3)       # a second click on token 3: back to the newest token
     redraw(run, "decoder")        # the graph's JSON with decoder-cosine edges
     gradient_for_token(services, run)   # the text + decision strip, with the gradient flavour added
+    measured_for_token(services, run)   # ... with the measured flavour (8 ablations) added
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -26,6 +28,8 @@ from ..depth import run_tokens
 from ..figure import to_json
 from ..generation import forward_lock
 from ..loading import LoadError
+from ..measured import gradient_pushes_fast, measured_effects
+from ..residuals import FastWeights
 from ..session import VIEW_EDGE_KINDS
 from ..steering import steering_edit
 from .run import Scrub, scrub_range
@@ -112,9 +116,13 @@ def gradient_for_token(services, run: "RunSession | None") -> str | None:
         tokens = run_tokens(steps, getattr(pair.model.tokenizer, "bos_token_id", None))
         edit = steering_edit(pair.sae, run.meta["steer"]) if run.meta.get("steer") else None
         t = time.perf_counter()
-        with forward_lock(pair.model, None):
-            pushes = gradient_pushes(pair.model, pair.sae, pair.hook_name, tokens, before.position,
-                                     [f.index for f in feats], decision.chosen, decision.runner_up.token_id, edit)
+        args = (pair.sae, pair.hook_name, tokens, before.position, [f.index for f in feats], decision.chosen,
+                decision.runner_up.token_id, edit)
+        if FastWeights.supports(pair.model):  # GPT-2: the fast stepper's prefix, one row's backward
+            pushes = gradient_pushes_fast(pair.fast_weights, pair.model, *args)
+        else:
+            with forward_lock(pair.model, None):
+                pushes = gradient_pushes(pair.model, *args)
         entry = {"other": decision.runner_up.token_id, "pushes": [(f.key, v) for f, v in zip(feats, pushes)],
                  "ms": 1e3 * (time.perf_counter() - t)}
     except (LoadError, ValueError, RuntimeError) as err:
@@ -122,4 +130,51 @@ def gradient_for_token(services, run: "RunSession | None") -> str | None:
         entry = {"error": f"The gradient flavour failed ({type(err).__name__}): {str(err)[:200]}"}
     with run.lock:
         run.gradients[before.position] = entry
+    return run.notes_html()
+
+
+def _deciding(run: "RunSession | None"):
+    """(the run's steps, the shown token's step, the step whose decision chose it), or None."""
+    if run is None or not run.steps:
+        return None
+    steps = list(run.steps)
+    at = run.at if run.at is not None else steps[-1].position
+    i = next((k for k, s in enumerate(steps) if s.position == at), len(steps) - 1)
+    shown, before = steps[i], steps[i - 1] if i else None
+    decision = before.decision if before is not None else None
+    if decision is None or decision.chosen != shown.token_id or decision.runner_up is None:
+        return None
+    return steps, shown, before
+
+
+def measured_for_token(services, run: "RunSession | None") -> str | None:
+    """The decision strip's measured flavour for the token shown (or the newest):
+    each of the deciding position's 8 strongest features (the run's first SAE)
+    ablated in turn there, that position re-run from the hook point up, and the
+    change in logit(chosen) − logit(runner-up) and in p(chosen). Returns the notes
+    (with the strip) to show, or None: nothing to do."""
+    found = _deciding(run)
+    if found is None:
+        return None
+    steps, _, before = found
+    decision = before.decision
+    try:
+        pair = services.pairs.get(run.meta["release"], run.meta["sae_id"])
+        tokens = run_tokens(steps, getattr(pair.model.tokenizer, "bos_token_id", None))
+        edit = steering_edit(pair.sae, run.meta["steer"]) if run.meta.get("steer") else None
+        fast = pair.fast_weights if FastWeights.supports(pair.model) else None
+        t = time.perf_counter()
+        with forward_lock(pair.model, None) if fast is None else contextlib.nullcontext():
+            m = measured_effects(pair.model, pair.sae, pair.hook_name, tokens, before.position, decision.chosen,
+                                 decision.runner_up.token_id, threshold=run.settings.activation_threshold,
+                                 weights=fast, edit=edit)
+        entry = {"other": decision.runner_up.token_id, "logit_diff": m.logit_diff, "prob": m.prob,
+                 "rows": [(run.key(f, run.primary_layer), dd, dp) for f, dd, dp in
+                          zip(m.features, m.d_logit_diff, m.d_prob)],
+                 "ms": 1e3 * (time.perf_counter() - t)}
+    except (LoadError, ValueError, RuntimeError) as err:
+        log.exception("measured flavour failed")
+        entry = {"error": f"The measured flavour failed ({type(err).__name__}): {str(err)[:200]}"}
+    with run.lock:
+        run.measured[before.position] = entry
     return run.notes_html()
