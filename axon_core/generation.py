@@ -49,7 +49,7 @@ from .features import FeatureHit, direct_logit_attribution
 from .residuals import FastStepper, make_stepper
 from .sampling import Choice, sample_next
 from .watch import Watch
-from .stepping import StepOutput
+from .stepping import StepOutput, hook_layer  # noqa: F401  (hook_layer: also this module's API)
 
 
 @dataclass(frozen=True)
@@ -96,13 +96,6 @@ class TokenStep:
         return self.text if self.display is None else self.display
 
 
-_LAYER = re.compile(r"^blocks\.(\d+)\.")
-
-
-def hook_layer(hook_name: str) -> int | None:
-    """The block a hook point belongs to (``blocks.8.hook_resid_pre`` → 8), or None."""
-    m = _LAYER.match(hook_name or "")
-    return int(m.group(1)) if m else None
 
 
 @dataclass(frozen=True, eq=False)

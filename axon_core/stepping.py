@@ -33,6 +33,15 @@ HOOK = re.compile(
 )
 
 
+_LAYER = re.compile(r"^blocks\.(\d+)\.")
+
+
+def hook_layer(hook_name: str) -> int | None:
+    """The block a hook point belongs to (``blocks.8.hook_resid_pre`` → 8), or None."""
+    m = _LAYER.match(hook_name or "")
+    return int(m.group(1)) if m else None
+
+
 @dataclass
 class StepOutput:
     acts: torch.Tensor  # [n_new, *hook_shape]: activation at the hook point

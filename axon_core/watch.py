@@ -32,6 +32,8 @@ from typing import Any, Sequence
 
 import torch
 
+from .stepping import hook_layer
+
 MAX_WATCH = 16
 WatchKey = tuple  # (layer | None, index)
 
@@ -41,14 +43,23 @@ def format_watch(keys: Sequence[WatchKey]) -> str:
     return ",".join(str(int(i)) if la is None else f"{int(la)}:{int(i)}" for la, i in keys)
 
 
+class _Sae:
+    """An SAE and its layer, of a LayerSae or a LoadedPair (anything with ``sae`` and ``hook_name``)."""
+
+    def __init__(self, sae: Any, layer: int | None):
+        self.sae, self.layer = sae, layer
+
+    @classmethod
+    def of(cls, source: Any) -> "_Sae":
+        return cls(source.sae, hook_layer(source.hook_name))
+
+
 def resolve_watch(keys: Sequence[WatchKey], saes: Sequence[Any]) -> tuple[tuple[WatchKey, ...], list[str]]:
     """``keys`` in the run's canonical form (see the module doc), distinct, in order,
     at most :data:`MAX_WATCH`; keys naming a layer the run does not read, or an index
     beyond its SAE's width, are left out with a notice. ``saes``: the run's
     :class:`~axon_core.generation.LayerSae` s (or LoadedPairs), primary first."""
-    from .generation import LayerSae
-
-    saes = [LayerSae.of(s) for s in saes]
+    saes = [_Sae.of(s) for s in saes]
     layered = len(saes) > 1
     by_layer = {s.layer: s for s in saes}
     primary = saes[0].layer
@@ -124,9 +135,7 @@ class Watch:
     columns of its keys, and where each key's value goes in a step's ``watched``."""
 
     def __init__(self, saes: Sequence[Any], keys: Sequence[WatchKey]):
-        from .generation import LayerSae
-
-        self.saes = [LayerSae.of(s) for s in saes]
+        self.saes = [_Sae.of(s) for s in saes]
         self.keys = tuple(keys)
         layered = len(self.saes) > 1
         self._parts: list[tuple[int, list[int], _Columns] | None] = []

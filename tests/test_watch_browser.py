@@ -22,7 +22,7 @@ SHOT = ROOT / "out" / "browser" / "watch.png"
 FEATURE = 7
 FOUND = '[role=grid][aria-label^="Features found"]'
 # every redraw of the text box: the watched sparkline's token count and marked index
-RECORD = """() => { window.__sparks = []; const box = document.querySelector('#axon-text-box');
+RECORD = """() => { window.__sparks = []; const box = document.querySelector('.axon-side');
   new MutationObserver(() => { const s = box.querySelector('.axon-spark');
     if (s) window.__sparks.push([+s.dataset.tokens, +s.dataset.at]); })
     .observe(box, {childList: true, subtree: true}); }"""
@@ -87,7 +87,7 @@ def test_find_pin_watch_scrub_and_link(app, browser):  # noqa: F811
         page.wait_for_function(f"+{SPARK}.dataset.at === {i}")
         assert page.locator(".axon-text .tok.here").get_attribute("data-pos") == str(positions[i])
         SHOT.parent.mkdir(parents=True, exist_ok=True)
-        page.locator("#axon-text-box").screenshot(path=str(SHOT))  # the text, its sparkline, the strip
+        page.locator(".axon-side").screenshot(path=str(SHOT))  # the text, its sparkline, the strip
         # the link carries the watch list, and reopens it
         page.get_by_role("button", name="Copy link").click()
         links = "[...document.querySelectorAll('textarea')].map(t => t.value).filter(v => v.includes('watch='))"
