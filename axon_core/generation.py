@@ -34,7 +34,6 @@ a top_p below ``1e-6`` keeps only the most likely token, as ``1e-6`` does.
 from __future__ import annotations
 
 import contextlib
-import re
 import threading
 import weakref
 from dataclasses import dataclass
