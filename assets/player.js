@@ -372,12 +372,20 @@
         t.div.style.fontSize = n.kind === "name" ? "12px" : "11px";
         t.div.style.background = n.kind === "name" ? "rgba(11,15,25,0.7)" : "transparent";
         t.text = n.text; t.kind = n.kind;
+        t.width = null;  // measured once per text (below)
       }
+      if (t.width === null || t.width === undefined) t.width = t.div.offsetWidth;
       t.div.dataset.name = n.name; t.div.dataset.kind = n.kind;
       t.div.dataset.x = px.toFixed(1); t.div.dataset.y = py.toFixed(1);
       var tx = px + n.ax, ty = py + n.ay;
-      var shift = n.kind === "plane" || n.ax > 0 ? "0" : "-100%";
-      t.div.style.transform = "translate(" + tx.toFixed(1) + "px," + ty.toFixed(1) + "px) translate(" + shift + ",-50%)";
+      // the tag's left edge, kept inside the canvas (a small embed, a phone, a turned camera):
+      // a name never runs off the scene's edge
+      var left = n.kind === "plane" || n.ax > 0 ? tx : tx - t.width;
+      var right = size.l + size.w + (size.r || 0);
+      left = Math.max(2, Math.min(left, right - t.width - 2));
+      ty = Math.max(y0 + 8, Math.min(ty, y0 + h - 8));
+      t.div.style.transform = "translate(" + left.toFixed(1) + "px," + ty.toFixed(1) + "px) translate(0,-50%)";
+      tx = n.ax > 0 ? left : left + t.width;  // where the leader line ends
       if (n.kind === "name") {
         t.line.setAttribute("x1", px.toFixed(1)); t.line.setAttribute("y1", py.toFixed(1));
         t.line.setAttribute("x2", tx.toFixed(1)); t.line.setAttribute("y2", ty.toFixed(1));
