@@ -81,7 +81,7 @@ def steer_unit(services: "Services", run: "RunSession | None", pick: dict | None
         return ev.max_act, f"its typical maximum on Neuronpedia (maxActApprox {ev.max_act:.3g})"
     try:
         sae = _pair(services, pick).sae
-        norm = float(sae.W_dec[pick["index"]].norm())
+        norm = float(sae.W_dec[pick["index"]].detach().norm())
         unit = math.sqrt(sae.W_dec.shape[1]) / norm if norm > 0 else 1.0
     except Exception:  # noqa: BLE001 - the SAE no longer loads (offline, memory): one activation unit
         return 1.0, "1 activation unit (the SAE is not loaded)"
