@@ -76,7 +76,8 @@ def steer_unit(services: "Services", run: "RunSession | None", pick: dict | None
         if key in run.graph and run.graph.node(key).peak > 0:
             peak = float(run.graph.node(key).peak)
             return peak, f"its peak in this run ({peak:.3g})"
-    ev = services.labels.evidence.local(pick["np_id"], pick["index"]) if pick.get("np_id") else Evidence()
+    fetcher = getattr(services.labels, "evidence", None)
+    ev = fetcher.local(pick["np_id"], pick["index"]) if pick.get("np_id") and fetcher else Evidence()
     if ev.max_act:
         return ev.max_act, f"its typical maximum on Neuronpedia (maxActApprox {ev.max_act:.3g})"
     try:
@@ -102,8 +103,9 @@ def evidence_view(services: "Services", pick: dict | None) -> tuple[str, bool]:
         lens, decode = None, str
         parts.append(f'<div class="axon-ev-note">AXON\'s logit lens: {html.escape(str(err)[:200])}</div>')
     np_id = pick.get("np_id")
-    ev = services.labels.evidence.get(np_id, pick["index"]) if np_id else Evidence(missing=())
-    pending = bool(ev.missing) and services.labels.evidence.pending(np_id, pick["index"])
+    fetcher = getattr(services.labels, "evidence", None)  # None: a label service without evidence (offline stand-ins)
+    ev = fetcher.get(np_id, pick["index"]) if np_id and fetcher else Evidence()
+    pending = bool(ev.missing) and fetcher is not None and fetcher.pending(np_id, pick["index"])
     axon = None if lens is None else ([(decode(t), v) for t, v in lens.pos], [(decode(t), v) for t, v in lens.neg])
     parts.append('<div class="axon-ev-lenses">')
     parts.append(_lens_html("Logit lens · AXON (W_dec[f] · W_U through the final norm, from the loaded weights)",
