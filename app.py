@@ -223,7 +223,7 @@ with gr.Blocks(title="AXON", delete_cache=(int(EXPORT_MAX_AGE), int(EXPORT_MAX_A
                        api_visibility="private")
     inspector_outputs = [inspector_head, inspector_plot, neighbours, pushes, text, steer_feature, evidence_box,
                          picked_state, evidence_timer]
-    evidence_timer.tick(HANDLERS.refresh_evidence, picked_state, [evidence_box, evidence_timer],
+    evidence_timer.tick(HANDLERS.refresh_evidence, [picked_state, run_state], [evidence_box, evidence_timer],
                         api_visibility="private", show_progress="hidden")
     table.select(HANDLERS.inspect_from_table, run_state, inspector_outputs, api_visibility="private")
     find_inputs, find_outputs = [run_state, find_box, release, sae_id], [find_table, find_note]

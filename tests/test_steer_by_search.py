@@ -74,8 +74,8 @@ def test_a_never_fired_feature_found_by_search_steers_a_run(pair, fake, tmp_path
         w = pair.sae.W_dec[never].detach()
         unit = typical_max if typical_max is not None else math.sqrt(w.shape[0]) / float(w.norm())
         assert v.steer_feature == never and v.unit[0] == pytest.approx(unit, rel=1e-6)
-        assert "has not fired in this run" in v.head and "strength 1 =" in v.head
-        assert ("maxActApprox 6.5" if typical_max else "√d_model / ‖W_dec[f]‖") in v.head
+        assert "has not fired in this run" in v.head and "Steering strength 1 =" in v.evidence
+        assert ("maxActApprox 6.5" if typical_max else "√d_model / ‖W_dec[f]‖ = ") in v.evidence
         strength = 90.0 / unit  # well inside the steering box's ±100
         box, warning = inspector.add_steer(run, never, strength, "", v.unit)
         assert warning is None
@@ -108,7 +108,7 @@ def test_the_page_handlers_inspect_and_steer_a_found_feature(app_module, pair):
     evt = SimpleNamespace(row_value=[8, 77, "zebra crossings", "no", 0, 0, "cached"])
     head, plot, _, _, _, feature, evidence, pick, timer = handlers.inspect_from_found(None, RELEASE, SAE_ID, evt)
     assert feature == 77 and pick["index"] == 77 and "Logit lens · AXON" in evidence
-    assert "strength 1 =" in head and "&lt;b&gt;" in head
+    assert "Steering strength 1 =" in evidence and "&lt;b&gt;" in head
     unit = steer_unit(handlers.services, None, pick)[0]
     assert handlers.add_steer(None, 77, 2, "", pick) == f"77:{2 * unit:.4g}"
     shown, timer = handlers.refresh_evidence(pick)

@@ -218,9 +218,9 @@ class Handlers:
         return (v.head, plot, v.neighbours, v.pushes, _or_skip(v.text), _or_skip(v.steer_feature), v.evidence,
                 v.picked, gr.Timer(active=v.waiting))
 
-    def refresh_evidence(self, pick):
+    def refresh_evidence(self, pick, run: RunSession | None = None):
         """The evidence timer's tick: the pick's evidence again, the timer on while more is on its way."""
-        shown, waiting = inspector.refresh_evidence(self.services, pick)
+        shown, waiting = inspector.refresh_evidence(self.services, pick, run)
         return _or_skip(shown), gr.Timer(active=waiting)
 
     def inspect_from_table(self, run, evt: gr.SelectData):

@@ -89,11 +89,14 @@ def steer_unit(services: "Services", run: "RunSession | None", pick: dict | None
     return unit, f"no typical maximum known: {DECODER_DEFAULT} = {unit:.3g}"
 
 
-def evidence_view(services: "Services", pick: dict | None) -> tuple[str, bool]:
-    """(the evidence as HTML, whether more is on its way) for a pick."""
+def evidence_view(services: "Services", pick: dict | None, unit: tuple[float, str] | None = None) -> tuple[str, bool]:
+    """(the evidence as HTML, whether more is on its way) for a pick; with ``unit``
+    (:func:`steer_unit`) it first says what one unit of steering strength is."""
     if pick is None:
         return "", False
     parts, pending = [], False
+    if unit is not None:
+        parts.append(f'<div class="axon-ev-steer">Steering strength 1 = {html.escape(unit[1])}</div>')
     try:
         pair = _pair(services, pick)
         sae, hook, model = pair.sae, pair.hook_name, pair.model

@@ -84,10 +84,10 @@ def inspect(services: "Services", run: "RunSession | None", key) -> Inspection:
     # steering acts on the run's primary SAE: a feature of another layer is not put in the steering box
     steerable = info["index"] if not run.layered or info["layer"] == run.primary_layer else None
     pick = picked(services, run, info["index"], info["layer"])
-    evidence, waiting = evidence_view(services, pick)
     unit = steer_unit(services, run, pick)
-    if steerable is not None:
-        head += f"\n\nSteering strength 1 = {html.escape(unit[1])}"
+    if pick is not None:
+        pick["steerable"] = steerable is not None
+    evidence, waiting = evidence_view(services, pick, unit if steerable is not None else None)
     return Inspection(head, pd.DataFrame(info["history"], columns=HISTORY_COLUMNS),
                       pd.DataFrame(info["neighbours"], columns=NEIGHBOUR_COLUMNS).round(3),
                       pd.DataFrame(info["pushes"], columns=PUSH_COLUMNS).round(3),
@@ -111,25 +111,26 @@ def inspect_found(services: "Services", run: "RunSession | None", row, release=N
     if pick is None:
         return empty_inspection("That SAE is not in the catalogue: pick one under *Model and SAE*.")
     label = services.labels.known(pick["np_id"], index) if pick["np_id"] else None
-    evidence, waiting = evidence_view(services, pick)
     unit = steer_unit(services, run, pick)
     steerable = index if run is None or not run.layered or layer == run.primary_layer else None
+    pick["steerable"] = steerable is not None
+    evidence, waiting = evidence_view(services, pick, unit if steerable is not None else None)
     where = f" · layer {layer}" if layer is not None else ""
     head = (f"### {html.escape(safe_text(label or f'Feature {index}'))}\n\nfeature **#{index}**{where} · "
             f"{'has not fired in this run' if run is not None else 'no run yet'}")
     if steerable is not None:
-        head += (f"\n\nIt can still be steered with: *Add to steering* below; strength 1 = "
-                 f"{html.escape(unit[1])}")
+        head += "\n\nIt can still be steered with: *Add to steering* below (its strength unit: under the evidence)."
     return Inspection(head, None, pd.DataFrame(columns=NEIGHBOUR_COLUMNS), pd.DataFrame(columns=PUSH_COLUMNS),
                       None, steerable, evidence, pick, waiting, unit)
 
 
-def refresh_evidence(services: "Services", pick: dict | None) -> tuple[str | None, bool]:
-    """The pick's evidence again (it may have arrived), and whether more is on its way;
-    (None, False) where nothing is picked."""
+def refresh_evidence(services: "Services", pick: dict | None, run: "RunSession | None" = None) -> tuple[str | None, bool]:
+    """The pick's evidence again (it may have arrived, and with it the typical maximum
+    its steering strength counts in), and whether more is on its way; (None, False)
+    where nothing is picked."""
     if not pick:
         return None, False
-    return evidence_view(services, pick)
+    return evidence_view(services, pick, steer_unit(services, run, pick) if pick.get("steerable") else None)
 
 
 def key_of_row(run: "RunSession | None", row) -> int | None:
