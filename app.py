@@ -128,7 +128,9 @@ with gr.Blocks(title="AXON", delete_cache=(int(EXPORT_MAX_AGE), int(EXPORT_MAX_A
         layers = gr.Dropdown(HANDLERS.layer_choices(DEFAULT_RELEASE, DEFAULT_SAE_ID), value=[], multiselect=True,
                              label=f"Layers read at once (up to {LIMITS.max_layers} with the SAE above, one forward; "
                                    "each layer a plane of the graph)")
-        prefetch_btn = gr.Button("Prefetch all labels for this SAE", size="sm")
+        with gr.Row():
+            prefetch_btn = gr.Button("Prefetch all labels for this SAE", size="sm")
+            prefetch_evidence = gr.Checkbox(False, label="with top examples and logit lens (much larger download)")
     with gr.Accordion("Sampling and features", open=False, elem_classes=FULL):
         with gr.Row():
             temperature = gr.Slider(0, 2, value=DEFAULTS.temperature, step=0.05, label="Temperature (0 = greedy)")
@@ -149,13 +151,15 @@ with gr.Blocks(title="AXON", delete_cache=(int(EXPORT_MAX_AGE), int(EXPORT_MAX_A
             find_btn = gr.Button("Find", size="sm", scale=1)
         find_note = gr.Markdown(FIND_HINT)
         find_table = gr.Dataframe(pd.DataFrame(columns=FIND_COLUMNS), interactive=False, max_height=260,
-                                  label="Features found (click one to watch it; one that fired is also inspected)")
+                                  label="Features found (click one to inspect and watch it; one that never fired can be steered)")
         with gr.Row(equal_height=True):
             watch_box = gr.Textbox("", label=WATCH_LABEL, placeholder="e.g. 7124, 88 (or 8:7124 in a run of several layers)",
                                    scale=4, elem_id="axon-watch-box")
             watch_btn = gr.Button("Watch the clicked feature", size="sm", scale=1, elem_id="axon-watch-btn")
             clear_watch_btn = gr.Button("Clear watch list", size="sm", scale=1)
         inspector_head = gr.Markdown(INSPECT_HINT)
+        evidence_box = gr.HTML("", elem_id="axon-evidence")  # examples, logit lens, density (page/evidence.py)
+        inspected_state, evidence_timer = gr.State(None), gr.Timer(1.0, active=False)  # refreshes it until it arrived
         with gr.Row():
             inspector_plot = gr.LinePlot(height=180, label="Activation over the run")
             neighbours = gr.Dataframe(pd.DataFrame(columns=NEIGHBOUR_COLUMNS), label="Strongest co-firing neighbours",
@@ -165,7 +169,8 @@ with gr.Blocks(title="AXON", delete_cache=(int(EXPORT_MAX_AGE), int(EXPORT_MAX_A
         with gr.Row():
             steer_feature = gr.Number(label="Feature to steer", precision=0)
             steer_strength = gr.Slider(-10, 10, value=4, step=0.5,
-                                       label="Strength (× its peak activation in this run)")
+                                       label="Strength (× its peak in this run, else its typical maximum: "
+                                             "the inspector says which)")
             add_steer_btn = gr.Button("Add to steering", size="sm")
         with gr.Row():
             steer_box = gr.Textbox(label="Steering (feature:coefficient, …; coefficients in activation units)",
@@ -228,8 +233,8 @@ with gr.Blocks(title="AXON", delete_cache=(int(EXPORT_MAX_AGE), int(EXPORT_MAX_A
         event.then(HANDLERS.after_run, [run_state, timeline_open], [replay_btn, timeline], api_visibility="private")
     timeline_box.expand(HANDLERS.open_timeline, run_state, [timeline_open, timeline], api_visibility="private")
     timeline_box.collapse(lambda: False, None, timeline_open, api_visibility="private")
-    add_steer_btn.click(HANDLERS.add_steer, [run_state, steer_feature, steer_strength, steer_box], steer_box,
-                        api_visibility="private")
+    add_steer_btn.click(HANDLERS.add_steer, [run_state, steer_feature, steer_strength, steer_box, inspected_state],
+                        steer_box, api_visibility="private")
     clear_steer_btn.click(lambda: "", None, steer_box, api_visibility="private")
     edge_kind.change(HANDLERS.redraw, [run_state, edge_kind], graph, api_visibility="private")
     at_outputs = [graph, text, table, timeline, scrub, notes]
@@ -251,14 +256,19 @@ with gr.Blocks(title="AXON", delete_cache=(int(EXPORT_MAX_AGE), int(EXPORT_MAX_A
                                 concurrency_id="fork", concurrency_limit=4, trigger_mode="always_last")
     causal_btn.click(HANDLERS.causal_for_token, run_state, [graph, edge_kind, causal_table, causal_note],
                      api_visibility="private", concurrency_id="depth", concurrency_limit=2)
-    prefetch_btn.click(HANDLERS.prefetch_labels, [release, sae_id], status, api_visibility="private")
-    inspector_outputs = [inspector_head, inspector_plot, neighbours, pushes, text, steer_feature]
+    prefetch_btn.click(HANDLERS.prefetch_labels, [release, sae_id, prefetch_evidence], status,
+                       api_visibility="private")
+    inspector_outputs = [inspector_head, inspector_plot, neighbours, pushes, text, steer_feature, evidence_box,
+                         inspected_state, evidence_timer]
+    evidence_timer.tick(HANDLERS.refresh_evidence, [inspected_state, run_state], [evidence_box, evidence_timer],
+                        api_visibility="private", show_progress="hidden")
     table.select(HANDLERS.inspect_from_table, run_state, inspector_outputs, api_visibility="private")
     find_inputs, find_outputs = [run_state, find_box, release, sae_id], [find_table, find_note]
     find_btn.click(HANDLERS.find_feature, find_inputs, find_outputs, api_name="find_feature", trigger_mode="always_last")
     find_box.submit(HANDLERS.find_feature, find_inputs, find_outputs, api_visibility="private",
                     trigger_mode="always_last")
-    find_table.select(HANDLERS.inspect_from_found, run_state, inspector_outputs, api_visibility="private")
+    find_table.select(HANDLERS.inspect_from_found, [run_state, release, sae_id], inspector_outputs,
+                      api_visibility="private")
     graph.select(HANDLERS.inspect_from_graph, run_state, inspector_outputs, api_visibility="private")
     # the watch list: a search result is pinned by its click; a table row or graph node by the Watch button
     find_table.select(HANDLERS.watch_from_found, [run_state, watch_box, sae_id], watch_box, api_visibility="private")

@@ -25,7 +25,9 @@ label sharing a word (3+ letters) with the query. ``search_limit`` search
 requests are answered (then a 429 with Neuronpedia's body); ``bodies`` records
 each POST's JSON. ``gate[prefix] = threading.Event()`` holds every answer on
 paths starting with ``prefix`` until the event is set. ``feature_extra[(np_id, index)]`` is merged into that
-feature's ``/api/feature`` answer (activations, logit lens, density).
+feature's ``/api/feature`` answer: ``activations`` (top examples: ``tokens``, ``values``, ``maxValue``,
+``maxValueTokenIndex``), logit lens (``pos_str``/``pos_values``, ``neg_str``/``neg_values``), density
+(``frac_nonzero``), ``maxActApprox`` (see tests/test_evidence.py's ``feature_json``).
 
 Modes (``fake.mode``), applied to every request:
 ``normal``, ``slow`` (sleep ``delay`` s, then answer normally), ``error``
@@ -248,8 +250,12 @@ class FakeNeuronpedia:
                  "authorId": "fake", "scores": []}
                 for d in descs
             ],
+            # the feature row's other fields as Neuronpedia answers them: arrays default to [], density 0 (unknown)
             "activations": [], "maxActApprox": 1.0, "neuron_alignment_indices": [],
             "pos_str": [], "pos_values": [], "neg_str": [], "neg_values": [], "frac_nonzero": 0,
+            "freq_hist_data_bar_heights": [], "freq_hist_data_bar_values": [],
+            "logits_hist_data_bar_heights": [], "logits_hist_data_bar_values": [],
+            "topkCosSimIndices": [], "topkCosSimValues": [], "hasVector": False,
             **self.feature_extra.get((np_id, index), {}),
         }
 

@@ -451,7 +451,7 @@ def test_share_link_runs_by_itself_and_reproduces(app, browser):
 # ---- 8-10: steering end to end, a steered share link, a token click rings its features ----------
 
 STEER_QUERY = {"prompt": "The letter said that", "max_tokens": 12, "seed": 3, "autorun": 1}
-STRENGTH = "Strength (× its peak activation in this run)"
+STRENGTH = "Strength (× its peak in this run, else its typical maximum: the inspector says which)"
 STEERING = "Steering (feature:coefficient, …; coefficients in activation units)"
 ACTIVE = "document.querySelector('.axon-graph')._fullData.find(t => t.name === 'active').customdata"
 DRAWN = "document.querySelector('.axon-graph')._fullData.find(t => t.name === 'features').customdata"

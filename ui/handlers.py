@@ -24,6 +24,7 @@ import time
 import gradio as gr
 
 from axon_core.page import causal, downloads, find, fork, inspector, links, picker, view, watchlist
+from axon_core.page.evidence import steer_unit
 from axon_core.page.run import Frame, Notice, Scrub, run_frames
 from axon_core.page.sessions import SessionRuns
 from axon_core.page.status import status_line
@@ -230,17 +231,28 @@ class Handlers:
             gr.Warning(warning)
         return line
 
-    def prefetch_labels(self, release, sae_id, progress=gr.Progress()):
-        return picker.prefetch_labels(self.services, release, sae_id, progress=lambda done, total: progress(
-            (done / total) if total else 0.0, desc=f"labels: batch {done}"))
+    def prefetch_labels(self, release, sae_id, evidence=False, progress=gr.Progress()):
+        return picker.prefetch_labels(self.services, release, sae_id, evidence=bool(evidence),
+                                      progress=lambda done, total, what="labels": progress(
+                                          (done / total) if total else 0.0, desc=f"{what}: batch {done}"))
 
     # ---- inspector, steering, moving through the run
 
     def inspect(self, run: RunSession | None, key):
-        """Inspector head, activation plot, neighbours, pushes, text, feature to steer."""
-        v = inspector.inspect(self.services, run, key)
+        """Inspector head, activation plot, neighbours, pushes, text, feature to steer,
+        evidence, the pick (state) and the evidence timer (ticking while it is on its way)."""
+        return self._inspection(inspector.inspect(self.services, run, key))
+
+    @staticmethod
+    def _inspection(v: inspector.Inspection):
         plot = None if v.history is None else gr.LinePlot(v.history, x="position", y="activation", height=180)
-        return v.head, plot, v.neighbours, v.pushes, _or_skip(v.text), _or_skip(v.steer_feature)
+        return (v.head, plot, v.neighbours, v.pushes, _or_skip(v.text), _or_skip(v.steer_feature), v.evidence,
+                v.picked, gr.Timer(active=v.waiting))
+
+    def refresh_evidence(self, pick, run: RunSession | None = None):
+        """The evidence timer's tick: the pick's evidence again, the timer on while more is on its way."""
+        shown, waiting = inspector.refresh_evidence(self.services, pick, run)
+        return _or_skip(shown), gr.Timer(active=waiting)
 
     def inspect_from_table(self, run, evt: gr.SelectData):
         return self.inspect(run, inspector.key_of_row(run, getattr(evt, "row_value", None)))
@@ -260,11 +272,11 @@ class Handlers:
             if not found.waiting:
                 yield find.table(found), html.escape(found.note)
 
-    def inspect_from_found(self, run, evt: gr.SelectData):
-        key = find.key_of_found(run, getattr(evt, "row_value", None))
-        if key is None:  # not fired in this run: nothing to inspect (the click pins it: watch_from_found)
-            return [gr.skip()] * 6
-        return self.inspect(run, key)
+    def inspect_from_found(self, run, release, sae_id, evt: gr.SelectData):
+        """A search result in the inspector, fired or not (a feature that never fired can be steered with)."""
+        return self._inspection(inspector.inspect_found(self.services, run, getattr(evt, "row_value", None),
+                                                        release, sae_id))
+
 
     # ---- the watch list
 
@@ -297,8 +309,16 @@ class Handlers:
             notify(note)
         return text
 
-    def add_steer(self, run: RunSession | None, feature, strength, current):
-        text, warning = inspector.add_steer(run, feature, strength, current)
+    def add_steer(self, run: RunSession | None, feature, strength, current, pick=None):
+        """The steering box with the feature added; strength in units of the inspected
+        feature's :func:`~axon_core.page.evidence.steer_unit` (the inspector says which)."""
+        unit = None
+        try:
+            if pick and feature is not None and int(feature) == pick["index"]:
+                unit = steer_unit(self.services, run, pick)
+        except (TypeError, ValueError, KeyError):
+            unit = None
+        text, warning = inspector.add_steer(run, feature, strength, current, unit)
         if warning:
             gr.Warning(warning)
         return text

@@ -14,11 +14,12 @@ Worked example::
     svc.label(None, 7)                            # 'Feature 7' (SAE not on Neuronpedia)
     svc.status()["message"]                       # None, or 'Neuronpedia unreachable (...)'
     svc.prefetch("gpt2-small/8-res-jb")           # bulk download, resumable -> 24576
+    svc.evidence.get("gpt2-small/8-res-jb", 4821) # top examples, logit lens: what is local (the rest is fetched)
     svc.close()
 
 Command line (interrupt with Ctrl-C, run again to resume)::
 
-    python -m axon_core.labels prefetch gpt2-small/8-res-jb [--cache PATH]
+    python -m axon_core.labels prefetch gpt2-small/8-res-jb [--cache PATH] [--evidence]
     python -m axon_core.labels get gpt2-small/8-res-jb 4821
 
 Sources: ``GET {base}/api/feature/{modelId}/{sourceId}/{index}`` (first
@@ -41,6 +42,8 @@ The package, one concern a module, in the order a label travels:
 | ``client.py`` | Neuronpedia's HTTP API and its bulk dataset: one feature, one batch, how many batches |
 | ``store.py`` | the SQLite disk cache: readers, one writer, a corrupt file moved aside, memory only where unwritable |
 | ``prefetch.py`` | the bulk download: every batch once, resumable |
+| ``evidence.py`` | a feature's evidence (top examples, logit lens, density, typical maximum) as plain values |
+| ``evidence_fetch.py`` | :class:`EvidenceService` (``svc.evidence``): evidence local at once, fetched in the background, bulk folders |
 | ``service.py`` | :class:`LabelService`: memory cache, background workers, back-off, rate cap, 429 pauses |
 | ``__main__.py`` | the command line above |
 | ``text.py`` | the fallback label and :func:`safe_text` |

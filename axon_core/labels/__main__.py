@@ -3,8 +3,9 @@
 Worked example::
 
     python -m axon_core.labels prefetch gpt2-small/8-res-jb        # Ctrl-C, run again to resume
-    # gpt2-small/8-res-jb [##############################] batch 24/24
+    # gpt2-small/8-res-jb explanations [##############################] batch 24/24
     # 24576 labels stored in ~/.cache/axon/labels.sqlite
+    python -m axon_core.labels prefetch gpt2-small/8-res-jb --evidence   # also examples and logit lens
     python -m axon_core.labels get gpt2-small/8-res-jb 4821 --cache /tmp/labels.sqlite
     # European capitals
 """
@@ -26,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     pf = sub.add_parser("prefetch", help="bulk-download all labels of an SAE (resumable)")
     pf.add_argument("np_id", help="Neuronpedia id, e.g. gpt2-small/8-res-jb")
     pf.add_argument("--retries", type=int, default=3)
+    pf.add_argument("--evidence", action="store_true",
+                    help="also the top examples, logit lens and density (the features/ and activations/ folders)")
     get = sub.add_parser("get", help="print one feature's label (blocking)")
     get.add_argument("np_id")
     get.add_argument("index", type=int)
@@ -45,15 +48,20 @@ def main(argv: list[str] | None = None) -> int:
             print(label if label is not None else "(no label)")
             return 0
 
-        def show(done: int, total: int | None) -> None:
+        def show(done: int, total: int | None, folder: str = "explanations") -> None:
             if total:
                 bar = "#" * (30 * done // total)
-                print(f"\r{args.np_id} [{bar:<30}] batch {done}/{total}", end="", file=sys.stderr, flush=True)
+                print(f"\r{args.np_id} {folder} [{bar:<30}] batch {done}/{total}", end="", file=sys.stderr, flush=True)
             else:
-                print(f"\r{args.np_id} batch {done}/?", end="", file=sys.stderr, flush=True)
+                print(f"\r{args.np_id} {folder} batch {done}/?", end="", file=sys.stderr, flush=True)
 
         try:
             n = svc.prefetch(args.np_id, show, retries=args.retries)
+            if args.evidence:
+                print(file=sys.stderr)
+                got = svc.evidence.prefetch(args.np_id, lambda f, d, t: show(d, t, f), retries=args.retries)
+                print(f"\nevidence stored: {got['features']} logit-lens rows, {got['activations']} features' "
+                      "examples", end="", file=sys.stderr)
         except KeyboardInterrupt:
             print("\ninterrupted; run the same command again to resume", file=sys.stderr)
             return 130

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import email.utils
 import gzip
+import io
 import json
 import os
 import re
@@ -111,9 +112,8 @@ def _retry_after(value: str | None, default: float = 60.0) -> float:
     return min(max(seconds, 1.0), 3600.0)
 
 
-def _parse_feature(body: bytes) -> str | None:
-    """The best explanation of a ``/api/feature`` response, None if it has none."""
-    data = json.loads(body)
+def _parse_feature(data) -> str | None:
+    """The best explanation of a ``/api/feature`` answer (parsed JSON), None if it has none."""
     if not isinstance(data, dict) or not isinstance(data.get("explanations"), list):
         raise ValueError("response has no 'explanations' list")
     for exp in data["explanations"]:
@@ -163,6 +163,19 @@ def _parse_batch(raw: bytes, source_id: str) -> dict[int, str]:
     return out
 
 
+def iter_rows(raw: bytes):
+    """The JSON objects of a (gzipped) JSON-lines file, read line by line; others skipped."""
+    stream = gzip.GzipFile(fileobj=io.BytesIO(raw)) if raw[:2] == b"\x1f\x8b" else io.BytesIO(raw)
+    for line in stream:
+        if line.strip():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict):
+                yield row
+
+
 def _quote(segment: str) -> str:
     return urllib.parse.quote(segment, safe="")
 
@@ -186,6 +199,13 @@ class NeuronpediaClient:
 
     def fetch_feature(self, np_id: str, index: int) -> str | None:
         """One feature's label; None where Neuronpedia has none (or no such feature)."""
+        record = self.fetch_record(np_id, index)
+        return None if record is None else _parse_feature(record)
+
+    def fetch_record(self, np_id: str, index: int) -> dict | None:
+        """One feature's whole ``/api/feature`` answer (labels, examples, logit lens,
+        density); None where there is no such feature. Raises :class:`RateLimited`
+        on a 429, :class:`LabelFetchError` (or ValueError: not JSON) otherwise."""
         model_id, source_id = split_np_id(np_id)
         url = f"{self.base_url}/api/feature/{_quote(model_id)}/{_quote(source_id)}/{index}"
         headers = {"Accept": "application/json"}
@@ -193,7 +213,10 @@ class NeuronpediaClient:
             headers["x-api-key"] = self.api_key
         status, body, resp_headers = _read(self.http, "GET", url, headers=headers)
         if status == 200:
-            return _parse_feature(body)
+            data = json.loads(body)
+            if not isinstance(data, dict):
+                raise ValueError("the feature answer is not a JSON object")
+            return data
         if status == 404:
             return None
         if status == 429:
@@ -221,8 +244,24 @@ class NeuronpediaClient:
         """Batch ``batch`` of ``np_id``'s explanations (index → label), tried
         ``retries + 1`` times; None where there is no such batch (403/404: past the last).
         Raises :class:`PrefetchError` when every try failed."""
+        return self._download(np_id, "explanations", batch, retries, timeout,
+                              lambda body: _parse_batch(body, split_np_id(np_id)[1]))
+
+    def download_rows(self, np_id: str, folder: str, batch: int, retries: int = 0,
+                      timeout: float = 60.0, keep=None) -> list | None:
+        """Batch ``batch`` of another bulk folder (``features``, ``activations``):
+        its JSON-lines records as dicts (each through ``keep`` where given, and
+        dropped where that returns None: a big batch is never held whole),
+        malformed lines skipped; None past the last."""
+        def parse(body: bytes) -> list:
+            rows = iter_rows(body) if keep is None else (keep(r) for r in iter_rows(body))
+            return [r for r in rows if r is not None]
+
+        return self._download(np_id, folder, batch, retries, timeout, parse)
+
+    def _download(self, np_id: str, folder: str, batch: int, retries: int, timeout: float, parse):
         model_id, source_id = split_np_id(np_id)
-        url = f"{self.datasets_url}/v1/{_quote(model_id)}/{_quote(source_id)}/explanations/batch-{batch}.jsonl.gz"
+        url = f"{self.datasets_url}/v1/{_quote(model_id)}/{_quote(source_id)}/{folder}/batch-{batch}.jsonl.gz"
         err: Exception | None = None
         for attempt in range(retries + 1):
             if attempt:
@@ -233,14 +272,14 @@ class NeuronpediaClient:
                     return None
                 if status != 200:
                     raise LabelFetchError(f"HTTP {status}")
-                return _parse_batch(body, source_id)
+                return parse(body)
             except (OSError, EOFError, ValueError, LabelFetchError) as e:  # network, gzip, JSON
                 err = e
         raise PrefetchError(f"{url}: {type(err).__name__}: {err}") from err
 
-    def count_batches(self, np_id: str) -> int | None:
-        """Number of batch files, from an S3 ListObjectsV2 call; None if unlistable."""
-        prefix = f"v1/{np_id}/explanations/"
+    def count_batches(self, np_id: str, folder: str = "explanations") -> int | None:
+        """Number of batch files of a bulk folder, from an S3 ListObjectsV2 call; None if unlistable."""
+        prefix = f"v1/{np_id}/{folder}/"
         url = f"{self.datasets_url}/?list-type=2&prefix={urllib.parse.quote(prefix)}"
         try:
             status, body, _ = _read(self.http, "GET", url)

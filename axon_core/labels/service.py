@@ -39,6 +39,7 @@ import cachetools
 
 from ..paths import cache_dir
 from .client import NeuronpediaClient, RateLimited
+from .evidence_fetch import EvidenceService
 from .prefetch import Progress, prefetch_all
 from .search import SemanticSearch, fts_queries, query_words
 from .store import LabelStore
@@ -191,6 +192,9 @@ class LabelService:
             cache_path = env("AXON_LABEL_CACHE") or cache_dir() / "labels.sqlite"
         self.store = LabelStore(Path(cache_path))
         self.semantic = SemanticSearch(self.client)  # Neuronpedia's search by meaning, in the background
+        # examples, logit lens, density of a picked feature, beside the labels (same store, same rate cap)
+        self.evidence = EvidenceService(self.client, self.store, enabled=enabled, reserve=self._bucket.reserve,
+                                        clock=clock)
         if enabled:  # started here so that label() never pays for a thread start
             for n in range(self.max_workers):
                 t = threading.Thread(target=self._worker, name=f"axon-labels-{n}", daemon=True)
@@ -390,6 +394,7 @@ class LabelService:
             self._work.notify_all()
         self._stop.set()
         self.semantic.close()
+        self.evidence.close()
         self.store.close()
         self.client.close()
 

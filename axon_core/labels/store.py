@@ -44,6 +44,12 @@ CREATE TABLE IF NOT EXISTS prefetch_batches (
     np_id TEXT NOT NULL, batch INTEGER NOT NULL, n_labels INTEGER NOT NULL, done_at REAL NOT NULL,
     PRIMARY KEY (np_id, batch));
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS evidence (  -- a feature's examples / logit lens (labels/evidence.py), JSON per part
+    np_id TEXT NOT NULL, idx INTEGER NOT NULL, part TEXT NOT NULL, data TEXT NOT NULL, fetched_at REAL NOT NULL,
+    PRIMARY KEY (np_id, idx, part)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS evidence_batches (
+    np_id TEXT NOT NULL, folder TEXT NOT NULL, batch INTEGER NOT NULL, n_rows INTEGER NOT NULL, done_at REAL NOT NULL,
+    PRIMARY KEY (np_id, folder, batch));
 """
 # Full-text search over the labels (FTS5): one row per label, its rowid (source id << 32) + index,
 # kept in step with ``labels`` by triggers, so every writer (the app, the command line) indexes.
@@ -316,6 +322,55 @@ class LabelStore:
             return changed
         finally:
             con.close()
+
+    # ---- evidence (examples, logit lens): labels/evidence.py's parts, beside the labels
+
+    def read_evidence(self, np_id: str, index: int) -> dict[str, str]:
+        """part → JSON of what is stored for one feature ({} where nothing is)."""
+        with self._reader() as con:
+            if con is None:
+                return {}
+            try:
+                return dict(con.execute("SELECT part, data FROM evidence WHERE np_id = ? AND idx = ?",
+                                        (np_id, int(index))).fetchall())
+            except sqlite3.Error as e:
+                log.debug("evidence read failed: %s", e)
+                return {}
+
+    def write_evidence(self, rows: list[tuple[str, int, str, str, float]]) -> None:
+        """Store (np_id, index, part, JSON, unix time) rows, replacing, one transaction."""
+        with self._write_lock:
+            if self._writer is None:
+                return
+            try:
+                with _transaction(self._writer):
+                    self._writer.executemany("INSERT OR REPLACE INTO evidence VALUES (?, ?, ?, ?, ?)", rows)
+            except sqlite3.Error as e:
+                self.message = f"label cache write failed: {e}"
+                log.warning(self.message)
+
+    def store_evidence_batch(self, np_id: str, folder: str, batch: int,
+                             rows: list[tuple[str, int, str, str, float]]) -> int:
+        """One bulk batch of evidence and its "done" mark, one transaction (own connection); rows stored."""
+        if self.path is None:
+            return 0
+        con = _connect(self.path)
+        try:
+            with _transaction(con):
+                con.executemany("INSERT OR REPLACE INTO evidence VALUES (?, ?, ?, ?, ?)", rows)
+                con.execute("INSERT OR REPLACE INTO evidence_batches VALUES (?, ?, ?, ?, ?)",
+                            (np_id, folder, batch, len(rows), time.time()))
+            return len(rows)
+        finally:
+            con.close()
+
+    def done_evidence_batches(self, np_id: str, folder: str) -> set[int]:
+        """The bulk batches of ``np_id``'s ``folder`` (features, activations) already stored."""
+        with self._reader() as con:
+            if con is None:
+                return set()
+            return {r[0] for r in con.execute("SELECT batch FROM evidence_batches WHERE np_id = ? AND folder = ?",
+                                              (np_id, folder))}
 
     def close(self) -> None:
         with self._lock:

@@ -61,9 +61,11 @@ def load_choice(services: "Services", release, sae_id,
 
 
 def prefetch_labels(services: "Services", release, sae_id,
-                    progress: Callable[[int, int], Any] | None = None) -> str:
-    """Download every label of a pick's SAE from Neuronpedia (resumable); the
-    status line says how many. ``progress(done, total)`` per batch."""
+                    progress: Callable[..., Any] | None = None, evidence: bool = False) -> str:
+    """Download every label of a pick's SAE from Neuronpedia (resumable), and with
+    ``evidence`` its top examples, logit lens and density too; the status line
+    says how many. ``progress(done, total)`` per batch (``progress(done, total,
+    folder)`` for the evidence folders)."""
     try:
         np_id = services.catalogue.choice(release, sae_id).neuronpedia_id
     except KeyError as err:
@@ -74,4 +76,12 @@ def prefetch_labels(services: "Services", release, sae_id,
         n = services.labels.prefetch(np_id, progress=progress)
     except Exception as err:  # noqa: BLE001
         return status_line(services, extra=f"Label prefetch failed: {type(err).__name__}: {str(err)[:120]}")
-    return status_line(services, extra=f"{n:,} labels cached for {np_id}")
+    if not evidence:
+        return status_line(services, extra=f"{n:,} labels cached for {np_id}")
+    try:
+        got = services.labels.evidence.prefetch(np_id, (lambda f, d, t: progress(d, t, f)) if progress else None)
+    except Exception as err:  # noqa: BLE001
+        return status_line(services, extra=f"{n:,} labels cached for {np_id}; evidence prefetch stopped "
+                                           f"(run it again to resume): {type(err).__name__}: {str(err)[:120]}")
+    return status_line(services, extra=f"{n:,} labels cached for {np_id}, with {got['features']:,} logit lenses "
+                                       f"and {got['activations']:,} features' examples")
