@@ -22,8 +22,8 @@ import pytest
 import torch
 
 from app_server import AppServer
-from axon_core.features import equal_up_to_ties
 from neuronpedia_fake import FakeNeuronpedia
+from reference import Reference, check_steps, rows_of_json
 
 import gradio_client  # a dependency of gradio itself: never skipped
 Client = gradio_client.Client
@@ -529,34 +529,16 @@ def test_streamed_numbers_match_plain_transformerlens_and_saelens(app, client, p
     assert (run["meta"]["release"], run["meta"]["sae_id"]) == (pair.choice.release, pair.choice.sae_id)
     tokens = torch.tensor([model.tokenizer.bos_token_id] + [t["token_id"] for t in run["tokens"]])
     assert model.to_string(tokens[1:6]) == "The capital of France is"
-    with torch.inference_mode():
-        _, cache = model.run_with_cache(tokens[None])
-        acts = sae.encode(cache[sae.cfg.metadata.hook_name][0])
-    scale = cache["ln_final.hook_scale"][0, :, 0]
-    w_dec, w_u = sae.W_dec.detach(), model.W_U.detach()
-    checked = 0
-    for t in run["tokens"]:
-        p = t["position"]
-        vals, idx = acts[p].topk(k)
-        expect = [(int(i), float(v)) for i, v in zip(idx, vals) if v > threshold]
-        got = [(f["index"], f["activation"]) for f in t["features"]]
-        assert equal_up_to_ties(got, expect, 1e-4), p  # tied activations in either order
-        nxt = t["next_token_id"]
-        assert nxt == (int(tokens[p + 1]) if p + 1 < len(tokens) else None)
-        for f in t["features"]:
-            if nxt is None:
-                assert f["attribution"] is None
-                continue
-            d = w_dec[f["index"]] - w_dec[f["index"]].mean()
-            direct = float(acts[p, f["index"]] * (d / scale[p]) @ w_u[:, nxt])
-            assert abs(f["attribution"] - direct) <= 1e-4
-            checked += 1
-    assert checked > 50
+    ref = Reference.run(model, tokens, {None: (sae.cfg.metadata.hook_name, sae)})
+    counts = check_steps(ref, rows_of_json(run), k, threshold)
+    assert run["tokens"][-1]["next_token_id"] is None
+    assert counts["attributed"] > 50 and counts["largest"] > 1e-2
 
 
-def test_a_run_of_several_layers_reads_them_all_and_changes_nothing_else(client):
+def test_a_run_of_several_layers_reads_them_all_and_changes_nothing_else(client, pairs):
     """layers=[2, 5, 11] with the block-8 SAE: one run reads four SAEs; the
-    tokens and the block-8 features are exactly those of the run of one SAE."""
+    tokens and the block-8 features are exactly those of the run of one SAE,
+    and every layer's features and attributions are those of tests/reference.py."""
     over = dict(prompt="The capital of France is", seed=4, max_tokens=6, temperature=1.0, top_k=0, top_p=1.0,
                 repetition_penalty=1.0, feature_k=6, threshold=0.1)
     one = call(client, **over)[RUN]
@@ -571,6 +553,13 @@ def test_a_run_of_several_layers_reads_them_all_and_changes_nothing_else(client)
         assert [i for i, _ in primary] == [f["index"] for f in a["features"]]
         assert all(abs(x - f["activation"]) <= 1e-4 for (_, x), f in zip(primary, a["features"]))
     assert {f["layer"] for t in deep["tokens"] for f in t["features"]} == {2, 5, 8, 11}
+    layer_pairs = {layer: pairs.get("gpt2-small-res-jb", f"blocks.{layer}.hook_resid_pre") for layer in (8, 2, 5, 11)}
+    model = layer_pairs[8].model
+    tokens = [model.tokenizer.bos_token_id] + [t["token_id"] for t in deep["tokens"]]
+    ref = Reference.run(model, tokens, {layer: (p.hook_name, p.sae) for layer, p in layer_pairs.items()})
+    counts = check_steps(ref, rows_of_json(deep), over["feature_k"], over["threshold"])
+    assert all(n > len(deep["tokens"]) for n in counts["features"].values()), counts
+    assert counts["attributed"] > 4 * (len(deep["tokens"]) - 1) and counts["largest"] > 1e-2
     assert any(k.startswith("2:") for k in deep["labels"])  # labels keyed by layer
     table = out[2]
     assert table["headers"][:2] == ["feature", "layer"] and {row[1] for row in table["data"]} <= {2, 5, 8, 11}

@@ -16,10 +16,10 @@ import pytest
 import torch
 
 from axon_core.architectures import FamilyStepper, FamilyWeights
-from axon_core.features import equal_up_to_ties
 from axon_core.generation import GenerationSettings, generate
 from axon_core.residuals import FastStepper, TransformerLensStepper, make_stepper
 from axon_core.steering import steering_edit
+from reference import Reference, check_steps, rows_of_steps
 
 PROMPT = "The capital of France is"
 SETTINGS = GenerationSettings(max_new_tokens=12, temperature=1.0, top_k=0, top_p=1.0,
@@ -49,16 +49,19 @@ HOOKS = ["blocks.4.hook_resid_pre", "blocks.2.hook_resid_mid", "blocks.3.hook_re
          "blocks.2.hook_attn_out", "blocks.5.hook_mlp_out", "blocks.1.attn.hook_z"]
 
 
-def small_model(family: str, processed: bool = False, seed: int = 0):
-    """A random model with ``family``'s flags; norms and biases perturbed so each one matters."""
+def small_model(family: str, processed: bool = False, seed: int = 0, tokenizer=None):
+    """A random model with ``family``'s flags; norms and biases perturbed so each one matters.
+    With ``tokenizer``, its vocabulary is the tokenizer's (so a prompt can be generated from)."""
     import warnings
 
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
     torch.manual_seed(seed)
+    over = {} if tokenizer is None else {"d_vocab": len(tokenizer)}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = HookedTransformer(HookedTransformerConfig(**_COMMON, **FLAGS[family])).eval()
+        cfg = HookedTransformerConfig(**{**_COMMON, **over}, **FLAGS[family])
+        model = HookedTransformer(cfg, tokenizer=tokenizer).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith((".w", ".b")) or ".b_" in name:
@@ -146,26 +149,21 @@ def test_stepper_refuses_to_overflow_context():
 
 def _check_run(pair, steps, prepend_bos, edit_hook=None):
     """The streamed features equal ``sae.encode`` of a full ``run_with_cache`` (with the
-    same edit hooked in, if any), at prompt and generated positions; returns the encoded rows."""
+    same edit hooked in, if any), at prompt and generated positions, and each one's
+    attribution is tests/reference.py's (``cache.logit_attrs``, or the model's own
+    final norm frozen at the cached scale where its weight is not folded); returns
+    the encoded rows and the cache."""
     model, sae = pair.model, pair.sae
     bos = [model.tokenizer.bos_token_id] if prepend_bos else []
-    tokens = torch.tensor(bos + [s.token_id for s in steps])
-    with torch.inference_mode():
-        hooks = [(pair.hook_name, edit_hook)] if edit_hook else []
-        with model.hooks(fwd_hooks=hooks):
-            _, cache = model.run_with_cache(tokens[None])
-        encoded = sae.encode(cache[pair.hook_name][0])
+    tokens = bos + [s.token_id for s in steps]
+    hooks = [(pair.hook_name, edit_hook)] if edit_hook else []
+    ref = Reference.run(model, tokens, {None: (pair.hook_name, sae)}, fwd_hooks=hooks)
     assert [s.position for s in steps] == list(range(len(bos), len(tokens)))
-    n_active = 0
-    for step in steps:
-        vals, idx = encoded[step.position].topk(SETTINGS.feature_k)
-        expect = [(int(i), float(v)) for i, v in zip(idx, vals) if v > SETTINGS.activation_threshold]
-        got = [(f.index, f.activation) for f in step.features]
-        assert equal_up_to_ties(got, expect, 1e-4), step.position  # tied activations in either order
-        n_active += len(got)
-    assert n_active > 3 * len(steps)  # the fixture's SAE fires like a real one
+    counts = check_steps(ref, rows_of_steps(steps), SETTINGS.feature_k, SETTINGS.activation_threshold)
+    assert counts["features"][None] > 3 * len(steps)  # the fixture's SAE fires like a real one
+    assert counts["attributed"] > 3 * (len(steps) - 1) and counts["largest"] > 1e-2  # attributions not all ~0
     assert sum(not s.is_prompt for s in steps) == SETTINGS.max_new_tokens
-    return encoded, cache
+    return ref.acts[None], ref.cache
 
 
 @pytest.fixture(scope="module")
@@ -203,6 +201,49 @@ def test_pythia_steering_adds_exactly_the_decoder_direction(pythia_pair):
         _, plain_cache = pair.model.run_with_cache(tokens[None])
     delta = cache[pair.hook_name][0] - plain_cache[pair.hook_name][0]
     assert torch.allclose(delta, (coef * direction).expand_as(delta), atol=1e-4)
+
+
+def _random_sae(model, hook: str, prepend_bos: bool, d_sae: int = 512, seed: int = 0):
+    """A random StandardSAE on ``hook`` of ``model``, its biases set so that about
+    one feature in twenty fires on the model's residuals there."""
+    from sae_lens.saes.sae import SAEMetadata
+    from sae_lens.saes.standard_sae import StandardSAE, StandardSAEConfig
+
+    d = model.cfg.d_model
+    meta = SAEMetadata(hook_name=hook, prepend_bos=prepend_bos, model_name="small")
+    sae = StandardSAE(StandardSAEConfig(d_in=d, d_sae=d_sae, apply_b_dec_to_input=False, metadata=meta))
+    gen = torch.Generator().manual_seed(seed)
+    probe = torch.randint(0, model.cfg.d_vocab, (1, 32), generator=gen)
+    with torch.inference_mode():
+        _, cache = model.run_with_cache(probe, names_filter=hook)
+    resid = cache[hook][0]
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.randn(d, d_sae, generator=gen) / resid.norm(dim=-1).mean())
+        sae.W_dec.copy_(torch.randn(d_sae, d, generator=gen) / d**0.5)
+        sae.b_enc.copy_(-(resid @ sae.W_enc).quantile(0.95, dim=0) + 0.2)
+    return sae.eval()
+
+
+@pytest.mark.parametrize("family", ["pythia", "gemma3"])
+def test_unfolded_final_norm_attributions_match_the_reference(family, pythia_pair):
+    """Where the final norm keeps its weight (``normalization_type`` "LN" / "RMS": a
+    model not folded by from_pretrained), the attribution goes through it
+    (``ln_weight``; LayerNorm centres, RMSNorm does not): against the model's own
+    ``ln_final`` frozen at the cached scale (tests/reference.py), on Pythia's and
+    Gemma 3's flags, every position."""
+    from axon_core.loading import LoadedPair
+    from axon_core.residuals import fast_weights_for
+
+    model = small_model(family, tokenizer=pythia_pair.model.tokenizer)
+    assert model.cfg.normalization_type == {"pythia": "LN", "gemma3": "RMS"}[family]
+    assert (model.ln_final.w - 1).abs().max() > 0.1  # a weight that matters (small_model perturbs it)
+    hook = "blocks.3.hook_resid_post"
+    prepend_bos = family == "gemma3"
+    pair = LoadedPair(model, _random_sae(model, hook, prepend_bos), pythia_pair.choice, hook, "cpu",
+                      fast_weights_for(model))
+    assert isinstance(pair.fast_weights, FamilyWeights)
+    steps = list(generate(pair, PROMPT, SETTINGS))
+    _check_run(pair, steps, prepend_bos=prepend_bos)
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,8 @@ import dataclasses
 import pytest
 import torch
 
-from axon_core.features import equal_up_to_ties
 from axon_core.generation import GenerationSettings, PromptError, generate
+from reference import Reference, check_steps, rows_of_steps
 
 PROMPT = "The capital of France is"
 SETTINGS = GenerationSettings(max_new_tokens=12, temperature=1.0, top_k=0, top_p=1.0,
@@ -21,36 +21,20 @@ def test_real_gpt2_tokenization(pair):
 
 
 def test_steps_reproduce_full_forward_features_and_attributions(pair):
+    """Features and attributions of every position against tests/reference.py:
+    one plain run_with_cache, sae.encode, and cache.logit_attrs of each feature's
+    decoder contribution to the token that follows."""
     steps = list(generate(pair, PROMPT, SETTINGS))
     prompt_steps = [s for s in steps if s.is_prompt]
     assert [s.text for s in prompt_steps] == ["The", " capital", " of", " France", " is"]
     assert len(steps) == 5 + SETTINGS.max_new_tokens
     assert [s.position for s in steps] == list(range(1, 1 + len(steps)))
-    tokens = torch.tensor([50256] + [s.token_id for s in steps])
-    with torch.inference_mode():
-        _, cache = pair.model.run_with_cache(tokens[None])
-        encoded = pair.sae.encode(cache[pair.hook_name][0])
-    scale = cache["ln_final.hook_scale"][0, :, 0]
-    w_dec, w_u = pair.sae.W_dec.detach(), pair.model.W_U.detach()
-    n_active = 0
-    for step in steps:
-        p = step.position
-        ref = encoded[p]
-        vals, idx = ref.topk(SETTINGS.feature_k)
-        expect = [(int(i), float(v)) for i, v in zip(idx, vals) if v > SETTINGS.activation_threshold]
-        got = [(f.index, f.activation) for f in step.features]
-        assert equal_up_to_ties(got, expect, 1e-4)  # tied activations in either order
-        n_active += len(got)
-        if p + 1 < len(tokens):
-            assert step.next_token_id == int(tokens[p + 1])
-            for f in step.features:
-                d = w_dec[f.index] - w_dec[f.index].mean()
-                direct = ref[f.index] * (d / scale[p]) @ w_u[:, step.next_token_id]
-                assert f.attribution == pytest.approx(float(direct), abs=1e-4)
-        else:
-            assert step.next_token_id is None
-            assert all(f.attribution is None for f in step.features)
-    assert n_active > 3 * len(steps)  # the fixture's SAE fires like a real one
+    tokens = [50256] + [s.token_id for s in steps]
+    ref = Reference.run(pair.model, tokens, {None: (pair.hook_name, pair.sae)})
+    counts = check_steps(ref, rows_of_steps(steps), SETTINGS.feature_k, SETTINGS.activation_threshold)
+    assert steps[-1].next_token_id is None and all(f.attribution is None for f in steps[-1].features)
+    assert counts["features"][None] > 3 * len(steps)  # the fixture's SAE fires like a real one
+    assert counts["attributed"] > 3 * (len(steps) - 1) and counts["largest"] > 1e-2  # not all ~0
 
 
 def test_same_seed_same_run_and_other_seed_differs(pair):
