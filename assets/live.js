@@ -32,6 +32,7 @@ function makePlayer(opts) {
     counts.caughtUp = offset === (latest || "").length && !p._pending && !p._again && !p._held;
     bindClicks();
   };
+  opts.onHeld = (p) => { counts.held = p.stats.held; counts.caughtUp = false; };
   return new window.AxonPlayer(div, opts);
 }
 
@@ -71,9 +72,6 @@ function take(value) {
     player.apply(JSON.parse(row));
     counts.applied += 1;
   }
-  player.hover(false);  // while states arrive: no pick pass (see player.hover)
-  clearTimeout(take.quiet);
-  take.quiet = setTimeout(() => player && player.hover(true), 400);  // a pause: hover is exact again
 }
 
 // A gesture: from a button pressed on the plot until it is released (anywhere),

@@ -34,7 +34,7 @@
  *   k   the new nodes' keys, in the order of n (what a click reports; default the name)
  *   u   nodes no longer drawn, flat [node, ...] (a live view's node cap)
  *   l   labels [[node, label], ...] (a live view names nodes as their labels arrive)
- *   w   the watch list's nodes, flat [node, ...] (marked with an orange diamond; replaces the last list)
+ *   w   the watch list's nodes, flat [node, ...] (a wide orange ring; replaces the last list)
  * Edge strengths index style.edges: 0-2 weak to strong, 3-5 the same below zero (signed kinds).
  * player.hold(true) while a person drags the scene: states are applied, drawn when hold(false).
  * player.configure(options) takes new planes/decay/q/qa/style (a new live epoch); then reset().
@@ -197,7 +197,18 @@
   AxonPlayer.prototype._frame = function () {
     this._pending = false;
     if (this._drawing) { this._again = true; return; }
-    if (this._held) { this.stats.held = (this.stats.held || 0) + 1; return; }  // drawn at hold(false)  // a draw in flight: the newest state follows it
+    if (this._held) {  // drawn at hold(false)
+      this.stats.held = (this.stats.held || 0) + 1;
+      if (this.opt.onHeld) this.opt.onHeld(this);
+      return;
+    }
+    try { this._draw(); } catch (e) {  // a failed draw must not stop the next ones
+      this._drawing = false;
+      if (root.console) root.console.error("AXON player: draw failed", e);
+    }
+  };
+
+  AxonPlayer.prototype._draw = function () {
     var P = root.Plotly;
     if (!P) { this._noPlotly(); return; }
     this._drawing = true;
@@ -478,7 +489,7 @@
                z: watch.map(function (i) { return N.z[i]; }),
                customdata: watch.map(cd), hovertext: watch.map(function (i) { return "watched: " + hover[row.get(i)]; }),
                hoverinfo: "text",
-               marker: {size: watch.map(function (i) { return size[row.get(i)] + 10; }), symbol: "diamond-open",
+               marker: {size: watch.map(function (i) { return size[row.get(i)] + 12; }), symbol: "circle-open",
                         color: st.watch || "#ff9f1c", line: {width: 2, color: st.watch || "#ff9f1c"}},
                showlegend: false});
     var px = [], py = [], pz = [];

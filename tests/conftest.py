@@ -45,7 +45,7 @@ def offline_hub() -> Path:
 def pairs(offline_hub):
     from axon_core.loading import PairCache
 
-    return PairCache(device="cpu")
+    return PairCache(max_saes=6, device="cpu")  # every SAE the session's tests load stays: a layered run reads 4
 
 
 @pytest.fixture(scope="session")

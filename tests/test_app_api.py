@@ -134,6 +134,7 @@ HOSTILE = {
     "edge_kind": ["npmi", "npmi_all", "cooccurrence", "decoder", "virtual", "causal", "nope", None, 3, [1], ""],
     "layers": [[], [2, 5], [2, 5, 11, 8], [0, 1, 2, 3, 4], "2,5", "x", None, [99], "1,2,99", "2,99", [-1], "<b>",
                [8], [2, 2, 2]],
+    "watch": ["", None, "7", "x", "8:5", "1," * 40, "99999999", 5, [1], "<b>", "2:3,2:3", "-1"],
 }
 # What the status line must then say (a clamped value, or the reason for a refusal).
 EXPECT = {
