@@ -99,17 +99,13 @@ def gradient_for_token(services, run: "RunSession | None") -> str | None:
     """The decision strip's gradient flavour for the token shown (or the newest):
     each feature's activation × gradient of logit(chosen) − logit(runner-up) at
     the position that chose it, through every later layer (one forward over the
-    prefix and one backward, off the token loop). Returns the text (with the
+    prefix and one backward, off the token loop). Returns the notes (with the
     strip) to show, or None: nothing to do."""
-    if run is None or not run.steps:
+    found = _deciding(run)
+    if found is None:
         return None
-    steps = list(run.steps)
-    at = run.at if run.at is not None else steps[-1].position
-    i = next((k for k, s in enumerate(steps) if s.position == at), len(steps) - 1)
-    shown, before = steps[i], steps[i - 1] if i else None
-    decision = before.decision if before is not None else None
-    if decision is None or decision.chosen != shown.token_id or decision.runner_up is None:
-        return None
+    steps, _, before = found
+    decision = before.decision
     try:
         pair = services.pairs.get(run.meta["release"], run.meta["sae_id"])
         feats = [f for f in before.features if f.layer in (None, run.primary_layer)]
