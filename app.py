@@ -95,7 +95,8 @@ with gr.Blocks(title="AXON", delete_cache=(int(EXPORT_MAX_AGE), int(EXPORT_MAX_A
         link_btn = gr.Button("Copy link", scale=0, min_width=90)
     with gr.Row(elem_classes=["axon-main"], equal_height=False):
         with gr.Column(scale=2, min_width=300, elem_classes=["axon-side"]):
-            text = gr.HTML(EMPTY_TEXT, js_on_load=TEXT_JS, elem_id="axon-text-box", container=False)
+            text = gr.HTML(EMPTY_TEXT, html_template='<div class="axon-text-host"></div>', js_on_load=TEXT_JS,
+                           elem_id="axon-text-box", container=False)
             # under the text: the watch list's sparklines and the decision strip (apart from the text,
             # which then only grows during a run and is streamed as appends)
             notes = gr.HTML("", js_on_load=NOTES_JS, elem_id="axon-notes", container=False)

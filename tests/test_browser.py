@@ -277,6 +277,13 @@ def test_graph_streams_into_one_element_and_keeps_the_camera(live):
         assert len(set(counts)) >= 2, counts
         assert counts == sorted(counts) and counts[-1] > counts[0], counts
 
+    # The text grew by appends (assets/text.js inserts only the new tokens' spans; a
+    # new run's first value is drawn whole), and it reads as the run's tokens.
+    text_counts = page.evaluate("window.__axonTextCounts")
+    print(f"text updates: {text_counts}")
+    assert text_counts["appended"] >= 1 and text_counts["whole"] >= 2, text_counts
+    assert "".join(page_tokens(page)).startswith(LIVE_PROMPTS[1].split()[0])
+
     # 2. Still the very element marked after run 1, and the only one.
     assert page.evaluate("document.querySelectorAll('.axon-graph').length") == 1
     assert page.evaluate("document.querySelector('.axon-graph').__axonMark") == 1
