@@ -274,6 +274,31 @@ def test_bulk_prefetch_of_evidence_is_resumable_with_progress(svc, fake):
     assert svc.evidence.requests == 0  # all local: no feature-endpoint request
 
 
+def test_the_prefetch_button_brings_evidence_with_progress_and_resumes(svc, fake):
+    """The page's prefetch button (picker.prefetch_labels, evidence on): labels, then the
+    evidence folders, progress per batch; a failed batch says how to resume, and the next
+    press asks only for what is missing."""
+    from axon_core.page import picker
+
+    features, activations = bulk_rows()
+    fake.set_batches(NP, [[(i, f"label {i}") for i in range(b, b + 4)] for b in range(0, 12, 4)])
+    fake.set_bulk(NP, "features", features)
+    fake.set_bulk(NP, "activations", activations)
+    fake.fail_next(fake.batch_path(NP, 2, "activations"), times=1, status=500)
+    services = SimpleNamespace(labels=svc, catalogue=load_catalogue(), pairs=SimpleNamespace(device="cpu"),
+                               hub_notice=None, startup_error=None)
+    seen = []
+    line = picker.prefetch_labels(services, RELEASE, SAE_ID, lambda *a: seen.append(a), evidence=True)
+    assert "12 labels cached" in line and "evidence prefetch stopped (run it again to resume)" in line
+    assert (3, 3) in seen and (3, 3, "features") in seen and (2, 3, "activations") in seen
+    line = html.unescape(picker.prefetch_labels(services, RELEASE, SAE_ID, evidence=True))
+    assert "0 labels cached" in line and "with 0 logit lenses and 4 features' examples" in line  # only what was missing
+    for folder in ("features", "activations"):
+        assert [fake.count(fake.batch_path(NP, b, folder)) for b in range(3)] == [1, 1, 1 + (folder == "activations")]
+    assert svc.known(NP, 11) == "label 11" and svc.evidence.local(NP, 11).max_act == 12.0
+    assert svc.evidence.local(NP, 11).missing == ()
+
+
 def test_the_command_line_prefetches_evidence(fake, tmp_path, monkeypatch, capsys):
     features, activations = bulk_rows(2)
     fake.set_batches(NP, [[(i, f"label {i}") for i in range(8)]])
