@@ -35,7 +35,7 @@ RELEASE, SAE_ID = "gpt2-small-res-jb", "blocks.8.hook_resid_pre"
 PROMPT = "The capital of France is"
 SETTINGS = GenerationSettings(max_new_tokens=4, seed=1, stop_at_eos=False)
 HOSTILE = ["<script>alert(1)</script>", "<img src=x onerror=alert(2)>", '" onmouseover="alert(3)', "&amp;<b>",
-           "\u202eevil", "a\nb", "</div></div><iframe src=//x>"]
+           "\u202eevil", "a\nb", "</div></div><iframe src=//x>", "  "]
 wait_for = functools.partial(polling.wait_for, timeout=10.0)
 
 
@@ -149,6 +149,7 @@ def test_inspector_evidence_arrives_in_the_background_and_renders_hostile_text_i
     assert shown.count("axon-ex-max") == 2  # each example's max token marked
     assert "fires on 0.12 % of tokens" in shown and "typical maximum 7.5" in shown
     assert "&lt;b&gt;bold&lt;/b&gt;" in shown  # Neuronpedia's lens, escaped
+    assert "a↵b" in shown and "␣␣</span>" in shown  # a newline, and a token of spaces only, visible
     # it is on disk: a new service (a restart) shows it with no request
     other = LabelService(base_url=fake.url, cache_path=svc.cache_path, rate_per_s=0)
     try:
