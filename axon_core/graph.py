@@ -25,7 +25,7 @@ nothing here is global.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from itertools import combinations
@@ -351,15 +351,17 @@ class GraphState:
         rows.sort(key=lambda r: (-r[2], -r[1], r[0]))
         return rows[:n]
 
-    def snapshot(self, max_nodes: int = 300, max_edges: int = 1500) -> GraphSnapshot:
+    def snapshot(self, max_nodes: int = 300, max_edges: int = 1500, keep: Sequence[int] = ()) -> GraphSnapshot:
         """The strongest ``max_nodes`` nodes by peak (features firing on the latest
-        token always kept first) and the ``max_edges`` strongest edges among them."""
+        token, and the nodes ``keep`` names (a watch list), always kept first) and the
+        ``max_edges`` strongest edges among them."""
         n = len(self._row)
         c = {k: v[:n] for k, v in self._cols.items()}
         ids = c["ids"]
         active = np.fromiter(self.active, np.int64, len(self.active))
-        if n > max_nodes:  # keep: active first, then by peak, then by index
-            order = np.lexsort((ids, -c["peak"], ~np.isin(ids, active)))
+        if n > max_nodes:  # keep: active and kept first, then by peak, then by index
+            first = np.isin(ids, active) | np.isin(ids, np.asarray(keep, np.int64))
+            order = np.lexsort((ids, -c["peak"], ~first))
             keep = np.sort(order[:max_nodes])  # back in appearance order
             c = {k: v[keep] for k, v in c.items()}
             ids = c["ids"]

@@ -291,7 +291,7 @@ class RunSession:
             if scrubbed:
                 snap = self.graph.snapshot_at(self.at, among=positions)
             elif not relayout:
-                snap = self.graph.snapshot(max_nodes=self.max_nodes)
+                snap = self.graph.snapshot(max_nodes=self.max_nodes, keep=self.watched_keys)
             kind = self.edge_kind
             if kind == "causal":
                 a, b, score = self._causal_columns()
@@ -343,7 +343,7 @@ class RunSession:
             self.labels.prioritize(np_id, indices)
 
     def _relayout(self):
-        snap = self.graph.snapshot(max_nodes=self.max_nodes)
+        snap = self.graph.snapshot(max_nodes=self.max_nodes, keep=self.watched_keys)
         planes = None
         if self.layered:
             layer, _ = split_keys(snap.ids)

@@ -576,3 +576,20 @@ def test_generate_watches_features_through_the_api(client):
     assert run["meta"]["watch"] == "5,9"
     assert run["tokens"] and all(len(t["watched"]) == 2 for t in run["tokens"])
     assert "watched" not in call(client, max_tokens=3)[RUN]["tokens"][0]  # the same request unwatched
+
+
+def test_find_feature_through_the_api(client, neuronpedia):
+    """``/find_feature`` (the "Find a feature" box): results for a word, each with its layer, index, label,
+    whether it fired and where it came from; a hostile query answers without error."""
+    rows = []
+    for _ in range(50):  # the labels arrive in the background (memory only here: the cache is unwritable)
+        table, note = client.predict("label", "gpt2-small-res-jb", "blocks.8.hook_resid_pre", api_name="/find_feature")
+        rows = table["data"]
+        if rows:
+            break
+        time.sleep(0.2)
+    assert table["headers"] == ["layer", "feature", "label", "fired", "peak", "tokens", "source"]
+    assert rows and all(r[0] == 8 and r[1] % 3 == 0 and r[2] == f"label {r[1]}" and r[3] == "no" for r in rows), rows
+    table, note = client.predict('"*) OR NEAR(' + "x" * 10_000, "gpt2-small-res-jb", "blocks.8.hook_resid_pre",
+                                 api_name="/find_feature")
+    assert table["data"] == [] and isinstance(note, str)

@@ -35,7 +35,7 @@ RELEASE, SAE_ID = "gpt2-small-res-jb", "blocks.8.hook_resid_pre"
 PROMPT = "The capital of France is"
 SETTINGS = GenerationSettings(max_new_tokens=4, seed=1, stop_at_eos=False)
 HOSTILE = ["<script>alert(1)</script>", "<img src=x onerror=alert(2)>", '" onmouseover="alert(3)', "&amp;<b>",
-           "\u202eevil", "a\nb", "</div></div><iframe src=//x>"]
+           "\u202eevil", "a\nb", "</div></div><iframe src=//x>", "  "]
 wait_for = functools.partial(polling.wait_for, timeout=10.0)
 
 
@@ -149,6 +149,7 @@ def test_inspector_evidence_arrives_in_the_background_and_renders_hostile_text_i
     assert shown.count("axon-ex-max") == 2  # each example's max token marked
     assert "fires on 0.12 % of tokens" in shown and "typical maximum 7.5" in shown
     assert "&lt;b&gt;bold&lt;/b&gt;" in shown  # Neuronpedia's lens, escaped
+    assert "a↵b" in shown and "␣␣</span>" in shown  # a newline, and a token of spaces only, visible
     # it is on disk: a new service (a restart) shows it with no request
     other = LabelService(base_url=fake.url, cache_path=svc.cache_path, rate_per_s=0)
     try:
@@ -272,6 +273,31 @@ def test_bulk_prefetch_of_evidence_is_resumable_with_progress(svc, fake):
         assert ev.missing == () and ev.max_act == 1.0 + i and ev.pos == ((f" up{i}", 1.0),)
         assert [e.max_value for e in ev.examples] == [2.0, 1.0] and ev.examples[0].tokens[1] == f" <x{i}>"
     assert svc.evidence.requests == 0  # all local: no feature-endpoint request
+
+
+def test_the_prefetch_button_brings_evidence_with_progress_and_resumes(svc, fake):
+    """The page's prefetch button (picker.prefetch_labels, evidence on): labels, then the
+    evidence folders, progress per batch; a failed batch says how to resume, and the next
+    press asks only for what is missing."""
+    from axon_core.page import picker
+
+    features, activations = bulk_rows()
+    fake.set_batches(NP, [[(i, f"label {i}") for i in range(b, b + 4)] for b in range(0, 12, 4)])
+    fake.set_bulk(NP, "features", features)
+    fake.set_bulk(NP, "activations", activations)
+    fake.fail_next(fake.batch_path(NP, 2, "activations"), times=1, status=500)
+    services = SimpleNamespace(labels=svc, catalogue=load_catalogue(), pairs=SimpleNamespace(device="cpu"),
+                               hub_notice=None, startup_error=None)
+    seen = []
+    line = picker.prefetch_labels(services, RELEASE, SAE_ID, lambda *a: seen.append(a), evidence=True)
+    assert "12 labels cached" in line and "evidence prefetch stopped (run it again to resume)" in line
+    assert (3, 3) in seen and (3, 3, "features") in seen and (2, 3, "activations") in seen
+    line = html.unescape(picker.prefetch_labels(services, RELEASE, SAE_ID, evidence=True))
+    assert "0 labels cached" in line and "with 0 logit lenses and 4 features' examples" in line  # only what was missing
+    for folder in ("features", "activations"):
+        assert [fake.count(fake.batch_path(NP, b, folder)) for b in range(3)] == [1, 1, 1 + (folder == "activations")]
+    assert svc.known(NP, 11) == "label 11" and svc.evidence.local(NP, 11).max_act == 12.0
+    assert svc.evidence.local(NP, 11).missing == ()
 
 
 def test_the_command_line_prefetches_evidence(fake, tmp_path, monkeypatch, capsys):

@@ -86,6 +86,9 @@ def test_snapshot_caps_keep_strongest_and_active():
     assert weights == sorted(weights, reverse=True) and weights[0] == 48.0
     with pytest.raises(dataclasses.FrozenInstanceError):
         snap.position = 3  # type: ignore[misc]
+    # a watch list's nodes are kept too, however weak (an unknown key keeps nothing)
+    kept = {n.index for n in g.snapshot(max_nodes=10, keep=(3, 7, 999)).nodes}
+    assert kept == {0, 3, 7} | set(range(43, 50))
 
 
 def test_snapshot_default_caps_on_a_long_run():

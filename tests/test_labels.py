@@ -536,6 +536,15 @@ def test_one_pooled_client_keeps_its_connections(make, fake):
         assert wait_for(lambda: svc.known(NP, i) == f"label {i}")
     assert fake.count("/api/feature/") == 20
     assert len(fake.peers) <= 2  # kept alive, not a connection a label
+    # search by meaning and evidence go through the same pooled client: no connection of their own
+    assert svc.semantic.client is svc.client and svc.evidence.client is svc.client
+    peers = set(fake.peers)
+    assert svc.semantic.ask([NP], "label one hundred") == "queued"
+    assert wait_for(lambda: svc.semantic.peek([NP], "label one hundred") is not None)
+    svc.evidence.get(NP, 100)
+    assert wait_for(lambda: svc.evidence.arrivals > 0)
+    assert fake.count("/api/explanation/search") == 1 and fake.count("/api/feature/") == 21
+    assert fake.peers == peers
 
 
 def test_an_oversized_answer_is_a_failure_not_a_label(make, fake):

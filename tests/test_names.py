@@ -103,3 +103,25 @@ def test_a_runs_visible_labels_are_fetched_first(pair, tmp_path):
         assert first[:len(rows)] == [i for i in rows if i != order[0]][:len(first)]  # the table's order
         assert set(order) == everything  # then the rest
         svc.close()
+
+
+def test_a_run_of_several_layers_fetches_each_layers_labels_in_bulk(started, offline_hub):
+    """A run reading layers 2, 8 and 11 starts the bulk download of the two SAEs not loaded before."""
+    from axon_core.page.run import Frame, run_frames
+    from tests.test_depth import _write_missing_saes
+
+    services, fake, gate, d_sae = started
+    gate.set()
+    _write_missing_saes(offline_hub)
+    others = ["gpt2-small/2-res-jb", "gpt2-small/11-res-jb"]
+    for np_id in others:
+        fake.set_batches(np_id, batches(np_id, d_sae))
+        assert services.labels.bulk_state(np_id) is None
+    frames = [x for x in run_frames(services, PROMPT, "gpt2-small", "gpt2-small-res-jb", "blocks.8.hook_resid_pre",
+                                    1.0, 0, 1.0, 1.0, 3, 1, 8, 0.1, "", "npmi", None, [2, 8, 11])
+              if isinstance(x, Frame)]
+    assert sorted(frames[-1].run.by_layer) == [2, 8, 11]
+    for np_id in others:
+        assert wait_for(lambda: services.labels.bulk_state(np_id) == "done", timeout=20)
+        assert fake.requests[fake.batch_path(np_id, 0)] == 1
+        assert services.labels.known(np_id, 3) == f"{np_id} concept 3"

@@ -142,6 +142,29 @@ def test_an_sae_encoded_whole_where_not_columnwise(pair):
         assert torch.allclose(torch.tensor(w.rows([x])), sae.encode(x)[:, [1, 9]], atol=1e-5)
 
 
+def test_watched_nodes_stay_in_the_scene_however_weak():
+    """The scene keeps the strongest ``max_nodes`` nodes; a watched one is kept whatever its peak."""
+    from axon_core.session import RunSession
+    from steps_factory import random_steps
+
+    steps = random_steps(40, n_features=200, k=8, seed=2)
+    peaks: dict[int, float] = {}
+    for s in steps:
+        for f in s.features:
+            peaks[f.index] = max(peaks.get(f.index, 0.0), f.activation)
+    latest = {f.index for f in steps[-1].features}
+    weak = sorted((i for i in peaks if i not in latest), key=peaks.get)[:2]
+    scenes = {}
+    for watch in ((), tuple((None, i) for i in weak)):
+        run = RunSession({"neuronpedia_id": None}, SETTINGS, None, frame_interval=0, max_nodes=20, watch=watch)
+        for s in steps:
+            run.add(s)
+        scenes[watch] = {int(i) for i in run.scene().ids}
+    plain, watched = scenes.values()
+    assert len(peaks) > 20 and not set(weak) & plain  # too weak for the scene ...
+    assert set(weak) <= watched and len(watched) == 20  # ... unless watched
+
+
 @pytest.fixture(scope="module")
 def pythia_pair(pythia_hub):
     from axon_core.loading import PairCache
@@ -190,13 +213,14 @@ def test_gemma_jumprelu_watched_equal_sae_encode_below_thresholds(gemma3_hub):
 
 
 def test_page_run_watches_draws_sparklines_and_links_it(pairs, tmp_path):
+    import html
     import re
     from urllib.parse import parse_qs, urlsplit
 
     from axon_core.catalogue import DEFAULT_RELEASE, DEFAULT_SAE_ID, load_catalogue
     from axon_core.export import run_from_json
     from axon_core.labels import LabelService
-    from axon_core.page import links, watchlist
+    from axon_core.page import inspector, links, watchlist
     from axon_core.page.run import Frame, Notice, run_frames
     from axon_core.page.services import Services
     from axon_core.page.settings import PageSettings
@@ -235,7 +259,27 @@ def test_page_run_watches_draws_sparklines_and_links_it(pairs, tmp_path):
         assert len(frames) == 1 or int(first[0]) < n  # it grows as the run streams
         run.scrub(run.steps[1].position)  # the slider: the scrubbed token is marked
         assert f'data-key="7" data-tokens="{n}" data-at="1"' in run.text_html()
-        assert "watched: " in run.text_html()  # each token's hover lists the watched features
+        # each token's hover lists the watched features, by name, with their value at that token
+        titles = {int(pos): html.unescape(t) for pos, t in re.findall(r'data-pos="(\d+)" title="([^"]*)"',
+                                                                      run.tokens_html())}
+        assert sorted(titles) == [s.position for s in run.steps]
+        for pos, title in titles.items():
+            listed = re.findall(r"Feature (\d+) \((-?[\d.]+)\)", title.split(" · watched: ")[1])
+            assert [int(k) for k, _ in listed] == [7, 300], title
+            assert [float(v) for _, v in listed] == pytest.approx(enc[pos, [7, 300]].tolist(), abs=0.006)
+        # pinning from the table and the graph (the Watch button's pick), at most MAX_WATCH
+        row = frames[-1].table.iloc[0].tolist()  # [feature, layer, label, ...]
+        picked = watchlist.pick_of_key(run, inspector.key_of_row(run, row))
+        assert picked == (8, int(row[0]))
+        box2, note = watchlist.pin(box, *picked, run.primary_layer)
+        assert box2 == f"7, 300, {row[0]}" and note is None
+        node = run.steps[-1].features[-1].key  # a graph node of the run
+        assert watchlist.pick_of_key(run, node) == (8, run.steps[-1].features[-1].index)
+        assert watchlist.pick_of_key(run, "not a key") is None and watchlist.pick_of_key(None, node) is None
+        assert watchlist.pick_of_found([5, 42, "found", "no", 0, 0, "cached"]) == (5, 42)
+        assert watchlist.pin(box, 5, 42, run.primary_layer)[0] == "7, 300, 5:42"  # another layer: qualified
+        full = ", ".join(str(i) for i in range(MAX_WATCH))
+        assert watchlist.pin(full, 8, 999, 8) == (full, f"At most {MAX_WATCH} features can be watched: remove one first.")
         url = links.share_link(services, "http://h/", None, *args[:12], "", [], box)
         assert parse_qs(urlsplit(url).query)["watch"] == ["7,300"]
         fill = links.from_query(services, parse_qs(urlsplit(url).query), "http://h/")

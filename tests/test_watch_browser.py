@@ -1,7 +1,8 @@
 """The watch list in a real browser (one app launch): find a feature by a word of its label,
 click the result, see it pinned; Generate: its sparkline grows under the text while the run
 streams and its mark follows the token slider; Copy link carries ``watch=``, and the link
-reopens the watch list in a fresh page. Skips (or fails under CI) like tests/test_browser.py."""
+reopens the watch list in a fresh page; a table row and a graph node pinned by the Watch
+button join it, and the next run draws one sparkline for each. Skips (or fails under CI) like tests/test_browser.py."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 
 from app_server import ROOT, AppServer
 from neuronpedia_fake import FakeNeuronpedia
-from test_browser import BROWSER_MISSING, BUSY, LONG, NP_ID, SCRUB, XSS
+from test_browser import BROWSER_MISSING, BUSY, LONG, NP_ID, PROJECT_NODES, READ_TABLE, SCRUB, TABLE, XSS
 
 if BROWSER_MISSING:  # test_browser skipped (or, under CI, failed) the module already
     pytest.skip(f"browser tests skipped: {BROWSER_MISSING}", allow_module_level=True)
@@ -102,6 +103,45 @@ def test_find_pin_watch_scrub_and_link(app, browser):  # noqa: F811
         fresh.wait_for_function(f"{BUSY} === 0")
         assert fresh.locator(".axon-spark").count() == 1
         assert watch.input_value() == str(FEATURE)
+        # pinned from the table and from the graph: the Watch button pins the feature last clicked there
+        page.bring_to_front()
+        watch_btn = page.get_by_role("button", name="Watch the clicked feature")
+        rows = page.evaluate(READ_TABLE, TABLE)
+        j = next(j for j, r in enumerate(rows[:5]) if int(r[0]) != FEATURE)
+        page.locator(f'{TABLE} [role=row][data-index="{j}"] [role=gridcell]').first.click()
+        watch_btn.click()
+        want = [FEATURE, int(rows[j][0])]
+        page.wait_for_function(f"document.querySelector('#axon-watch-box textarea').value === '{', '.join(map(str, want))}'")
+        page.evaluate("document.querySelector('.axon-graph').scrollIntoView({block: 'center'})")
+        page.evaluate("""() => { window.__axonHover = null; document.querySelector('.axon-graph')
+            .on('plotly_hover', (e) => { window.__axonHover = e.points[0].customdata; }); }""")
+        nodes = [n for n in page.evaluate(PROJECT_NODES) if n["visible"] and n["id"] not in want]
+        for n in sorted(nodes, key=lambda n: -n["size"])[:12]:
+            page.mouse.move(n["x"], n["y"])
+            try:
+                page.wait_for_function("id => window.__axonHover === id", arg=n["id"], timeout=3000)
+            except Exception:  # noqa: BLE001 - hidden behind another node: the next
+                continue
+            page.mouse.down()  # Plotly picks a gl3d click while the button is down: hold it a moment
+            page.wait_for_timeout(300)
+            page.mouse.up()
+            page.wait_for_function("n => document.body.innerText.includes('feature #' + n)", arg=n["id"])
+            watch_btn.click()
+            want.append(n["id"])
+            break
+        assert len(want) == 3, f"no node of {len(nodes)} could be clicked"
+        page.wait_for_function(f"document.querySelector('#axon-watch-box textarea').value === '{', '.join(map(str, want))}'")
+        # the next run follows all three, one sparkline each, as long as the run
+        page.get_by_role("button", name="Generate", exact=True).click()
+        page.wait_for_function("document.querySelector('#axon-status [data-state=done]') !== null")
+        page.wait_for_function(f"{BUSY} === 0")
+        n_tokens = page.locator(".axon-text .tok").count()
+        page.wait_for_function(f"[...document.querySelectorAll('.axon-spark')].map(s => s.dataset.key).join() === "
+                               f"'{','.join(map(str, want))}'")
+        assert {s for s in page.eval_on_selector_all(".axon-spark", "els => els.map(e => +e.dataset.tokens)")} \
+            == {n_tokens}
+        watched = page.locator(".axon-text .tok").nth(2).get_attribute("title").split("watched: ")[1]
+        assert watched.count("(") == 3 and "France and its capital" in watched, watched
         assert page.evaluate("window.__xss") is None and not errors, errors
         print(f"\nsparkline drawn at {len(grew)} lengths during the run ({grew[:3]} … {grew[-1]}); {SHOT}")
     finally:

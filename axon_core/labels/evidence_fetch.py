@@ -30,6 +30,7 @@ from typing import Callable
 
 import cachetools
 
+from .backoff import Backoff
 from .client import NeuronpediaClient, RateLimited
 from .evidence import MAX_EXAMPLES, Evidence, Example, examples_of, from_feature, lens_of, record_index
 from .prefetch import prefetch_all
@@ -62,13 +63,11 @@ class EvidenceService:
                  reserve: Callable[[], float] = lambda: 0.0, clock: Callable[[], float] = time.monotonic,
                  memory_size: int = 4096, backoff_base: float = 10.0, backoff_max: float = 600.0):
         self.client, self.store, self.enabled = client, store, enabled
-        self._reserve, self._clock = reserve, clock
-        self.backoff_base, self.backoff_max = backoff_base, backoff_max
+        self._reserve = reserve
         self._mem: cachetools.LRUCache = cachetools.LRUCache(maxsize=memory_size)  # Key -> part -> JSON
         self._wishes: collections.OrderedDict[Key, None] = collections.OrderedDict()
         self._running: Key | None = None
-        self._backoff: dict[Key, tuple[int, float]] = {}
-        self._paused_until = 0.0
+        self._backoff = Backoff(backoff_base, backoff_max, clock)  # per-feature failures, and the 429 pause
         self._lock = threading.Condition()
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -111,10 +110,9 @@ class EvidenceService:
 
     def _wish(self, key: Key) -> None:
         with self._lock:
-            if not self.enabled or self._closed or self._running == key or self._clock() < self._paused_until:
+            if not self.enabled or self._closed or self._running == key:
                 return
-            b = self._backoff.get(key)
-            if b is not None and self._clock() < b[1]:
+            if self._backoff.paused() or self._backoff.waiting(key):
                 return
             self._wishes[key] = None
             self._wishes.move_to_end(key)
@@ -149,21 +147,19 @@ class EvidenceService:
         if wait:
             time.sleep(wait)
         with self._lock:
-            if self._closed or self._clock() < self._paused_until:
+            if self._closed or self._backoff.paused():
                 return
             self.requests += 1
         try:
             record = self.client.fetch_record(*key)
         except RateLimited as e:
             with self._lock:
-                self._paused_until = self._clock() + e.retry_after
+                self._backoff.pause(e.retry_after)
                 self.error = str(e)
             return
         except Exception as e:  # timeouts, 5xx, garbage: this feature backs off
             with self._lock:
-                failures = self._backoff.get(key, (0, 0.0))[0] + 1
-                delay = min(self.backoff_max, self.backoff_base * 2 ** (failures - 1))
-                self._backoff[key] = (failures, self._clock() + delay)
+                self._backoff.failed(key)
                 self.error = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
             return
         try:
@@ -173,7 +169,7 @@ class EvidenceService:
             log.debug("evidence of %s did not parse: %r", key, e)
         self._put(key, ev.parts())
         with self._lock:
-            self._backoff.pop(key, None)
+            self._backoff.succeeded(key)
             self.error = None
 
     def _put(self, key: Key, parts: dict[str, str]) -> None:

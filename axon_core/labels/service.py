@@ -31,13 +31,13 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
 import cachetools
 
 from ..paths import cache_dir
+from .backoff import Backoff
 from .client import NeuronpediaClient, RateLimited
 from .evidence_fetch import EvidenceService
 from .prefetch import Progress, prefetch_all
@@ -111,12 +111,6 @@ class BulkState:
                 self._failed_at[np_id] = now
 
 
-@dataclass
-class _Backoff:
-    failures: int
-    retry_at: float
-
-
 class _TokenBucket:
     """Client-side rate cap: ``rate`` tokens per second, ``burst`` at most."""
 
@@ -167,7 +161,7 @@ class LabelService:
         self.client = NeuronpediaClient(base_url, datasets_url, api_key, timeout)
         self.enabled, self.max_workers = enabled, max(1, max_workers)
         self.max_pending, self.negative_ttl = max_pending, negative_ttl
-        self.backoff_base, self.backoff_max, self._clock = backoff_base, backoff_max, clock
+        self._clock = clock
         if rate_per_s is None:
             rate_per_s = float(env("AXON_NEURONPEDIA_RATE") or 5.0)
         self._bucket = _TokenBucket(rate_per_s, burst)
@@ -176,14 +170,13 @@ class LabelService:
         self._work = threading.Condition(self._lock)
         self._stop = threading.Event()
         self._mem: cachetools.LRUCache = cachetools.LRUCache(maxsize=memory_size)  # Key -> (label|None, unix time)
-        self._backoff: cachetools.LRUCache = cachetools.LRUCache(maxsize=100_000)  # Key -> _Backoff
+        self._backoff = Backoff(backoff_base, backoff_max, clock)  # per-feature failures, and the 429 pause
         self._inflight: set[Key] = set()
         self._queue: collections.deque[Key] = collections.deque()  # background wishes, newest served first
         self._urgent: collections.deque[Key] = collections.deque()  # what is on screen, in the order given
         self._running: set[Key] = set()  # being fetched now
         self._bulk = BulkState()
         self._workers: list[threading.Thread] = []
-        self._paused_until = 0.0
         self._closed = False
         self._stats = {"fetched": 0, "failures": 0, "reachable": None, "last_error": None}
         self._mem_batches: set[tuple[str, int]] = set()  # prefetch bookkeeping without a DB
@@ -242,7 +235,7 @@ class LabelService:
             key = (np_id, int(i))
             if self._lookup(key) is _MISSING:
                 with self._lock:
-                    if not self._in_backoff(key):
+                    if not self._backoff.waiting(key):
                         return True
         return False
 
@@ -261,9 +254,9 @@ class LabelService:
         if not keys:
             return
         with self._lock:
-            if self._closed or self._clock() < self._paused_until:
+            if self._closed or self._backoff.paused():
                 return
-            keys = [k for k in keys if k not in self._running and not self._in_backoff(k)]
+            keys = [k for k in keys if k not in self._running and not self._backoff.waiting(k)]
             wanted = set(keys)
             if not wanted:
                 return
@@ -340,15 +333,14 @@ class LabelService:
         """Counts and the last error, plus ``message``: a short line for a status bar
         (None when all is well)."""
         with self._lock:
-            now = self._clock()
-            paused_for = max(0.0, self._paused_until - now)
+            paused_for = self._backoff.paused_for()
             st = dict(self._stats)
             st.update(
                 enabled=self.enabled,
                 cached=len(self._mem),
                 in_flight=len(self._inflight),
                 queued=len(self._queue),
-                backing_off=sum(1 for b in self._backoff.values() if b.retry_at > now),
+                backing_off=self._backoff.backing_off(),
                 paused_for=paused_for,
                 persistent=self.cache_path is not None,
                 bulk=dict(self._bulk.state),
@@ -410,7 +402,7 @@ class LabelService:
         """label, None (known: no label) or _MISSING."""
         with self._lock:
             hit = self._mem.get(key)
-            busy = key in self._inflight or self._in_backoff(key)
+            busy = key in self._inflight or self._backoff.waiting(key)
         if hit is None and not busy:
             hit = self.store.read(key)
             if hit is not None:
@@ -423,14 +415,10 @@ class LabelService:
             return _MISSING
         return label
 
-    def _in_backoff(self, key: Key) -> bool:
-        b = self._backoff.get(key)
-        return b is not None and self._clock() < b.retry_at
-
     def _schedule(self, key: Key) -> None:  # called with self._lock held
         if not self.enabled or self._closed or key in self._inflight:
             return
-        if self._clock() < self._paused_until or self._in_backoff(key):
+        if self._backoff.paused() or self._backoff.waiting(key):
             return
         self._inflight.add(key)
         self._queue.append(key)
@@ -466,7 +454,7 @@ class LabelService:
             key, urgent = self._urgent.popleft(), True
         else:
             key, urgent = self._queue.pop(), False
-        stale = key in self._running or self._in_backoff(key) or self._mem.get(key) is not None
+        stale = key in self._running or self._backoff.waiting(key) or self._mem.get(key) is not None
         if stale or not urgent and self._bulk.state.get(key[0]) in ("queued", "running"):
             if key not in self._running and key not in self._urgent:
                 self._inflight.discard(key)
@@ -478,21 +466,17 @@ class LabelService:
         if wait and self._stop.wait(wait):
             return
         with self._lock:
-            if self._closed or self._clock() < self._paused_until:
+            if self._closed or self._backoff.paused():
                 return
         try:
             label = self.client.fetch_feature(*key)
         except RateLimited as e:
             with self._lock:
-                self._paused_until = max(self._paused_until, self._clock() + e.retry_after)
+                self._backoff.pause(e.retry_after)
                 self._stats.update(last_error=str(e), failures=self._stats["failures"] + 1)
         except Exception as e:  # timeouts, 5xx, garbage, closed connections: back off
             with self._lock:
-                b = self._backoff.get(key) or _Backoff(0, 0.0)
-                b.failures += 1
-                delay = min(self.backoff_max, self.backoff_base * 2 ** (b.failures - 1))
-                b.retry_at = self._clock() + delay
-                self._backoff[key] = b
+                self._backoff.failed(key)
                 self._stats.update(
                     last_error=f"{type(e).__name__}: {e}" if str(e) else type(e).__name__,
                     failures=self._stats["failures"] + 1,
@@ -502,7 +486,7 @@ class LabelService:
         else:
             self._remember([(*key, label, time.time())])
             with self._lock:
-                self._backoff.pop(key, None)
+                self._backoff.succeeded(key)
                 self._stats.update(fetched=self._stats["fetched"] + 1, reachable=True)
 
     # ---- storage -----------------------------------------------------------
@@ -543,7 +527,7 @@ class LabelService:
         rows = [(np_id, i, lab, now) for i, lab in labels.items()]
         with self._lock:
             for i, lab in labels.items():
-                self._backoff.pop((np_id, i), None)
+                self._backoff.succeeded((np_id, i))
                 if self.cache_path is not None:
                     self._mem.pop((np_id, i), None)  # re-read from disk on next use
                 elif self._mem.get((np_id, i), (None,))[0] is None:

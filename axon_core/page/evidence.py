@@ -141,9 +141,16 @@ def _lens_html(title: str, lens, empty: str) -> str:
     return "".join(out)
 
 
+_BLANK = {" ": "␣", "\n": "↵", "\r": "↵", "\t": "⇥"}
+
+
 def _tok(s: str) -> str:
-    """A token as text: escaped, its newlines and tabs made visible."""
-    return html.escape(str(s).replace("\n", "↵").replace("\t", "⇥"), quote=True)
+    """A token as text: escaped, its newlines and tabs made visible (and, in a token
+    of whitespace only, its spaces too: not an empty box)."""
+    s = str(s)
+    if s.isspace():
+        return html.escape("".join(_BLANK.get(c, "·") for c in s), quote=True)
+    return html.escape(s.replace("\n", "↵").replace("\t", "⇥"), quote=True)
 
 
 def _examples_html(ev: Evidence, pending: bool) -> str:

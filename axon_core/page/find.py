@@ -99,7 +99,7 @@ def find(services: "Services", run: "RunSession | None", query, release=None, sa
         notes.append("Neuronpedia's search by meaning is paused (its hourly limit): cached labels only.")
     elif semantic is not None and semantic.error and hits is None:
         notes.append(f"{safe_text(semantic.error, 120)}: cached labels only.")
-    return Found(list(rows.values()), " ".join(notes) or f"{len(rows)} features found.", waiting)
+    return Found(list(rows.values()), " ".join(notes) or f"{len(rows)} feature{'' if len(rows) == 1 else 's'} found.", waiting)
 
 
 def table(found: Found):
