@@ -27,7 +27,8 @@
  *   f   features firing at p, flat [node, activation*qa, ...]; a node's brightness at p
  *       is its last activation * decay^(p - its last position); its peak and firing count
  *       follow; the nodes firing at p are ringed
- *   m   moved nodes, flat [node, x, y, z, ...]
+ *   m   placed (or moved) nodes, flat [node, x, y, z, ...]
+ *   d   nodes that moved a little, flat [node, dx, dy, dz, ...] added to their positions
  *   e   edges added or restyled, flat [a, b, strength 0..2, ...]; r: removed, flat [a, b, ...]
  *   s   the scene names [[node, ax, ay], ...] (replaces the previous ones)
  *   h   the scene's half-width (the cube is [-h, h] on every axis)
@@ -122,6 +123,12 @@
       for (i = 0; i < d.m.length; i += 4) {
         k = d.m[i];
         N.x[k] = d.m[i + 1] / this.q; N.y[k] = d.m[i + 2] / this.q; N.z[k] = d.m[i + 3] / this.q;
+      }
+    }
+    if (d.d) {
+      for (i = 0; i < d.d.length; i += 4) {
+        k = d.d[i];
+        N.x[k] += d.d[i + 1] / this.q; N.y[k] += d.d[i + 2] / this.q; N.z[k] += d.d[i + 3] / this.q;
       }
     }
     if (d.u) for (i = 0; i < d.u.length; i++) { k = d.u[i]; N.x[k] = null; N.y[k] = null; N.z[k] = null; }

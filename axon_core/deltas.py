@@ -28,9 +28,11 @@ Per token: ``p`` its position, ``n`` the features new to the state as
 ``[name, None, layer]`` (placed later by ``m``) and ``k`` their node keys
 (what a click on one reports), ``f`` its features, flat
 ``[node, activation·qa, ...]``. Per frame (on the newest token's line):
-``m`` moved or newly drawn nodes, flat ``[node, x, y, z, ...]`` (thousandths;
-sent when a node moved more than about a pixel, every change on a run's last
-frame); ``u`` nodes no longer drawn (the 300-node cap); ``l`` labels
+``m`` newly drawn nodes, flat ``[node, x, y, z, ...]`` (thousandths); ``d``
+drawn nodes that moved, flat ``[node, dx, dy, dz, ...]`` from the position last
+sent (sent when a node moved more than about a pixel, every change on a run's
+last frame: most nodes drift a little every frame, and a step is a third of the
+bytes of a position); ``u`` nodes no longer drawn (the 300-node cap); ``l`` labels
 ``[[node, label], ...]`` of drawn nodes, when known or changed; ``e``/``r`` edges
 added or restyled / removed; ``s`` the scene names; ``h`` the cube's half-width;
 ``w`` the watch list's nodes (marked in the scene; replaces the previous list).
@@ -154,7 +156,7 @@ class GraphStream:
         half = float(scene.half)
         tol = 0 if final else max(1, int(Q_POS * 2 * half / PIXELS))
         drawn: dict[int, int] = {}  # node → row
-        moved, labels = [], []
+        moved, drift, labels = [], [], []
         for r, key in enumerate(scene.ids):
             node = self.ref.get(key)
             if node is None:  # drawn before its token was sent (not in steps): nothing to place yet
@@ -162,8 +164,11 @@ class GraphStream:
             drawn[node] = r
             xyz = tuple(int(round(float(v) * Q_POS)) for v in scene.coords[r])
             was = self.xyz.get(node)
-            if was is None or max(abs(a - b) for a, b in zip(xyz, was)) > tol:
+            if was is None:
                 moved += [node, *xyz]
+                self.xyz[node] = xyz
+            elif max(abs(a - b) for a, b in zip(xyz, was)) > tol:  # a small step: sent as one
+                drift += [node, *(a - b for a, b in zip(xyz, was))]
                 self.xyz[node] = xyz
             text = label(key)
             if text and text != fallback_label(split_key(key)[1]) and self.labels.get(node) != text:
@@ -175,6 +180,8 @@ class GraphStream:
             self.labels.pop(node, None)
         if moved:
             out["m"] = moved
+        if drift:
+            out["d"] = drift
         if gone:
             out["u"] = gone
         if labels:
@@ -253,6 +260,10 @@ class PlayerState:
         m = d.get("m", ())
         for i in range(0, len(m), 4):
             self.xyz[m[i]] = (m[i + 1] / q, m[i + 2] / q, m[i + 3] / q)
+        dm = d.get("d", ())
+        for i in range(0, len(dm), 4):
+            x, y, z = self.xyz[dm[i]]
+            self.xyz[dm[i]] = (x + dm[i + 1] / q, y + dm[i + 2] / q, z + dm[i + 3] / q)
         for node in d.get("u", ()):
             self.xyz.pop(node, None)
         for node, text in d.get("l", ()):

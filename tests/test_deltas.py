@@ -49,6 +49,10 @@ def test_a_streamed_log_draws_what_a_full_render_draws():
     _same(state.drawn(), scene_drawn(run.scene(relayout=False)))
     assert len(state.drawn()["nodes"]) == 300  # the cap: nodes beyond it were un-drawn ("u")
     assert any("u" in d for d in lines_of(log))
+    # nodes already placed that drift are sent as steps ("d"), smaller numbers than positions
+    drifts = [v for d in lines_of(log) for i, v in enumerate(d.get("d", ())) if i % 4]
+    places = [abs(v) for d in lines_of(log) for i, v in enumerate(d.get("m", ())) if i % 4]
+    assert drifts and sorted(map(abs, drifts))[len(drifts) // 2] < sorted(places)[len(places) // 2] / 4
     # a frame's new bytes are a small part of a full figure's (after the first frames)
     later = sorted(sizes[5:])
     assert later[len(later) // 2] < 0.3 * sorted(full)[len(full) // 2], (later, full)
