@@ -200,9 +200,10 @@ with gr.Blocks(title="AXON", delete_cache=(int(EXPORT_MAX_AGE), int(EXPORT_MAX_A
     run_json = gr.JSON(visible=False)
     timeline_open = gr.State(False)  # the timeline is drawn only while its accordion is open
     api_run = gr.Button("generate", visible=False)  # the API's /generate (the page's own events send less)
+    api_fork = gr.Textbox("", visible=False, label="fork")  # /generate's fork="position:token_id" (the page's: "")
 
     inputs = [prompt, model, release, sae_id, temperature, top_k, top_p, repetition_penalty,
-              max_tokens, seed, feature_k, threshold, steer_box, edge_kind, at_state, layers, watch_box]
+              max_tokens, seed, feature_k, threshold, steer_box, edge_kind, at_state, layers, watch_box, api_fork]
     # A run's progress shows on the status line only: Gradio's progress overlay on
     # all eleven outputs costs the browser a re-layout every frame.
     # trigger_mode "multiple": a new Generate (or Enter, or Steer) starts at once, also
