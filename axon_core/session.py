@@ -116,10 +116,11 @@ class RunSession:
         # the watched features as graph node keys, in the order of each step's ``watched``
         self.watched_keys: tuple[int, ...] = tuple(node_key(la, i) for la, i in watch)
         self.causal: dict[str, np.ndarray] | None = None  # the latest causal check's edges (see set_causal)
-        # the decision strip's gradient flavour, where asked for: {deciding position: {"other", "pushes", "ms"}}
-        self.gradients: dict[int, dict] = {}
-        # the measured flavour, where asked for: {deciding position: {"other", "logit_diff", "prob", "rows", "ms"}}
-        self.measured: dict[int, dict] = {}
+        # the decision strip's gradient flavour, where asked for:
+        # {deciding position: {other candidate's token id: {"other", "pushes", "ms"}}}
+        self.gradients: dict[int, dict[int, dict]] = {}
+        # the measured flavour, where asked for: {deciding position: {other: {"other", "logit_diff", "prob", "rows", "ms"}}}
+        self.measured: dict[int, dict[int, dict]] = {}
         self.fork: tuple[int, int] | None = None  # the fork last shown beside this run (a share link carries it)
         self.fork_steps: list[TokenStep] = []  # that fork's steps (the run JSON carries them, see export_json)
         self.at: int | None = None  # scrubbed to this token position (None: follow the run)
