@@ -10,7 +10,8 @@ strip); beside each candidate not chosen a “fork” button that forks the run 
 with that token (“fork”; a click on the candidate itself only compares: it is cheap
 and reversible, a fork computes a new continuation; shift-click also forks,
 see assets/text.js and :mod:`axon_core.page.fork`); and how much of the residual there the SAE explains (a badge,
-flagged when low). Everything shown is escaped: token texts and labels are
+flagged when low). Each candidate's block carries every feature's push against
+it (``data-push``, graph node keys → push) for a graph to colour its nodes by. Everything shown is escaped: token texts and labels are
 untrusted.
 
 Worked example::
@@ -23,6 +24,7 @@ Worked example::
 from __future__ import annotations
 
 import html
+import json
 from typing import Callable, Sequence
 
 from .decision import DIRECT, GRADIENT, Decision, Fit
@@ -123,6 +125,15 @@ def _measured(m: dict | None, shown: TokenStep, before: TokenStep, other: str,
             f'{rows or "<span class=dec-none>no features to ablate</span>"}</div>')
 
 
+def _push_data(decision: Decision, step: TokenStep, other: int) -> str:
+    """Every feature's direct-path push on ``logit(chosen) − logit(other)`` at the deciding
+    step, as an escaped JSON attribute ``{"<graph node key>": push}`` (4 decimals): what a
+    graph would colour its nodes by (for: > 0, against: < 0) while this candidate is compared."""
+    rows = {str(k): round(float(v), 4) for k, v in decision.pushes([f.key for f in step.features], other)
+            if v is not None}
+    return html.escape(json.dumps(rows, separators=(",", ":")), quote=True)
+
+
 def strip_html(steps: Sequence[TokenStep], position: int | None, label: Callable[[int], str],
                gradients: dict[int, dict] | None = None, measured: dict[int, dict] | None = None) -> str:
     """The strip for the token at ``position`` (None: the newest), or "" before a run.
@@ -161,7 +172,8 @@ def strip_html(steps: Sequence[TokenStep], position: int | None, label: Callable
         if c.chosen:
             continue
         off = "" if runner and c.token_id == runner.token_id else " off"
-        pushes.append(f'<div class="dec-push{off}" data-j="{j}"><div class="dec-vs">what made it {_q(shown.shown)} '
+        pushes.append(f'<div class="dec-push{off}" data-j="{j}" data-push="{_push_data(decision, before, c.token_id)}">'
+                      f'<div class="dec-vs">what made it {_q(shown.shown)} '
                       f'rather than {_q(c.text)} (logit difference, by feature at {_q(before.shown)}; '
                       f'{html.escape(DIRECT.split(" (")[0])}):</div>'
                       f"{_pushers(decision, before, c.token_id, label)}"

@@ -353,7 +353,7 @@ def test_strip_compares_with_the_candidate_clicked(pairs, pair):
     ref = _reference_gradient(pair.model, pair.sae, pair.hook_name, tokens[0], before.position, feats, d.chosen, other)
     assert torch.allclose(torch.tensor([v for _, v in entry["pushes"]]), ref.float(), atol=1e-4, rtol=1e-3)
     # the strip: the gradient block sits in that candidate's block, which lists the direct path against it
-    block = page[page.index(f'<div class="dec-push off" data-j="{j}">'):]
+    block = page[page.index(f'<div class="dec-push off" data-j="{j}" data-push='):]
     block = block[:block.index('<div class="dec-push', 10) if '<div class="dec-push' in block[10:] else None]
     assert 'class="dec-grad"' in block and "through the later layers" in block
     assert block.count('class="dec-grad"') == page.count('class="dec-grad"') == 1
@@ -368,6 +368,15 @@ def test_strip_compares_with_the_candidate_clicked(pairs, pair):
     assert listed
     for k, v in listed:
         assert v == pytest.approx(float(direct[feats.index(k)]), abs=0.006)
+    # every feature's push against it, for a graph to colour nodes by: keys are the graph's node keys
+    import html as html_lib
+    import json as json_lib
+
+    attr = re.search(rf'<div class="dec-push off" data-j="{j}" data-push="([^"]*)"', page).group(1)
+    push = {int(k): v for k, v in json_lib.loads(html_lib.unescape(attr)).items()}
+    assert sorted(push) == sorted(f.key for f in before.features)
+    for f in before.features:
+        assert push[f.key] == pytest.approx(float(direct[feats.index(f.index)]), abs=2e-4)
     ranked = sorted(range(len(feats)), key=lambda i: -float(direct[i]))
     pro = [feats[i] for i in ranked if float(direct[i]) > 0][:4]
     assert [k for k, _ in listed][:len(pro)] == pro  # the strongest pushers for, first

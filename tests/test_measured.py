@@ -146,7 +146,7 @@ def test_measured_effect_against_the_candidate_clicked(pairs, pair, fast, monkey
     assert torch.allclose(torch.tensor([r[1] for r in entry["rows"]]), dd, atol=2e-4, rtol=1e-3)
     assert torch.allclose(torch.tensor([r[2] for r in entry["rows"]]), dp, atol=1e-5, rtol=1e-3)
     # shown in that candidate's block (hidden until it is the one compared), not the runner-up's
-    at = page.index(f'<div class="dec-push off" data-j="{j}">')
+    at = page.index(f'<div class="dec-push off" data-j="{j}" data-push=')
     nxt = page.find('<div class="dec-push', at + 10)
     assert 'class="dec-measured"' in page[at:nxt if nxt > 0 else None]
     assert page.count('class="dec-measured"') == 1
