@@ -109,6 +109,8 @@ with gr.Blocks(title="AXON", delete_cache=(int(EXPORT_MAX_AGE), int(EXPORT_MAX_A
             fork_req = gr.Textbox("", elem_id="axon-fork-req", elem_classes=["axon-hidden"], show_label=False,
                                   container=False)  # the strip's fork button writes "position:token:nonce" here (.change: a scripted input event does not reach .input)
             fork_state = gr.State(None)  # a link's fork=position:token, shown once its run is done
+            vs_req = gr.Textbox("", elem_id="axon-vs-req", elem_classes=["axon-hidden"], show_label=False,
+                                container=False)  # the strip's compared candidate, "position:token" (assets/notes.js)
             scrub = gr.Slider(0, 1, value=0, step=1, label="Show the graph at token (drag; the end follows the run)",
                               interactive=True, elem_id="axon-scrub")
             table = gr.Dataframe(pd.DataFrame(columns=TABLE_COLUMNS), label="Top features (latest token)",
@@ -201,9 +203,10 @@ with gr.Blocks(title="AXON", delete_cache=(int(EXPORT_MAX_AGE), int(EXPORT_MAX_A
     run_json = gr.JSON(visible=False)
     timeline_open = gr.State(False)  # the timeline is drawn only while its accordion is open
     api_run = gr.Button("generate", visible=False)  # the API's /generate (the page's own events send less)
+    api_fork = gr.Textbox("", visible=False, label="fork")  # /generate's fork="position:token_id" (the page's: "")
 
     inputs = [prompt, model, release, sae_id, temperature, top_k, top_p, repetition_penalty,
-              max_tokens, seed, feature_k, threshold, steer_box, edge_kind, at_state, layers, watch_box]
+              max_tokens, seed, feature_k, threshold, steer_box, edge_kind, at_state, layers, watch_box, api_fork]
     # A run's progress shows on the status line only: Gradio's progress overlay on
     # all eleven outputs costs the browser a re-layout every frame.
     # trigger_mode "multiple": a new Generate (or Enter, or Steer) starts at once, also
@@ -249,9 +252,9 @@ with gr.Blocks(title="AXON", delete_cache=(int(EXPORT_MAX_AGE), int(EXPORT_MAX_A
     release.input(HANDLERS.sae_ids_for, release, sae_id, api_visibility="private")
     sae_id.input(HANDLERS.load_choice, [release, sae_id], status, api_visibility="private")
     sae_id.change(HANDLERS.layers_for, [release, sae_id, layers], layers, api_visibility="private")
-    why_btn.click(HANDLERS.decision_gradient, run_state, notes, api_visibility="private", concurrency_id="depth",
+    why_btn.click(HANDLERS.decision_gradient, [run_state, vs_req], notes, api_visibility="private", concurrency_id="depth",
                   concurrency_limit=2)
-    measure_btn.click(HANDLERS.decision_measured, run_state, notes, api_visibility="private", concurrency_id="depth",
+    measure_btn.click(HANDLERS.decision_measured, [run_state, vs_req], notes, api_visibility="private", concurrency_id="depth",
                       concurrency_limit=2)
     fork_event = fork_req.change(HANDLERS.fork_run, [run_state, fork_req], fork_view, api_visibility="private",
                                 concurrency_id="fork", concurrency_limit=4, trigger_mode="always_last")

@@ -3,7 +3,9 @@
 // the text only grows during a run.
 // The decision strip (axon_core/strip.py): a click on a candidate shows what
 // pushed the choice rather than that one (computed with the run, no request).
-// The choice is kept while the strip shows the same token (a redraw of the notes).
+// The choice is kept while the strip shows the same token (a redraw of the notes),
+// and written to a hidden textbox (#axon-vs-req, "position:token") that the
+// gradient and measured buttons read: they are then computed against it.
 const applyVs = () => {
   const strip = element.querySelector(".axon-decision");
   if (!strip || strip.dataset.pos !== element.dataset.vsPos) return;
@@ -17,6 +19,11 @@ element.addEventListener("click", (ev) => {
   element.dataset.vsPos = cand.closest(".axon-decision").dataset.pos;
   element.dataset.vsJ = cand.dataset.j;
   applyVs();
+  const box = document.querySelector("#axon-vs-req textarea, #axon-vs-req input");
+  if (box && cand.dataset.tok) {
+    box.value = `${element.dataset.vsPos}:${cand.dataset.tok}`;
+    box.dispatchEvent(new Event("input", { bubbles: true }));
+  }
 });
 new MutationObserver(applyVs).observe(element, { childList: true, subtree: true });
 

@@ -125,6 +125,47 @@
     show(Number(t.dataset.k));
   });
 
+  // a fork shown beside the run in the app (data.fork, axon_core/replay.py fork_data):
+  // both continuations from the fork point, side by side, and a link that reopens it live
+  var fork = data.fork, forkBox = $("fork");
+  if (fork && forkBox) {
+    var el = function (tag, cls, txt) {
+      var e = document.createElement(tag);
+      if (cls) e.className = cls;
+      if (txt != null) e.textContent = txt;
+      return e;
+    };
+    var q = function (t) { return "\u201c" + String(t).replace(/\n/g, "\u21b5") + "\u201d"; };
+    var head = el("div", "fork-head");
+    head.appendChild(el("strong", null, "Fork"));
+    head.appendChild(document.createTextNode(" at token " + fork.p + ": " + q(fork.t) + " instead of " +
+                                             q(fork.was) + " "));
+    if (/^https?:\/\//.test(fork.link || "")) {
+      var a = el("a", null, "open the fork live");
+      a.href = fork.link; a.target = "_blank"; a.rel = "noopener";
+      head.appendChild(a);
+    }
+    forkBox.appendChild(head);
+    var cols = el("div", "fork-cols");
+    [["as run", fork.run], ["forked", fork.fork]].forEach(function (pair) {
+      var col = el("div", "fork-col");
+      col.appendChild(el("i", null, pair[0]));
+      col.appendChild(el("div", "fork-text", pair[1]));
+      cols.appendChild(col);
+    });
+    forkBox.appendChild(cols);
+    forkBox.hidden = false;
+    if (spans[fork.k]) {
+      spans[fork.k].classList.add("forked");
+      spans[fork.k].title += " \u00b7 forked here: " + q(fork.t);
+    }
+    head.addEventListener("click", function (ev) {
+      if (ev.target.closest && ev.target.closest("a")) return;
+      if (playing) pause();
+      show(fork.k);
+    });
+  }
+
   window.__axonReplay = {player: player, data: data, play: play, pause: pause, seek: show,
                          playing: function () { return playing; }};
   var auto = !/[?&]autoplay=0\b/.test(location.search);

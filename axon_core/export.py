@@ -17,7 +17,12 @@ carries its ``"layer"``, and ``labels`` are keyed ``"<layer>:<index>"`` for
 layered features (``layer_labels`` gives each layer's label source; the
 primary's layer falls back to ``label_of``), and each edge its
 ``"source_layer"`` and ``"target_layer"``. Schema ``axon-run/2`` adds just
-that to ``axon-run/1``, which :func:`run_from_json` still reads.
+that to ``axon-run/1``, which :func:`run_from_json` still reads. A run shown
+with a fork beside it (a strip's "fork", a ``fork=`` link, ``/generate``'s
+``fork``) also carries ``"fork"`` (:func:`fork_json`): the fork point, the
+forced token, both texts from there and the fork's own tokens with their
+features; an optional key, so still ``axon-run/2`` (a reader that does not know
+it ignores it; :func:`fork_from_json` reads it).
     page = standalone_html(figure_dict(snap, pos, labels), "AXON run", generated_text)
     download_name("The capital of France is", "gpt2-small", date(2026, 12, 1), "json")
     # 'axon-the-capital-of-france-is-gpt2-small-20261201.json'
@@ -44,6 +49,7 @@ import orjson
 
 from .decision import Candidate, Decision, Fit
 from .features import FeatureHit, split_key
+from .fork import Fork, fork_seed
 from .generation import GenerationSettings, TokenStep
 from .graph import GraphState, LabelSource, label_fn
 
@@ -56,24 +62,18 @@ READABLE = ("axon-run/1", SCHEMA)  # /1: one SAE, features without "layer", no m
 
 def run_to_json(steps: list[TokenStep], settings: GenerationSettings, meta: dict,
                 graph: GraphState, label_of: LabelSource, saes: Sequence[Any] | None = None,
-                layer_labels: Mapping[int, LabelSource] | None = None) -> dict[str, Any]:
+                layer_labels: Mapping[int, LabelSource] | None = None,
+                fork: tuple[tuple[int, int], Sequence[TokenStep]] | None = None) -> dict[str, Any]:
     """Everything needed to show or reproduce a run, as JSON-ready plain values.
-    ``saes``: the SAEs the run read (:attr:`Generation.saes`), for ``meta["saes"]``."""
+    ``saes``: the SAEs the run read (:attr:`Generation.saes`), for ``meta["saes"]``.
+    ``fork``: ``((position, token_id), the fork's steps)``, a fork shown beside the
+    run, written as ``"fork"`` (:func:`fork_json`; its features' labels join ``labels``)."""
     label = label_fn(label_of)
     meta = dict(meta)
     if saes is not None:
         meta["saes"] = [s.describe() if hasattr(s, "describe") else dict(s) for s in saes]
     primary_layer = meta["saes"][0].get("layer") if meta.get("saes") else None
-    tokens = [{
-        "position": s.position, "token_id": s.token_id, "text": s.text,
-        "is_prompt": s.is_prompt, "next_token_id": s.next_token_id, "prob": s.prob,
-        "sampled_prob": s.sampled_prob, "notice": s.notice, "display": s.display,
-        "features": [_feature(f) for f in s.features],
-        **({"decision": decision_json(s.decision)} if s.decision is not None else {}),
-        **({"fit": [fit_json(f) for f in s.fit]} if s.fit else {}),
-        # the watched features' exact activations, in the order of meta["watch"] (a run that watched some)
-        **({"watched": [float(v) for v in s.watched]} if s.watched else {}),
-    } for s in steps]
+    tokens = [token_json(s) for s in steps]
     edges = []
     for e in graph.edges():  # graph nodes are (layer, index) keys in a run of several SAEs
         (la, a), (lb, b) = split_key(e.source), split_key(e.target)
@@ -81,7 +81,8 @@ def run_to_json(steps: list[TokenStep], settings: GenerationSettings, meta: dict
         if la is not None:
             edge.update(source_layer=la, target_layer=lb)
         edges.append(edge)
-    seen = sorted({(f.layer if f.layer is not None else -1, f.index) for s in steps for f in s.features})
+    forked = [s for s in fork[1] if s.position >= fork[0][0]] if fork is not None else []
+    seen = sorted({(f.layer if f.layer is not None else -1, f.index) for s in [*steps, *forked] for f in s.features})
     labels = {}
     for layer, i in seen:
         if layer < 0:
@@ -90,10 +91,57 @@ def run_to_json(steps: list[TokenStep], settings: GenerationSettings, meta: dict
             labels[f"{layer}:{i}"] = label_fn(layer_labels[layer])(i)
         else:
             labels[f"{layer}:{i}"] = label(i) if layer == primary_layer else ""
-    return {
+    d = {
         "schema": SCHEMA, "meta": meta, "settings": asdict(settings),
         "tokens": tokens, "edges": edges, "labels": labels,
     }
+    if fork is not None:
+        d["fork"] = fork_json(*fork[0], steps, fork[1], settings.seed)
+    return d
+
+
+def token_json(s: TokenStep) -> dict[str, Any]:
+    """One step of a run (or of a fork) as plain values (see :func:`run_to_json`)."""
+    return {
+        "position": s.position, "token_id": s.token_id, "text": s.text,
+        "is_prompt": s.is_prompt, "next_token_id": s.next_token_id, "prob": s.prob,
+        "sampled_prob": s.sampled_prob, "notice": s.notice, "display": s.display,
+        "features": [_feature(f) for f in s.features],
+        **({"decision": decision_json(s.decision)} if s.decision is not None else {}),
+        **({"fit": [fit_json(f) for f in s.fit]} if s.fit else {}),
+        # the watched features' exact activations, in the order of meta["watch"] (a run that watched some)
+        **({"watched": [float(v) for v in s.watched]} if s.watched else {}),
+    }
+
+
+def fork_json(position: int, token_id: int, steps: Sequence[TokenStep], fork_steps: Sequence[TokenStep],
+              seed: int) -> dict[str, Any]:
+    """A fork of the run ``steps``: ``token_id`` forced at ``position`` (see
+    :mod:`axon_core.fork`). ``tokens``: the fork's own steps from the forced token
+    on, as the run's ``tokens`` (the steps before it are the run's own);
+    ``replaced``: what the run chose there; ``original`` and ``continuation``:
+    the run's text and the fork's from ``position`` on, as shown; ``seed``: the
+    seed of the fork's sampling after the forced token; ``link_fork``: the share
+    link's ``fork=`` value."""
+    own = [s for s in fork_steps if s.position >= position]
+    was = next((s for s in steps if s.position == position), None)
+    return {
+        "position": int(position), "token_id": int(token_id), "text": own[0].shown if own else "",
+        "replaced": None if was is None else {"token_id": was.token_id, "text": was.shown},
+        "original": "".join(s.shown for s in steps if s.position >= position),
+        "continuation": "".join(s.shown for s in own),
+        "seed": fork_seed(seed, Fork(int(position), int(token_id))), "link_fork": f"{int(position)}:{int(token_id)}",
+        "tokens": [token_json(s) for s in own],
+    }
+
+
+def fork_from_json(d: dict[str, Any]) -> tuple[Fork, list[TokenStep]] | None:
+    """The fork a run JSON carries (:func:`fork_json`) and its steps from the
+    forced token on, or None (a run shown without a fork, or an older file)."""
+    f = d.get("fork")
+    if not isinstance(f, dict):
+        return None
+    return Fork(int(f["position"]), int(f["token_id"])), [step_from_json(t) for t in f.get("tokens") or ()]
 
 
 def _feature(f: FeatureHit) -> dict[str, Any]:
@@ -141,7 +189,13 @@ def run_from_json(d: dict[str, Any]) -> tuple[list[TokenStep], GenerationSetting
         raise ValueError(f"not an {SCHEMA} (or axon-run/1) run: schema={d.get('schema')!r}")
     known = {f.name for f in fields(GenerationSettings)}
     settings = GenerationSettings(**{k: v for k, v in d.get("settings", {}).items() if k in known})
-    steps = [TokenStep(
+    steps = [step_from_json(t) for t in d.get("tokens", [])]
+    return steps, settings, dict(d.get("meta", {}))
+
+
+def step_from_json(t: dict[str, Any]) -> TokenStep:
+    """The inverse of :func:`token_json`."""
+    return TokenStep(
         position=int(t["position"]), token_id=int(t["token_id"]), text=str(t["text"]),
         is_prompt=bool(t["is_prompt"]),
         features=tuple(FeatureHit(int(f["index"]), float(f["activation"]), _opt_float(f.get("attribution")),
@@ -151,8 +205,7 @@ def run_from_json(d: dict[str, Any]) -> tuple[list[TokenStep], GenerationSetting
         notice=t.get("notice"), display=t.get("display"),  # "display": absent in older files
         decision=_decision(t.get("decision")), fit=_fits(t.get("fit")),  # absent in older files
         watched=tuple(float(v) for v in t.get("watched") or ()),
-    ) for t in d.get("tokens", [])]
-    return steps, settings, dict(d.get("meta", {}))
+    )
 
 
 def _opt_float(value: Any) -> float | None:

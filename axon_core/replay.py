@@ -29,6 +29,12 @@ restyled, flat ``[a, b, strength 0-2, ...]``; ``r`` edges removed, flat
 ``[a, b, ...]``; ``s`` the scene names ``[[node, ax, ay], ...]``; ``h`` the
 scene's half-width when it changes. Nodes are numbered in order of arrival.
 
+A run JSON that carries a fork (``"fork"``, written by the app when a fork was
+shown beside the run) adds ``data["fork"]`` (:func:`fork_data`): the page shows
+both continuations from the fork point, side by side under the text, with a
+link that reopens the fork live; the fork's token in the text is marked and
+jumps the player there. Without it (older files, runs never forked) nothing changes.
+
 Where the nodes are: the live view lays out at its own frame cadence and,
 when scrubbed, freezes the positions of its last layout; the run JSON records
 those (``"layout"``, see :meth:`RunSession.layout_json`), and the replay draws
@@ -54,7 +60,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from .edges import score_edge_columns
-from .export import json_for_script, plotly_js, run_from_json
+from .export import fork_from_json, json_for_script, plotly_js, run_from_json
 from .features import key_name, node_key, split_key
 from .figure import (ACTIVE_RING, BACKGROUND, COLORSCALE, EDGE_STYLES, OPENING_EYE, PLANE_COLOUR,
                      SCENE_LABEL_CHARS, SCENE_LABEL_COLOUR, figure_dict)
@@ -117,8 +123,9 @@ def _positions(run: Mapping[str, Any], graph: GraphState, plane_of: dict[int, fl
     return {k: tuple(round(v, 3) for v in xyz) for k, xyz in layout.positions.items()}
 
 
-def replay_link(run: Mapping[str, Any], app_url: str | None = None) -> str:
-    """The live app's share link that reruns this run (prompt, model, SAE, settings, layers)."""
+def replay_link(run: Mapping[str, Any], app_url: str | None = None, fork: tuple[int, int] | None = None) -> str:
+    """The live app's share link that reruns this run (prompt, model, SAE, settings, layers),
+    and with ``fork`` (position, token id) forks it there once it is done."""
     steps, settings, meta = run_from_json(dict(run))
     prompt = meta.get("prompt")
     if not isinstance(prompt, str):
@@ -127,7 +134,7 @@ def replay_link(run: Mapping[str, Any], app_url: str | None = None) -> str:
     steer = tuple((int(i), float(c)) for i, c in meta.get("steer") or ())
     req = RunRequest(prompt=prompt, model=meta.get("model"), release=meta.get("release"),
                      sae_id=meta.get("sae_id"), settings=settings, autorun=True, steer=steer,
-                     layers=layers if len(layers) > 1 else ())
+                     layers=layers if len(layers) > 1 else (), fork=fork)
     return build_link(app_url or base_url_for(os.environ.get("SPACE_ID"), None), req)
 
 
@@ -201,7 +208,7 @@ def replay_data(run: Mapping[str, Any], app_url: str | None = None) -> dict[str,
     prompt = meta.get("prompt")
     if not isinstance(prompt, str):
         prompt = "".join(s.text for s in steps if s.is_prompt)
-    return {
+    out = {
         "v": 1,
         "meta": {
             "schema": run.get("schema"), "prompt": prompt, "model": meta.get("model"),
@@ -219,6 +226,28 @@ def replay_data(run: Mapping[str, Any], app_url: str | None = None) -> dict[str,
         },
         "frames": frames,
     }
+    fork = fork_data(run, steps, app_url)
+    if fork is not None:
+        out["fork"] = fork
+    return out
+
+
+def fork_data(run: Mapping[str, Any], steps, app_url: str | None = None) -> dict[str, Any] | None:
+    """What the page shows of the fork a run JSON carries (``"fork"``, see
+    :func:`~axon_core.export.fork_json`), or None: ``p`` the fork point, ``k`` its
+    frame (the run's token there), ``t`` the forced token, ``was`` the run's,
+    ``run`` and ``fork`` the two texts from there (as shown), ``link`` the share
+    link that reopens the fork live. Untrusted text, like the rest."""
+    found = fork_from_json(dict(run))
+    if found is None:
+        return None
+    fork, own = found
+    k = next((i for i, s in enumerate(steps) if s.position == fork.position), len(steps) - 1)
+    was = next((s.shown for s in steps if s.position == fork.position), "")
+    return {"p": fork.position, "k": k, "t": own[0].shown if own else "", "was": was,
+            "run": "".join(s.shown for s in steps if s.position >= fork.position),
+            "fork": "".join(s.shown for s in own),
+            "link": replay_link(run, app_url, fork=fork.as_tuple())}
 
 
 def _no_label(key: int) -> str:
@@ -279,6 +308,7 @@ _PAGE = """<!DOCTYPE html>
 <body>
 <header id="head"><div id="title"></div><div id="meta"></div><a id="live" target="_blank" rel="noopener">open live</a></header>
 <div id="text" aria-live="polite"></div>
+<div id="fork" hidden></div>
 <div id="graph"></div>
 <div id="controls">
 <button id="play" type="button">Play</button>

@@ -116,11 +116,13 @@ class RunSession:
         # the watched features as graph node keys, in the order of each step's ``watched``
         self.watched_keys: tuple[int, ...] = tuple(node_key(la, i) for la, i in watch)
         self.causal: dict[str, np.ndarray] | None = None  # the latest causal check's edges (see set_causal)
-        # the decision strip's gradient flavour, where asked for: {deciding position: {"other", "pushes", "ms"}}
-        self.gradients: dict[int, dict] = {}
-        # the measured flavour, where asked for: {deciding position: {"other", "logit_diff", "prob", "rows", "ms"}}
-        self.measured: dict[int, dict] = {}
+        # the decision strip's gradient flavour, where asked for:
+        # {deciding position: {other candidate's token id: {"other", "pushes", "ms"}}}
+        self.gradients: dict[int, dict[int, dict]] = {}
+        # the measured flavour, where asked for: {deciding position: {other: {"other", "logit_diff", "prob", "rows", "ms"}}}
+        self.measured: dict[int, dict[int, dict]] = {}
         self.fork: tuple[int, int] | None = None  # the fork last shown beside this run (a share link carries it)
+        self.fork_steps: list[TokenStep] = []  # that fork's steps (the run JSON carries them, see export_json)
         self.at: int | None = None  # scrubbed to this token position (None: follow the run)
         self.graph = GraphState()
         self.stream = GraphStream(self.graph.decay, self.planes())  # what this viewer's player was sent
@@ -545,12 +547,14 @@ class RunSession:
         the positions a scrub shows (:meth:`layout_json`), so a replay draws the
         nodes where this view did."""
         meta = {**self.meta, "versions": versions or {}, "ms_per_token": self.ms_per_token()}
+        with self.lock:
+            fork = (self.fork, list(self.fork_steps)) if self.fork is not None and self.fork_steps else None
         if not self.layered:
-            d = run_to_json(self.steps, self.settings, meta, self.graph, self.label)
+            d = run_to_json(self.steps, self.settings, meta, self.graph, self.label, fork=fork)
         else:
             layer_labels = {layer: (lambda i, la=layer: self.label(node_key(la, i))) for layer in self.by_layer}
             d = run_to_json(self.steps, self.settings, meta, self.graph, self.label, saes=self.saes,
-                            layer_labels=layer_labels)
+                            layer_labels=layer_labels, fork=fork)
         d["layout"] = self.layout_json()
         return d
 

@@ -10,7 +10,8 @@ strip); beside each candidate not chosen a “fork” button that forks the run 
 with that token (“fork”; a click on the candidate itself only compares: it is cheap
 and reversible, a fork computes a new continuation; shift-click also forks,
 see assets/text.js and :mod:`axon_core.page.fork`); and how much of the residual there the SAE explains (a badge,
-flagged when low). Everything shown is escaped: token texts and labels are
+flagged when low). Each candidate's block carries every feature's push against
+it (``data-push``, graph node keys → push) for a graph to colour its nodes by. Everything shown is escaped: token texts and labels are
 untrusted.
 
 Worked example::
@@ -23,6 +24,7 @@ Worked example::
 from __future__ import annotations
 
 import html
+import json
 from typing import Callable, Sequence
 
 from .decision import DIRECT, GRADIENT, Decision, Fit
@@ -95,29 +97,26 @@ def _pushers(decision: Decision | None, step: TokenStep, other: int, label: Call
             f'<div class="dec-against"><i>against</i> {items(con)}</div>')
 
 
-def _gradient(g: dict | None, shown: TokenStep, before: TokenStep, decision: Decision,
+def _gradient(g: dict | None, shown: TokenStep, before: TokenStep, other: str,
               label: Callable[[int], str]) -> str:
-    """The gradient flavour's block, when it was computed for this decision (see :func:`strip_html`)."""
+    """The gradient flavour's block against one candidate (``other``: its text), when it was
+    computed (see :func:`strip_html`)."""
     if not g:
         return ""
     if g.get("error"):
         return f'<div class="dec-grad">{html.escape(g["error"])}</div>'
-    j = decision.index_of(g["other"])
-    other = decision.candidates[j].text if j is not None else f"#{g['other']}"
     return (f'<div class="dec-grad"><div class="dec-vs">flavour: {html.escape(GRADIENT)}; {_q(shown.shown)} rather '
             f'than {_q(other)}, by feature at {_q(before.shown)} ({g["ms"]:.0f} ms):</div>'
             f'{_pushers(None, before, g["other"], label, g["pushes"])}</div>')
 
 
-def _measured(m: dict | None, shown: TokenStep, before: TokenStep, decision: Decision,
+def _measured(m: dict | None, shown: TokenStep, before: TokenStep, other: str,
               label: Callable[[int], str]) -> str:
-    """The measured flavour's block, when it was computed for this decision (see :func:`strip_html`)."""
+    """The measured flavour's block against one candidate, when it was computed (see :func:`strip_html`)."""
     if not m:
         return ""
     if m.get("error"):
         return f'<div class="dec-measured">{html.escape(m["error"])}</div>'
-    j = decision.index_of(m["other"])
-    other = decision.candidates[j].text if j is not None else f"#{m['other']}"
     rows = "".join(f'<span class="dec-feat" data-key="{k}">{html.escape(key_name(k))} {html.escape(label(k)[:40])} '
                    f'<b>{dd:+.2f}</b> <small>p {100 * dp:+.1f} pt</small></span>' for k, dd, dp in m["rows"])
     return (f'<div class="dec-measured"><div class="dec-vs">flavour: {html.escape(MEASURED)}; {_q(shown.shown)} '
@@ -126,12 +125,24 @@ def _measured(m: dict | None, shown: TokenStep, before: TokenStep, decision: Dec
             f'{rows or "<span class=dec-none>no features to ablate</span>"}</div>')
 
 
+def _push_data(decision: Decision, step: TokenStep, other: int) -> str:
+    """Every feature's direct-path push on ``logit(chosen) − logit(other)`` at the deciding
+    step, as an escaped JSON attribute ``{"<graph node key>": push}`` (4 decimals): what a
+    graph would colour its nodes by (for: > 0, against: < 0) while this candidate is compared."""
+    rows = {str(k): round(float(v), 4) for k, v in decision.pushes([f.key for f in step.features], other)
+            if v is not None}
+    return html.escape(json.dumps(rows, separators=(",", ":")), quote=True)
+
+
 def strip_html(steps: Sequence[TokenStep], position: int | None, label: Callable[[int], str],
                gradients: dict[int, dict] | None = None, measured: dict[int, dict] | None = None) -> str:
     """The strip for the token at ``position`` (None: the newest), or "" before a run.
-    ``gradients``: ``{deciding position: {"other", "pushes", "ms"}}`` (or ``{"error"}``),
-    the gradient flavour where it was asked for; ``measured``: ``{deciding position:
-    {"other", "logit_diff", "prob", "rows": [(key, Δ logit diff, Δ p)], "ms"}}``, the measured one."""
+    ``gradients``: ``{deciding position: {other candidate's token id: {"other", "pushes",
+    "ms"}}}`` (or ``{"error"}``), the gradient flavour where it was asked for;
+    ``measured``: ``{deciding position: {other: {"other", "logit_diff", "prob", "rows":
+    [(key, Δ logit diff, Δ p)], "ms"}}}``, the measured one. Each shows in the block of
+    the candidate it was computed against (the runner-up's, or the one clicked: see
+    assets/notes.js), under the direct path's pushers."""
     if not steps:
         return ""
     at = len(steps) - 1 if position is None else next((i for i, s in enumerate(steps) if s.position == position),
@@ -151,26 +162,31 @@ def strip_html(steps: Sequence[TokenStep], position: int | None, label: Callable
         fork = ("" if c.chosen else
                 f'<button type="button" class="axon-fork" data-pos="{shown.position}" data-tok="{c.token_id}" '
                 f'title="{html.escape(FORK_TITLE.format(_q(c.text)), quote=True)}">fork</button>')
-        cands.append(f'<span class="dec-cand"><button type="button" class="{cls}" data-j="{j}" '
+        cands.append(f'<span class="dec-cand"><button type="button" class="{cls}" data-j="{j}" data-tok="{c.token_id}" '
                      f'title="{html.escape(title, quote=True)}">'
                      f'{_q(c.text)} <b>{html.escape(pct(c.prob))}</b> <small>{html.escape(pct(c.sampled_prob))}</small>'
                      f'</button>{fork}</span>')
     pushes = []
+    grads, meas = (gradients or {}).get(before.position) or {}, (measured or {}).get(before.position) or {}
     for j, c in enumerate(decision.candidates):
         if c.chosen:
             continue
         off = "" if runner and c.token_id == runner.token_id else " off"
-        pushes.append(f'<div class="dec-push{off}" data-j="{j}"><div class="dec-vs">what made it {_q(shown.shown)} '
-                      f'rather than {_q(c.text)} (logit difference, by feature at {_q(before.shown)}):</div>'
-                      f"{_pushers(decision, before, c.token_id, label)}</div>")
+        pushes.append(f'<div class="dec-push{off}" data-j="{j}" data-push="{_push_data(decision, before, c.token_id)}">'
+                      f'<div class="dec-vs">what made it {_q(shown.shown)} '
+                      f'rather than {_q(c.text)} (logit difference, by feature at {_q(before.shown)}; '
+                      f'{html.escape(DIRECT.split(" (")[0])}):</div>'
+                      f"{_pushers(decision, before, c.token_id, label)}"
+                      f"{_gradient(grads.get(c.token_id), shown, before, c.text, label)}"
+                      f"{_measured(meas.get(c.token_id), shown, before, c.text, label)}</div>")
     return (f'{head}<div class="dec-head"><b>Why {_q(shown.shown)}?</b> {_fit_badge(before.fit, before.shown)}'
             f'</div><div class="dec-cands">{"".join(cands)}</div>'
             f'<div class="dec-legend">bold: probability at temperature 1 · small: under the sampling used '
             f'· click a candidate: what pushed the choice against it · “fork” beside it (or shift-click): fork the '
             f'run here, as if it had been chosen</div>{"".join(pushes)}'
-            f'<div class="dec-flavour">flavour shown above: {html.escape(DIRECT)}</div>'
-            f'{_gradient((gradients or {}).get(before.position), shown, before, decision, label)}'
-            f'{_measured((measured or {}).get(before.position), shown, before, decision, label)}</div>')
+            f'<div class="dec-flavour">flavour of the pushers listed first: {html.escape(DIRECT)}; the other '
+            f'flavours (buttons below) are computed against the candidate compared, the runner-up unless '
+            f'another is clicked</div></div>')
 
 
 def hover_text(step: TokenStep, before: TokenStep | None) -> str:

@@ -34,7 +34,7 @@ BASE = {
     "prompt": "The capital of France is", "model": "gpt2-small", "release": "gpt2-small-res-jb",
     "sae_id": "blocks.8.hook_resid_pre", "temperature": 0.8, "top_k": 50, "top_p": 0.95,
     "repetition_penalty": 1.1, "max_tokens": 1, "seed": 0, "feature_k": 12, "threshold": 0.1,
-    "steer": "", "edge_kind": "npmi", "layers": [], "watch": "",
+    "steer": "", "edge_kind": "npmi", "layers": [], "watch": "", "fork": "",
 }
 ORDER = list(BASE)
 STATUS, RUN = 3, 4  # indices of the status line and the run JSON in predict()'s result
@@ -135,6 +135,7 @@ HOSTILE = {
     "layers": [[], [2, 5], [2, 5, 11, 8], [0, 1, 2, 3, 4], "2,5", "x", None, [99], "1,2,99", "2,99", [-1], "<b>",
                [8], [2, 2, 2]],
     "watch": ["", None, "7", "x", "8:5", "1," * 40, "99999999", 5, [1], "<b>", "2:3,2:3", "-1"],
+    "fork": ["", None, "7", "x:y", "1:13", "-1:5", "8:99999999999", "8:-3", "999:13", 5, [1], "<b>", "8:13:x"],
 }
 # What the status line must then say (a clamped value, or the reason for a refusal).
 EXPECT = {
@@ -593,3 +594,24 @@ def test_find_feature_through_the_api(client, neuronpedia):
     table, note = client.predict('"*) OR NEAR(' + "x" * 10_000, "gpt2-small-res-jb", "blocks.8.hook_resid_pre",
                                  api_name="/find_feature")
     assert table["data"] == [] and isinstance(note, str)
+
+
+def test_generate_forks_through_the_api(client):
+    """``fork`` ("position:token_id"): the run JSON carries the fork, its tokens those of
+    the same request whose prompt is the prefix plus the forced token (temperature 0);
+    the comparison output shows both texts; a run without it is unchanged."""
+    run = call(client, max_tokens=5, temperature=0)[RUN]
+    n_prompt = 1 + sum(t["is_prompt"] for t in run["tokens"])
+    q = n_prompt + 1
+    out = call(client, max_tokens=5, temperature=0, fork=f"{q}:13")
+    forked = out[RUN]
+    assert tokens_of({"tokens": forked["tokens"]}) == tokens_of(run)  # the run itself is as without the fork
+    f = forked["fork"]
+    assert (f["position"], f["token_id"]) == (q, 13) and f["tokens"][0]["token_id"] == 13
+    prefix_text = "".join(t["text"] for t in run["tokens"] if t["position"] < q) + f["tokens"][0]["text"]
+    fresh = call(client, prompt=prefix_text, max_tokens=5 - (q - n_prompt) - 1, temperature=0)[RUN]
+    assert [t["token_id"] for t in fresh["tokens"] if t["is_prompt"]] == \
+        [t["token_id"] for t in run["tokens"] if t["position"] < q] + [13]  # the same prefix, re-read
+    assert [t["token_id"] for t in f["tokens"][1:]] == [t["token_id"] for t in fresh["tokens"] if not t["is_prompt"]]
+    assert any("axon-compare-fork" in v for v in out if isinstance(v, str))
+    assert "fork" not in call(client, max_tokens=5, temperature=0)[RUN]

@@ -307,7 +307,7 @@ def test_strip_adds_the_gradient_flavour_for_the_shown_token(pairs, pair):
     run.scrub(shown.position)
     page = gradient_for_token(types.SimpleNamespace(pairs=pairs), run)
     before = steps[-4]
-    entry = run.gradients[before.position]
+    entry = run.gradients[before.position][before.decision.runner_up.token_id]
     assert entry["other"] == before.decision.runner_up.token_id
     # the same numbers as the reference above, for the features of the deciding position
     tokens = torch.tensor([pair.model.tokenizer.bos_token_id] + [s.token_id for s in steps])
@@ -317,3 +317,66 @@ def test_strip_adds_the_gradient_flavour_for_the_shown_token(pairs, pair):
     assert "through the later layers" in page and 'class="dec-grad"' in page
     run.scrub(steps[-1].position)  # another token: its strip has no gradient block until asked
     assert 'class="dec-grad"' not in run.text_html()
+
+
+def test_strip_compares_with_the_candidate_clicked(pairs, pair):
+    """A click on a candidate in the strip ("position:token_id", assets/notes.js): its block
+    lists the direct path against it (TransformerLens's ``cache.logit_attrs`` with
+    ``incorrect_tokens`` that candidate), and the gradient flavour is computed against it
+    (autograd through a plain forward) and shown in that candidate's block."""
+    import re
+    import types
+
+    from axon_core.page.view import compared, gradient_for_token
+    from axon_core.session import RunSession
+
+    meta = {"release": "gpt2-small-res-jb", "sae_id": "blocks.8.hook_resid_pre", "neuronpedia_id": None}
+    run = RunSession(meta, SAMPLED, None, frame_interval=0.0)
+    steps = list(generate(pair, PROMPT, SAMPLED))
+    for s in steps:
+        run.add(s)
+    shown, before = steps[-3], steps[-4]
+    d = before.decision
+    j = next(k for k, c in enumerate(d.candidates) if not c.chosen and c.token_id != d.runner_up.token_id)
+    other = d.candidates[j].token_id
+    run.scrub(shown.position)
+    spec = f"{shown.position}:{other}"
+    assert compared(d, shown.position, spec) == other
+    for stale in (None, "", f"{shown.position - 1}:{other}", f"{shown.position}:{d.chosen}", f"{shown.position}:7",
+                  "x:y"):  # another token's click, the chosen one, not a candidate: the runner-up
+        assert compared(d, shown.position, stale) == d.runner_up.token_id
+    page = gradient_for_token(types.SimpleNamespace(pairs=pairs), run, spec)
+    entry = run.gradients[before.position][other]
+    assert entry["other"] == other and d.runner_up.token_id not in run.gradients[before.position]
+    tokens, _, cache = _forward(pair, steps)
+    feats = [f.index for f in before.features]
+    ref = _reference_gradient(pair.model, pair.sae, pair.hook_name, tokens[0], before.position, feats, d.chosen, other)
+    assert torch.allclose(torch.tensor([v for _, v in entry["pushes"]]), ref.float(), atol=1e-4, rtol=1e-3)
+    # the strip: the gradient block sits in that candidate's block, which lists the direct path against it
+    block = page[page.index(f'<div class="dec-push off" data-j="{j}" data-push='):]
+    block = block[:block.index('<div class="dec-push', 10) if '<div class="dec-push' in block[10:] else None]
+    assert 'class="dec-grad"' in block and "through the later layers" in block
+    assert block.count('class="dec-grad"') == page.count('class="dec-grad"') == 1
+    with torch.inference_mode():
+        acts = pair.sae.encode(cache[pair.hook_name][0, before.position])
+        idx = torch.tensor(feats)
+        stack = (acts[idx, None] * pair.sae.W_dec.detach()[idx])[:, None, None, :]
+        direct = cache.logit_attrs(stack[:, :, 0], tokens=d.chosen, incorrect_tokens=other,
+                                   pos_slice=before.position)[:, 0]
+    direct_part = block[:block.index('class="dec-grad"')]
+    listed = [(int(k), float(v)) for k, v in re.findall(r'data-key="(\d+)"[^<]*<b>([+-][\d.]+)</b>', direct_part)]
+    assert listed
+    for k, v in listed:
+        assert v == pytest.approx(float(direct[feats.index(k)]), abs=0.006)
+    # every feature's push against it, for a graph to colour nodes by: keys are the graph's node keys
+    import html as html_lib
+    import json as json_lib
+
+    attr = re.search(rf'<div class="dec-push off" data-j="{j}" data-push="([^"]*)"', page).group(1)
+    push = {int(k): v for k, v in json_lib.loads(html_lib.unescape(attr)).items()}
+    assert sorted(push) == sorted(f.key for f in before.features)
+    for f in before.features:
+        assert push[f.key] == pytest.approx(float(direct[feats.index(f.index)]), abs=2e-4)
+    ranked = sorted(range(len(feats)), key=lambda i: -float(direct[i]))
+    pro = [feats[i] for i in ranked if float(direct[i]) > 0][:4]
+    assert [k for k, _ in listed][:len(pro)] == pro  # the strongest pushers for, first

@@ -79,12 +79,20 @@ def test_strip_follows_the_run_the_slider_and_a_candidate_click(app):
         shown = page.eval_on_selector_all(".axon-decision .dec-push:not(.off)", "els => els.map(e => e.dataset.j)")
         assert shown == [j]
         assert "rather than" in page.locator(".axon-decision .dec-push:not(.off) .dec-vs").inner_text()
-        # the gradient flavour for the shown token, on request
+        # the gradient flavour for the shown token, on request: against the candidate clicked
+        assert page.input_value("#axon-vs-req textarea, #axon-vs-req input") == \
+            f"{position}:{other.get_attribute('data-tok')}"
         page.locator("#axon-why").click()
         page.wait_for_function("document.querySelector('.axon-decision .dec-grad') !== null")
         assert "through the later layers" in page.locator(".axon-decision .dec-grad").inner_text()
         shown = page.eval_on_selector_all(".axon-decision .dec-push:not(.off)", "els => els.map(e => e.dataset.j)")
         assert shown == [j]  # the clicked candidate stays chosen across the redraw
+        assert page.locator(f".axon-decision .dec-push[data-j='{j}'] .dec-grad").count() == 1  # computed against it
+        # the measured flavour, against the same candidate
+        page.locator("#axon-measure").click()
+        page.wait_for_function("document.querySelector('.axon-decision .dec-push:not(.off) .dec-measured') !== null")
+        assert "measured (each feature ablated" in page.locator(
+            f".axon-decision .dec-push[data-j='{j}'] .dec-measured").inner_text()
         SHOT.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SHOT))
         assert page.evaluate("window.__xss") is None and not errors, errors

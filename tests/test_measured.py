@@ -107,7 +107,7 @@ def test_strip_shows_the_measured_flavour_for_the_shown_token(pairs, pair):
     shown, before = steps[-2], steps[-3]
     run.scrub(shown.position)
     page = measured_for_token(types.SimpleNamespace(pairs=pairs), run)
-    entry = run.measured[before.position]
+    entry = run.measured[before.position][before.decision.runner_up.token_id]
     tokens = torch.tensor([pair.model.tokenizer.bos_token_id] + [s.token_id for s in steps])
     feats, dd, _, _, _ = _reference(pair.model, pair.sae, pair.hook_name, tokens, before.position,
                                     before.decision.chosen, before.decision.runner_up.token_id)
@@ -116,3 +116,41 @@ def test_strip_shows_the_measured_flavour_for_the_shown_token(pairs, pair):
     assert 'class="dec-measured"' in page and "measured (each feature ablated" in page
     run.scrub(steps[-1].position)
     assert 'class="dec-measured"' not in run.text_html()
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_measured_effect_against_the_candidate_clicked(pairs, pair, fast, monkeypatch):
+    """The strip's compared candidate ("position:token_id"): the ablations measure the
+    chosen token against it, as the hooks' full forward does with that candidate."""
+    from axon_core.page import view
+    from axon_core.session import RunSession
+
+    if not fast:  # TransformerLens's forward (any family) rather than GPT-2's fast stepper
+        monkeypatch.setattr(view.FastWeights, "supports", staticmethod(lambda model: False))
+    meta = {"release": "gpt2-small-res-jb", "sae_id": "blocks.8.hook_resid_pre", "neuronpedia_id": None}
+    run = RunSession(meta, SAMPLED, None, frame_interval=0.0)
+    steps = list(generate(pair, PROMPT, SAMPLED))
+    for s in steps:
+        run.add(s)
+    shown, before = steps[-2], steps[-3]
+    d = before.decision
+    j = next(k for k, c in enumerate(d.candidates) if not c.chosen and c.token_id != d.runner_up.token_id)
+    other = d.candidates[j].token_id
+    run.scrub(shown.position)
+    page = view.measured_for_token(types.SimpleNamespace(pairs=pairs), run, f"{shown.position}:{other}:5")
+    entry = run.measured[before.position][other]
+    tokens = torch.tensor([pair.model.tokenizer.bos_token_id] + [s.token_id for s in steps])
+    feats, dd, dp, d0, p0 = _reference(pair.model, pair.sae, pair.hook_name, tokens, before.position, d.chosen, other)
+    assert entry["other"] == other and [k for k, *_ in entry["rows"]] == feats
+    assert entry["logit_diff"] == pytest.approx(d0, abs=1e-3) and entry["prob"] == pytest.approx(p0, abs=1e-4)
+    assert torch.allclose(torch.tensor([r[1] for r in entry["rows"]]), dd, atol=2e-4, rtol=1e-3)
+    assert torch.allclose(torch.tensor([r[2] for r in entry["rows"]]), dp, atol=1e-5, rtol=1e-3)
+    # shown in that candidate's block (hidden until it is the one compared), not the runner-up's
+    at = page.index(f'<div class="dec-push off" data-j="{j}" data-push=')
+    nxt = page.find('<div class="dec-push', at + 10)
+    assert 'class="dec-measured"' in page[at:nxt if nxt > 0 else None]
+    assert page.count('class="dec-measured"') == 1
+    # and the runner-up's, asked for next, sits beside it: both kept
+    view.measured_for_token(types.SimpleNamespace(pairs=pairs), run)
+    assert set(run.measured[before.position]) == {other, d.runner_up.token_id}
+    assert run.text_html().count('class="dec-measured"') == 2

@@ -172,3 +172,38 @@ def test_in_a_700_by_600_iframe_text_graph_and_controls_fit(browser, page_file):
         assert inner.evaluate("document.documentElement.scrollHeight <= innerHeight")
     finally:
         context.close()
+
+
+def test_a_forked_run_shows_both_continuations_and_its_text_stays_text(browser, tmp_path):  # noqa: F811
+    """A run JSON carrying a fork (tests/test_fork_export.py's): the page shows the fork
+    point, both texts side by side and the link that reopens it; a click on the fork's
+    head scrubs there; its hostile text is text."""
+    from test_fork_export import _forked_live
+
+    run, own, d = _forked_live()
+    path = tmp_path / "forked.html"
+    path.write_text(replay_html(d, app_url="http://127.0.0.1:7860/"), encoding="utf-8")
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    try:
+        page = context.new_page()
+        page.set_default_timeout(LONG)
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(path.as_uri() + "?autoplay=0")
+        page.wait_for_function(IDLE)
+        assert page.is_visible("#fork")
+        cols = page.eval_on_selector_all("#fork .fork-text", "els => els.map(e => e.textContent)")
+        assert cols == ["".join(s.shown for s in run.steps if s.position >= run.fork[0]),
+                        "".join(s.shown for s in own)]
+        head = page.inner_text("#fork .fork-head")
+        assert f"at token {run.fork[0]}" in head and "<img src=x onerror=window.__xss=3>" in head
+        href = page.get_attribute("#fork .fork-head a", "href")
+        assert href.startswith("http://127.0.0.1:7860/") and f"fork={run.fork[0]}%3A{own[0].token_id}" in href
+        assert page.evaluate("document.querySelectorAll('img, b').length") == 0
+        k = next(i for i, s in enumerate(run.steps) if s.position == run.fork[0])
+        assert page.get_attribute("#text .tok.forked", "data-k") == str(k)
+        page.click("#fork .fork-head strong")
+        page.wait_for_function(f"window.__axonReplay.player.at === {k}")
+        assert page.evaluate("window.__xss") is None and not errors, errors
+    finally:
+        context.close()

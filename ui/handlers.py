@@ -332,13 +332,15 @@ class Handlers:
             return (gr.skip(),) * 6
         return v.figure, v.text, v.table, _or_skip(v.timeline), scrub_update(v.scrub), v.notes
 
-    def decision_gradient(self, run: RunSession | None):
-        """The decision strip's gradient flavour for the shown token (the text with the strip)."""
-        return _or_skip(view.gradient_for_token(self.services, run))
+    def decision_gradient(self, run: RunSession | None, vs=None):
+        """The decision strip's gradient flavour for the shown token (the notes: the strip), against
+        the candidate clicked in it (``vs``: "position:token_id") or the runner-up."""
+        return _or_skip(view.gradient_for_token(self.services, run, vs))
 
-    def decision_measured(self, run: RunSession | None):
-        """The decision strip's measured flavour for the shown token (the notes: the strip)."""
-        return _or_skip(view.measured_for_token(self.services, run))
+    def decision_measured(self, run: RunSession | None, vs=None):
+        """The decision strip's measured flavour for the shown token (the notes: the strip), against
+        the candidate clicked in it or the runner-up."""
+        return _or_skip(view.measured_for_token(self.services, run, vs))
 
     def fork_run(self, run: RunSession | None, spec):
         """The strip's fork button: the run forked at that token, beside the run (streamed)."""

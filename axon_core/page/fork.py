@@ -11,6 +11,7 @@ Worked example::
     for panel in fork_frames(services, run, "7:6342"):   # ' Paris' forced at position 7
         ...                                               # '<div class="axon-compare-fork">…'
     run.fork                                             # (7, 6342): a share link now carries fork=7:6342
+    run.export_json()["fork"]["continuation"]            # ' London, the capital of …': the run JSON carries it
     parse_fork_spec("7:6342:1733570000")                 # (7, 6342): a nonce after the two numbers is ignored
 """
 
@@ -50,8 +51,10 @@ def parse_fork_spec(spec) -> tuple[int, int] | None:
     return int(parts[0]), int(parts[1])
 
 
-def fork_frames(services: "Services", run: "RunSession | None", spec) -> Iterator[str]:
-    """The comparison panel for the fork ``spec`` of ``run``, redrawn as the fork streams."""
+def fork_frames(services: "Services", run: "RunSession | None", spec,
+                interval: float = FORK_INTERVAL) -> Iterator[str]:
+    """The comparison panel for the fork ``spec`` of ``run``, redrawn as the fork
+    streams, at most every ``interval`` s (0: no redraw before the last, the API's)."""
     fork = parse_fork_spec(spec)
     if fork is None:
         return
@@ -80,21 +83,21 @@ def fork_frames(services: "Services", run: "RunSession | None", spec) -> Iterato
     try:
         shown = -1
         while True:
-            live.wait(len(forked.steps), FORK_INTERVAL)
+            live.wait(len(forked.steps), interval or FORK_INTERVAL)
             for step in live.steps[len(forked.steps):]:
                 forked.add(step)
             done = live.finished and len(forked.steps) >= len(live.steps)
             if done:
                 break
-            if len(forked.steps) != shown:
+            if interval and len(forked.steps) != shown:
                 shown = len(forked.steps)
                 yield fork_html(run, forked, *fork, note="writing…")
-                time.sleep(FORK_INTERVAL)
+                time.sleep(interval)
         if live.state == "failed":
             yield message(live.error or "The fork failed.")
             return
-        with run.lock:
-            run.fork = fork
+        with run.lock:  # the share link and the run JSON (both exports, /generate's) carry it now
+            run.fork, run.fork_steps = fork, list(forked.steps)
         yield fork_html(run, forked, *fork)
     finally:
         engine.release(live)

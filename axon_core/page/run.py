@@ -38,6 +38,7 @@ from ..session import VIEW_EDGE_KINDS, RunSession
 from ..steering import steering_edit
 from ..watch import format_watch, resolve_watch
 from .compare import comparison_html
+from .fork import fork_frames, parse_fork_spec
 from .request import layer_pairs, request_from_inputs
 from .settings import FRAME_INTERVAL, LABEL_TAIL, TABLE_INTERVAL
 from .status import status_line, table_frame
@@ -205,7 +206,7 @@ def gpu_live(gpu_steps, pair, req, meta: dict, steer: tuple, extra=(),
 
 def run_frames(services: "Services", prompt, model, release, sae_id, temperature, top_k, top_p, repetition_penalty,
                max_tokens, seed, feature_k, threshold, steer="", edge_kind="npmi", at=None, layers=None, watch=None,
-               progress: Callable[[float, str], Any] | None = None, gpu_steps=None) -> Iterator[Notice | Frame]:
+               fork=None, progress: Callable[[float, str], Any] | None = None, gpu_steps=None) -> Iterator[Notice | Frame]:
     """Generate from ``prompt`` and yield a frame per view update (see the module doc).
 
     The engine computes the run (or an identical one in flight, or replays a
@@ -216,6 +217,9 @@ def run_frames(services: "Services", prompt, model, release, sae_id, temperature
     layers too, in the same forward (each layer a plane of the graph).
     ``watch`` ("7124, 8:88"): features whose exact activation every token reports
     (sparklines under the text; see :mod:`axon_core.watch`).
+    ``fork`` ("position:token_id", the API's): once the run is done, it is forked
+    there (:mod:`axon_core.page.fork`); the comparison shows both texts and the
+    run JSON carries the fork (``"fork"``).
     ``progress(fraction, message)`` hears how loading goes; ``gpu_steps``
     (ZeroGPU only) is :func:`compute_steps` wrapped in a GPU call.
     """
@@ -277,6 +281,14 @@ def run_frames(services: "Services", prompt, model, release, sae_id, temperature
             for step in plain_live.steps:
                 plain.add(step)
             compare = comparison_html(plain, run)
+        if fork not in (None, ""):
+            panel = None
+            if parse_fork_spec(fork) is None:
+                notices.append("fork: not position:token_id, ignored")
+            for panel in fork_frames(services, run, fork, interval=0):
+                pass
+            if panel:
+                compare = (compare or "") + panel
         if at is not None:
             run.scrub(at)
         ended = [n for n in live.notices if n.startswith("stopped")][-1:]

@@ -11,6 +11,7 @@ Worked example::
     redraw(run, "decoder")        # the graph's JSON with decoder-cosine edges
     gradient_for_token(services, run)   # the text + decision strip, with the gradient flavour added
     measured_for_token(services, run)   # ... with the measured flavour (8 ablations) added
+    measured_for_token(services, run, "7:262")   # ... against the candidate ' the' clicked at token 7
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from ..measured import gradient_pushes_fast, measured_effects
 from ..residuals import FastWeights
 from ..session import VIEW_EDGE_KINDS
 from ..steering import steering_edit
+from .fork import parse_fork_spec
 from .run import Scrub, scrub_range
 from .status import table_frame
 
@@ -95,17 +97,30 @@ def redraw(run: "RunSession | None", kind) -> str | None:
     return run.graph_log(relayout=False)
 
 
-def gradient_for_token(services, run: "RunSession | None") -> str | None:
+def compared(decision, shown_position: int, vs=None) -> int:
+    """The candidate the strip compares the chosen token with: the one clicked
+    (``vs``: the strip's "position:token_id", for the token shown at that
+    position, a candidate not chosen), else the runner-up."""
+    spec = parse_fork_spec(vs)
+    if spec is not None and spec[0] == shown_position and spec[1] != decision.chosen \
+            and decision.index_of(spec[1]) is not None:
+        return spec[1]
+    return decision.runner_up.token_id
+
+
+def gradient_for_token(services, run: "RunSession | None", vs=None) -> str | None:
     """The decision strip's gradient flavour for the token shown (or the newest):
-    each feature's activation × gradient of logit(chosen) − logit(runner-up) at
+    each feature's activation × gradient of logit(chosen) − logit(other) at
     the position that chose it, through every later layer (one forward over the
-    prefix and one backward, off the token loop). Returns the notes (with the
-    strip) to show, or None: nothing to do."""
+    prefix and one backward, off the token loop); ``other``: the candidate
+    clicked (``vs``, see :func:`compared`) or the runner-up. Returns the notes
+    (with the strip) to show, or None: nothing to do."""
     found = _deciding(run)
     if found is None:
         return None
-    steps, _, before = found
+    steps, shown, before = found
     decision = before.decision
+    other = compared(decision, shown.position, vs)
     try:
         pair = services.pairs.get(run.meta["release"], run.meta["sae_id"])
         feats = [f for f in before.features if f.layer in (None, run.primary_layer)]
@@ -113,19 +128,19 @@ def gradient_for_token(services, run: "RunSession | None") -> str | None:
         edit = steering_edit(pair.sae, run.meta["steer"]) if run.meta.get("steer") else None
         t = time.perf_counter()
         args = (pair.sae, pair.hook_name, tokens, before.position, [f.index for f in feats], decision.chosen,
-                decision.runner_up.token_id, edit)
+                other, edit)
         if FastWeights.supports(pair.model):  # GPT-2: the fast stepper's prefix, one row's backward
             pushes = gradient_pushes_fast(pair.fast_weights, pair.model, *args)
         else:
             with forward_lock(pair.model, None):
                 pushes = gradient_pushes(pair.model, *args)
-        entry = {"other": decision.runner_up.token_id, "pushes": [(f.key, v) for f, v in zip(feats, pushes)],
+        entry = {"other": other, "pushes": [(f.key, v) for f, v in zip(feats, pushes)],
                  "ms": 1e3 * (time.perf_counter() - t)}
     except (LoadError, ValueError, RuntimeError) as err:
         log.exception("gradient flavour failed")
-        entry = {"error": f"The gradient flavour failed ({type(err).__name__}): {str(err)[:200]}"}
+        entry = {"other": other, "error": f"The gradient flavour failed ({type(err).__name__}): {str(err)[:200]}"}
     with run.lock:
-        run.gradients[before.position] = entry
+        run.gradients.setdefault(before.position, {})[other] = entry
     return run.notes_html()
 
 
@@ -143,17 +158,19 @@ def _deciding(run: "RunSession | None"):
     return steps, shown, before
 
 
-def measured_for_token(services, run: "RunSession | None") -> str | None:
+def measured_for_token(services, run: "RunSession | None", vs=None) -> str | None:
     """The decision strip's measured flavour for the token shown (or the newest):
     each of the deciding position's 8 strongest features (the run's first SAE)
     ablated in turn there, that position re-run from the hook point up, and the
-    change in logit(chosen) − logit(runner-up) and in p(chosen). Returns the notes
-    (with the strip) to show, or None: nothing to do."""
+    change in logit(chosen) − logit(other) and in p(chosen); ``other``: the
+    candidate clicked (``vs``, see :func:`compared`) or the runner-up. Returns
+    the notes (with the strip) to show, or None: nothing to do."""
     found = _deciding(run)
     if found is None:
         return None
-    steps, _, before = found
+    steps, shown, before = found
     decision = before.decision
+    other = compared(decision, shown.position, vs)
     try:
         pair = services.pairs.get(run.meta["release"], run.meta["sae_id"])
         tokens = run_tokens(steps, getattr(pair.model.tokenizer, "bos_token_id", None))
@@ -162,15 +179,15 @@ def measured_for_token(services, run: "RunSession | None") -> str | None:
         t = time.perf_counter()
         with forward_lock(pair.model, None) if fast is None else contextlib.nullcontext():
             m = measured_effects(pair.model, pair.sae, pair.hook_name, tokens, before.position, decision.chosen,
-                                 decision.runner_up.token_id, threshold=run.settings.activation_threshold,
+                                 other, threshold=run.settings.activation_threshold,
                                  weights=fast, edit=edit)
-        entry = {"other": decision.runner_up.token_id, "logit_diff": m.logit_diff, "prob": m.prob,
+        entry = {"other": other, "logit_diff": m.logit_diff, "prob": m.prob,
                  "rows": [(run.key(f, run.primary_layer), dd, dp) for f, dd, dp in
                           zip(m.features, m.d_logit_diff, m.d_prob)],
                  "ms": 1e3 * (time.perf_counter() - t)}
     except (LoadError, ValueError, RuntimeError) as err:
         log.exception("measured flavour failed")
-        entry = {"error": f"The measured flavour failed ({type(err).__name__}): {str(err)[:200]}"}
+        entry = {"other": other, "error": f"The measured flavour failed ({type(err).__name__}): {str(err)[:200]}"}
     with run.lock:
-        run.measured[before.position] = entry
+        run.measured.setdefault(before.position, {})[other] = entry
     return run.notes_html()
