@@ -13,19 +13,44 @@ const applyVs = () => {
   strip.querySelectorAll(".axon-cand").forEach((b) => b.classList.toggle("vs", b.dataset.j === j));
   strip.querySelectorAll(".dec-push").forEach((d) => d.classList.toggle("off", d.dataset.j !== j));
 };
+// "colour the graph by push": the graph player colours the deciding token's features by
+// their push against the candidate compared (the block shown), until clicked again
+const applyTint = () => {
+  const on = element.dataset.tint === "1", player = window.__axonPlayer;
+  const strip = element.querySelector(".axon-decision");
+  const btn = strip && strip.querySelector(".axon-tint");
+  if (btn) {
+    const text = on ? "graph coloured by push (teal: for the choice, red: against) · click for brightness"
+                    : "colour the graph by push (for / against)";
+    // only what changed: a write here is a mutation the observer below answers
+    if (btn.classList.contains("on") !== on) btn.classList.toggle("on", on);
+    if (btn.textContent !== text) btn.textContent = text;
+  }
+  if (!player || !player.tint) return;
+  const shown = strip && strip.querySelector(".dec-push:not(.off)");
+  let push = null;
+  try { push = on && shown ? JSON.parse(shown.dataset.push) : null; } catch (e) { push = null; }
+  player.tint(push);
+};
+element.addEventListener("click", (ev) => {
+  if (!ev.target.closest(".axon-tint")) return;
+  element.dataset.tint = element.dataset.tint === "1" ? "0" : "1";
+  applyTint();
+});
 element.addEventListener("click", (ev) => {
   const cand = ev.target.closest(".axon-cand");
   if (!cand || cand.classList.contains("chosen")) return;
   element.dataset.vsPos = cand.closest(".axon-decision").dataset.pos;
   element.dataset.vsJ = cand.dataset.j;
   applyVs();
+  applyTint();
   const box = document.querySelector("#axon-vs-req textarea, #axon-vs-req input");
   if (box && cand.dataset.tok) {
     box.value = `${element.dataset.vsPos}:${cand.dataset.tok}`;
     box.dispatchEvent(new Event("input", { bubbles: true }));
   }
 });
-new MutationObserver(applyVs).observe(element, { childList: true, subtree: true });
+new MutationObserver(() => { applyVs(); applyTint(); }).observe(element, { childList: true, subtree: true });
 
 // Forks (axon_core/page/fork.py): the "fork" button beside a candidate, or a shift-click on
 // the candidate, asks the server to fork the run there with that token. The

@@ -11,6 +11,7 @@
  *   player.drawn();          // what the scene shows now: {names, x, y, z, ring, labels} (for tests)
  *   player.stats;            // {applied, drawn, requested}: deltas applied, frames drawn, draws asked for
  *   player.idle();           // true when the newest state has been drawn
+ *   player.tint(push);       // colour nodes by {key: signed push} (null: by brightness again)
  *   player.hover(on);        // false while states arrive fast (playing, streaming): no hover picking
  *
  * options: planes [[z, name], ...] (layers' planes); decay (brightness kept per token,
@@ -45,6 +46,8 @@
  */
 (function (root) {
   "use strict";
+
+  var TINT_SCALE = [[0, "#e4572e"], [0.5, "#4a4f6a"], [1, "#2ec4b6"]];  // against, none, for (tint())
 
   function inert(label, max) {
     var text = String(label).split(/\s+/).filter(Boolean).join(" ");
@@ -167,6 +170,15 @@
     return Math.max(0, N.lastAct[node] * Math.pow(this.decay, this.p - N.lastPos[node]));
   };
 
+  // tint({key: push, ...}): colour the nodes by a signed push (for > 0, against < 0, the
+  // rest grey) instead of their brightness; tint(null) goes back to brightness
+  AxonPlayer.prototype.tint = function (push) {
+    var next = push && typeof push === "object" ? push : null;
+    if (JSON.stringify(next) === JSON.stringify(this._tint || null)) return;
+    this._tint = next;
+    this.request();
+  };
+
   AxonPlayer.prototype.idle = function () { return this._plotted && !this._pending && !this._drawing; };
 
   AxonPlayer.prototype.keyName = function (node) { return this.nodes.name[node]; };
@@ -260,6 +272,8 @@
       out["marker.size"] = t.marker.size;
       if (t.marker.color !== undefined) out["marker.color"] = t.marker.color;
       if (t.marker.cmax !== undefined) out["marker.cmax"] = t.marker.cmax;
+      if (t.marker.cmin !== undefined) out["marker.cmin"] = t.marker.cmin;
+      if (t.marker.colorscale !== undefined) out["marker.colorscale"] = t.marker.colorscale;
       out.customdata = t.customdata; out.hovertext = t.hovertext;
     }
     Object.defineProperty(t, "_flat", {value: out, enumerable: false});
@@ -478,10 +492,18 @@
     });
     var ring = this.ring.filter(function (i) { return row.has(i); });
     var cd = function (i) { return N.key[i]; };
+    var marker = {size: size, color: color, colorscale: st.colorscale, cmin: 0,
+                  cmax: Math.round((peakTop || 1) * 100) / 100, opacity: 0.95, line: {width: 0}};
+    var tint = this._tint;
+    if (tint) {  // by push: a diverging scale around 0, symmetric in the largest |push| shown
+      var pushes = vis.map(function (i) { var v = tint[String(N.key[i])]; return typeof v === "number" ? v : 0; });
+      var top = pushes.reduce(function (m, v) { return Math.max(m, Math.abs(v)); }, 0) || 1;
+      marker.color = pushes; marker.cmin = -top; marker.cmax = top;
+      marker.colorscale = TINT_SCALE;
+      vis.forEach(function (i, r) { if (pushes[r]) hover[r] += " \u00b7 push " + (pushes[r] > 0 ? "+" : "") + pushes[r].toFixed(2); });
+    }
     data.push({type: "scatter3d", mode: "markers", name: "features", x: x, y: y, z: z,
-               customdata: vis.map(cd), hovertext: hover, hoverinfo: "text",
-               marker: {size: size, color: color, colorscale: st.colorscale, cmin: 0,
-                        cmax: Math.round((peakTop || 1) * 100) / 100, opacity: 0.95, line: {width: 0}},
+               customdata: vis.map(cd), hovertext: hover, hoverinfo: "text", marker: marker,
                showlegend: false});
     data.push({type: "scatter3d", mode: "markers", name: "active",
                x: ring.map(function (i) { return N.x[i]; }), y: ring.map(function (i) { return N.y[i]; }),

@@ -184,6 +184,8 @@ def strip_html(steps: Sequence[TokenStep], position: int | None, label: Callable
             f'<div class="dec-legend">bold: probability at temperature 1 · small: under the sampling used '
             f'· click a candidate: what pushed the choice against it · “fork” beside it (or shift-click): fork the '
             f'run here, as if it had been chosen</div>{"".join(pushes)}'
+            f'<button type="button" class="axon-tint" title="colour the graph\'s nodes by their direct-path push on the '
+            f'choice against the candidate compared">colour the graph by push (for / against)</button>'
             f'<div class="dec-flavour">flavour of the pushers listed first: {html.escape(DIRECT)}; the other '
             f'flavours (buttons below) are computed against the candidate compared, the runner-up unless '
             f'another is clicked</div></div>')

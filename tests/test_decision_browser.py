@@ -26,6 +26,7 @@ RECORD = """() => { window.__strips = []; const box = document.querySelector('.a
     window.__strips.push([t ? t.dataset.pos : null, s ? s.dataset.pos : null,
                           s ? s.querySelectorAll('.axon-cand').length : 0]); })
     .observe(box, {childList: true, subtree: true}); }"""
+FEATURES = "document.querySelector('.axon-graph')._fullData.find(t => t.name === 'features')"
 NEWEST = ("(() => { const t = [...document.querySelectorAll('.axon-text .tok')].pop();"
           " const s = document.querySelector('.axon-decision');"
           " return [t && t.dataset.pos, s && s.dataset.pos, document.querySelectorAll('.axon-decision .axon-cand').length]; })()")
@@ -93,6 +94,19 @@ def test_strip_follows_the_run_the_slider_and_a_candidate_click(app):
         page.wait_for_function("document.querySelector('.axon-decision .dec-push:not(.off) .dec-measured') !== null")
         assert "measured (each feature ablated" in page.locator(
             f".axon-decision .dec-push[data-j='{j}'] .dec-measured").inner_text()
+        # colour the graph by push: each drawn node of the deciding token takes its push against the
+        # candidate compared (the strip's data-push), the rest 0, on a scale symmetric around 0
+        page.locator(".axon-decision .axon-tint").click()
+        page.wait_for_function(f"{FEATURES}.marker.cmin < 0")
+        push = page.evaluate("JSON.parse(document.querySelector('.axon-decision .dec-push:not(.off)').dataset.push)")
+        keys, colours, cmin, cmax = page.evaluate(f"(() => {{ const t = {FEATURES}; "
+                                                  "return [t.customdata, t.marker.color, t.marker.cmin, t.marker.cmax]; })()")
+        assert push and any(str(k) in push for k in keys)
+        assert colours == [pytest.approx(push.get(str(k), 0), abs=1e-9) for k in keys]
+        assert cmin == -cmax and cmax == pytest.approx(max(abs(c) for c in colours))
+        assert "push" in page.locator(".axon-decision .axon-tint").inner_text()
+        page.locator(".axon-decision .axon-tint").click()  # back to brightness
+        page.wait_for_function(f"{FEATURES}.marker.cmin === 0")
         SHOT.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SHOT))
         assert page.evaluate("window.__xss") is None and not errors, errors
