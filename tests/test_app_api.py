@@ -54,7 +54,7 @@ def is_status(value: str) -> bool:
 
 
 def new_client(app) -> Client:
-    return Client(app.url, verbose=False, download_files=False)
+    return app.client()  # closed when the server stops (tests/app_server.py)
 
 
 def tokens_of(run: dict) -> list:
@@ -94,6 +94,9 @@ def app(offline_hub, neuronpedia, tmp_path_factory):
         # No replay cache here: a request repeated later is computed again, so the
         # concurrent sessions below really generate at once (replays: tests/test_engine.py).
         "AXON_REPLAY_MB": "0",
+        # The fake answers at once: no client-side rate cap, so a run's labels are in by its end
+        # (at the default 5/s, each run with new features waited ~2 s for them after its last token).
+        "AXON_NEURONPEDIA_RATE": "500",
         # One torch thread: tiny models on a busy 2-core machine, no spin-waiting.
         "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
     }
