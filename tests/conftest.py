@@ -75,6 +75,17 @@ def gemma3_hub(offline_hub) -> Path:
     return _HUB
 
 
+@pytest.fixture(scope="session")
+def gemma3_pair(gemma3_hub):
+    """The real-size Gemma 3 270M and its Gemma Scope 2 SAE, loaded once for the session
+    (~2 GB, ~10 s to load: tests/test_families.py and tests/test_watch.py share it)."""
+    from axon_core.loading import PairCache
+
+    pairs = PairCache(device="cpu")
+    yield pairs.get("gemma-scope-2-270m-pt-res", "layer_12_width_16k_l0_medium")
+    pairs._models.clear()
+
+
 @pytest.fixture(scope="module")
 def app_module(offline_hub, tmp_path_factory):
     """``import app`` on the offline hub, its labels pointed at a closed port (in-process app tests)."""
