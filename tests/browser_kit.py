@@ -1,9 +1,9 @@
 """What the browser test modules share: Debian's Chromium driven by Playwright,
 the fakes' labels, and the page helpers.
 
-The browser itself and the app servers it talks to are session fixtures
-(tests/conftest.py: ``browser``, ``browser_app``, ``bulk_app``), so that one
-Chromium and two ``python app.py`` serve every browser module:
+The app servers are session fixtures (tests/conftest.py: ``browser_app``,
+``bulk_app``), so that two ``python app.py`` serve every browser module (and
+``browser``, one Chromium per module):
 
 - ``browser_app``: Neuronpedia answers one feature at a time (:func:`label_of`:
   a fifth of the labels hostile), as in a session whose labels are not cached;

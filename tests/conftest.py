@@ -110,9 +110,11 @@ def app_module(offline_hub, tmp_path_factory):
 # ---- the browser tests' Chromium and app servers (tests/browser_kit.py) ------------------------
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
-    """One Chromium for every browser module."""
+    """One Chromium per browser module (not per session: Playwright's sync API keeps an
+    asyncio loop running in this thread while it is open, and later in-process tests
+    call asyncio.run)."""
     import browser_kit as kit
 
     kit.require_browser()

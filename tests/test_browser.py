@@ -1,6 +1,6 @@
 """AXON in a real browser: Debian's Chromium driven by Playwright against ``python app.py``.
 
-One app server and one Chromium for the session, shared with the other browser
+One app server for the session, shared with the other browser
 modules (tests/browser_kit.py; tiny offline hub, fake Neuronpedia on 127.0.0.1),
 one page for the live-graph checks, fresh pages for the share link. WebGL runs
 in software (SwiftShader), so every wait is generous.
@@ -248,6 +248,17 @@ def table_rows(page) -> list[list[str]]:
     return page.evaluate(READ_TABLE, TABLE)
 
 
+def same_table(now: list[list[str]], then: list[list[str]]) -> bool:
+    """The table read ``now`` is the one read ``then`` (after the run), except that a label
+    shown then as its fallback may have arrived since: the run's label tail redraws the
+    table for a while after its last token (axon_core/page/run.py), after generate() returns."""
+    def same_row(a, b):
+        arrived = b[2] == f"Feature {b[0]}" and a[2] == label_of(int(a[0]))
+        return a[:2] + a[3:] == b[:2] + b[3:] and (a[2] == b[2] or arrived)
+
+    return len(now) == len(then) and all(map(same_row, now, then))
+
+
 def test_labels_are_text_and_the_inspector_opens(live, neuronpedia):
     page = live.page
     assert neuronpedia.count(f"/api/feature/{NP_ID}/") > 0
@@ -262,7 +273,7 @@ def test_labels_are_text_and_the_inspector_opens(live, neuronpedia):
         assert label in (label_of(int(feature)), f"Feature {feature}"), label
     assert any(r[2] == XSS for r in seen), seen
     rows = table_rows(page)
-    assert rows == live.tables[-1]
+    assert same_table(rows, live.tables[-1]), (rows, live.tables[-1])
     hostile = [r for r in rows if r[2] == XSS] or rows[:1]
     assert page.locator(f"{TABLE} img").count() == 0
 
@@ -1017,3 +1028,4 @@ def test_the_live_graph_can_be_orbited_while_the_run_streams(app, browser):
         assert not w.errors, w.errors
     finally:
         w.close()
+
