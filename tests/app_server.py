@@ -13,6 +13,14 @@ cache, on a free port of 127.0.0.1::
 value of ``None`` removes that variable from the app's environment.
 ``app_dir`` runs ``app.py`` from another folder (a copy of the repository), as
 its working directory. ``started_in`` is the seconds from launch to the first page served.
+
+``app.client()`` is a ``gradio_client.Client`` of this server that :meth:`stop`
+closes before it stops the server: Gradio's shutdown waits up to 5 s for open
+connections, and a client's heartbeat stream stays open until the server's next
+heartbeat after ``close()``. The server sends one every
+``GRADIO_HEARTBEAT_INTERVAL`` = 0.5 s here (Gradio's default is 15 s; what it
+changes is how soon a closed client's session is let go, so a closed client's
+stream ends at once).
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -46,13 +55,24 @@ class AppServer:
         self.log_path = (log_dir or Path(os.environ.get("TMPDIR", "/tmp"))) / f"axon-app-{self.port}.log"
         self.extra_env = env or {}
         self.proc: subprocess.Popen | None = None
+        self.clients: list = []
+
+    def client(self, **kw):
+        """A ``gradio_client.Client`` of this server (closed by :meth:`stop`)."""
+        import gradio_client
+
+        kw.setdefault("verbose", False)
+        kw.setdefault("download_files", False)
+        c = gradio_client.Client(self.url, **kw)
+        self.clients.append(c)
+        return c
 
     def environment(self) -> dict:
         env = {k: v for k, v in os.environ.items() if not k.startswith("HF_HUB")}
         env.update(
             AXON_OFFLINE_HUB=str(self.hub),
             AXON_LABEL_CACHE=str(self.log_path.with_suffix(".labels.sqlite")),
-            GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1",
+            GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1", GRADIO_HEARTBEAT_INTERVAL="0.5",
         )
         if self.bind_all:  # as a Space: Gradio's own variables, all interfaces
             for name in ("AXON_HOST", "AXON_PORT"):
@@ -92,6 +112,14 @@ class AppServer:
             return ""
 
     def stop(self) -> None:
+        # the clients' streams closed first (all at once: each ends at the next heartbeat),
+        # so that the server then stops at once
+        closing = [threading.Thread(target=c.close) for c in self.clients]
+        for t in closing:
+            t.start()
+        for t in closing:
+            t.join()
+        self.clients.clear()
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
             try:

@@ -75,6 +75,17 @@ def gemma3_hub(offline_hub) -> Path:
     return _HUB
 
 
+@pytest.fixture(scope="session")
+def gemma3_pair(gemma3_hub):
+    """The real-size Gemma 3 270M and its Gemma Scope 2 SAE, loaded once for the session
+    (~2 GB, ~10 s to load: tests/test_families.py and tests/test_watch.py share it)."""
+    from axon_core.loading import PairCache
+
+    pairs = PairCache(device="cpu")
+    yield pairs.get("gemma-scope-2-270m-pt-res", "layer_12_width_16k_l0_medium")
+    pairs._models.clear()
+
+
 @pytest.fixture(scope="module")
 def app_module(offline_hub, tmp_path_factory):
     """``import app`` on the offline hub, its labels pointed at a closed port (in-process app tests)."""
@@ -94,3 +105,58 @@ def app_module(offline_hub, tmp_path_factory):
                 else:
                     os.environ[k] = v
     return sys.modules["app"]
+
+
+# ---- the browser tests' Chromium and app servers (tests/browser_kit.py) ------------------------
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """One Chromium per browser module (not per session: Playwright's sync API keeps an
+    asyncio loop running in this thread while it is open, and later in-process tests
+    call asyncio.run)."""
+    import browser_kit as kit
+
+    kit.require_browser()
+    with kit.sync_api.sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=kit.CHROMIUM, args=kit.CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="session")
+def browser_app(offline_hub, pythia_hub, tmp_path_factory):
+    """``python app.py`` for the browser tests whose Neuronpedia answers one feature at a
+    time (``.fake``: the FakeNeuronpedia); Pythia in its hub for the picker test."""
+    import browser_kit as kit
+    from app_server import AppServer
+    from neuronpedia_fake import FakeNeuronpedia
+
+    kit.require_browser()
+    with FakeNeuronpedia(labels={(kit.NP_ID, i): kit.label_of(i) for i in range(1024)}) as fake:
+        with AppServer(offline_hub, neuronpedia=fake, log_dir=tmp_path_factory.mktemp("browser-app"),
+                       env=kit.APP_ENV) as server:
+            server.fake = fake
+            yield server
+            assert "Traceback" not in server.log_text(), server.log_text()[-3000:]
+
+
+@pytest.fixture(scope="session")
+def bulk_app(offline_hub, tmp_path_factory):
+    """``python app.py`` for the browser tests that search: the same labels (a few named,
+    browser_kit.BULK_NAMES), also in bulk, and every feature's evidence (``.fake``)."""
+    import browser_kit as kit
+    from app_server import AppServer
+    from neuronpedia_fake import FakeNeuronpedia
+
+    kit.require_browser()
+    names = {i: kit.bulk_label_of(i) for i in range(1024)}
+    batches = [[(i, names[i]) for i in range(b, b + 256)] for b in range(0, 1024, 256)]
+    with FakeNeuronpedia(labels={(kit.NP_ID, i): d for i, d in names.items()}, batches={kit.NP_ID: batches}) as fake:
+        for i in range(1024):
+            fake.feature_extra[(kit.NP_ID, i)] = kit.EVIDENCE
+        with AppServer(offline_hub, neuronpedia=fake, log_dir=tmp_path_factory.mktemp("bulk-app"),
+                       env=kit.APP_ENV) as server:
+            server.fake = fake
+            yield server
+            assert "Traceback" not in server.log_text(), server.log_text()[-3000:]

@@ -1,6 +1,7 @@
 """AXON in a real browser: Debian's Chromium driven by Playwright against ``python app.py``.
 
-One app server for the module (tiny offline hub, fake Neuronpedia on 127.0.0.1),
+One app server for the session, shared with the other browser
+modules (tests/browser_kit.py; tiny offline hub, fake Neuronpedia on 127.0.0.1),
 one page for the live-graph checks, fresh pages for the share link. WebGL runs
 in software (SwiftShader), so every wait is generous.
 
@@ -29,64 +30,22 @@ What is checked:
 from __future__ import annotations
 
 import html.parser
-import importlib
-import os
 import re
-import shutil
 import time
 import urllib.parse
-import warnings
 
 import pytest
 
-from app_server import ROOT, AppServer
-from neuronpedia_fake import FakeNeuronpedia
+from app_server import ROOT
+from browser_kit import BUSY, LONG, NP_ID, SCRUB, STATUS, XSS, Watched, label_of, sync_api
 
-# Without Chromium or Playwright these tests skip, saying why; but where a browser
-# is required (CI sets CI=true; or AXON_REQUIRE_BROWSER=1) every test fails instead,
-# since they are the only coverage of assets/*.js and of the page's own behaviour.
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-BROWSER_REQUIRED = (os.environ.get("AXON_REQUIRE_BROWSER") == "1"
-                    or os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no"))
-
-
-def _browser_missing() -> str | None:
-    if CHROMIUM is None:
-        return "Debian's chromium is not installed (apt-get install chromium)"
-    try:
-        importlib.import_module("playwright.sync_api")
-    except ImportError as err:
-        return f"playwright (Python) is not installed ({err})"
-    return None
-
-
-BROWSER_MISSING = _browser_missing()
-if BROWSER_MISSING and not BROWSER_REQUIRED:
-    warnings.warn(f"browser tests skipped: {BROWSER_MISSING}", pytest.PytestWarning)
-    pytest.skip(f"browser tests skipped: {BROWSER_MISSING}", allow_module_level=True)
-if BROWSER_MISSING:
-    sync_api = None
-
-    @pytest.fixture(scope="module", autouse=True)
-    def _browser_required():
-        pytest.fail(f"a browser is required here (CI or AXON_REQUIRE_BROWSER=1) but {BROWSER_MISSING}",
-                    pytrace=False)
-else:
-    from playwright import sync_api
-
-NP_ID = "gpt2-small/8-res-jb"
-XSS = "<img src=x onerror=window.__xss=1>"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 SHOT = ROOT / "out" / "browser" / "axon.png"
-LONG = 120_000  # ms: a wait that covers a cold WebGL start on a busy CPU
 
 # Fewer features per token than the default, so the graph keeps growing for the
 # whole run instead of reaching its 300-node cap after a few tokens.
 LIVE_QUERY = {"prompt": "placeholder", "max_tokens": 160, "feature_k": 3, "seed": 1}
 LIVE_PROMPTS = ["The capital of France is", "In 1969, the first person to walk on the Moon was"]
 SHARE = {"prompt": "She opened the letter and", "seed": 5, "max_tokens": 12, "temperature": 1, "autorun": 1}
-
 # Records every drawn frame of the 3D graph (not the timeline, which shares graph.js):
 # the features trace's node count and the payload size, per run.
 RECORD_FRAMES = """() => {
@@ -108,60 +67,23 @@ RECORD_FRAMES = """() => {
     };
   }
 }"""
-# busy: Gradio's progress classes, or a run streaming (the status line's data-state)
-BUSY = "document.querySelectorAll('.generating, .pending, #axon-status [data-state=running]').length"
-STATUS = "document.querySelector('#axon-status').innerText"
 EYE = "(() => { const e = document.querySelector('.axon-graph')._fullLayout.scene.camera.eye;" \
       " return {x: e.x, y: e.y, z: e.z}; })()"
 
 
 # ---- fixtures ----------------------------------------------------------------------
+# The app server and Chromium are the session's (tests/conftest.py), shared with the other
+# browser modules: label_of(i) is each feature's label, a fifth of them hostile.
 
 
 @pytest.fixture(scope="module")
-def neuronpedia():
-    labels = {(NP_ID, i): XSS if i % 5 == 0 else f"concept {i}" for i in range(1024)}
-    with FakeNeuronpedia(labels=labels) as fake:
-        yield fake
+def app(browser_app):
+    return browser_app
 
 
 @pytest.fixture(scope="module")
-def app(offline_hub, pythia_hub, neuronpedia, tmp_path_factory):
-    # A high client-side rate cap: the fake answers at once, and the labels of a
-    # run should be known by its last frame.
-    with AppServer(offline_hub, neuronpedia=neuronpedia, log_dir=tmp_path_factory.mktemp("app"),
-                   env={"AXON_NEURONPEDIA_RATE": "500",
-                        # one torch thread: the browser (software WebGL) shares this machine's cores
-                        "AXON_TORCH_THREADS": "1"}) as server:
-        yield server
-        assert "Traceback" not in server.log_text(), server.log_text()[-3000:]
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
-
-
-class Watched:
-    """A page with its dialogs and uncaught errors recorded."""
-
-    def __init__(self, browser, url: str):
-        self.context = browser.new_context(viewport={"width": 1400, "height": 1000})
-        self.page = self.context.new_page()
-        self.page.set_default_timeout(LONG)
-        self.dialogs: list[str] = []
-        self.tables: list[list[list[str]]] = []  # the features table after each run
-        self.errors: list[str] = []
-        self.page.on("dialog", lambda d: (self.dialogs.append(d.message), d.dismiss()))
-        self.page.on("pageerror", lambda e: self.errors.append(str(e)))
-        self.page.goto(url)
-        self.page.wait_for_function("window.Plotly && window.__axonFrames !== undefined")
-
-    def close(self):
-        self.context.close()
+def neuronpedia(browser_app):
+    return browser_app.fake
 
 
 @pytest.fixture(scope="module")
@@ -171,8 +93,7 @@ def live(app, browser):
     page = w.page
     # demo.load fills the inputs from the query: wait for it, so that it cannot
     # overwrite what is typed next.
-    page.wait_for_function("document.querySelector('textarea').value === 'placeholder'")
-    page.wait_for_function(f"{BUSY} === 0")
+    w.settled("placeholder")
     page.evaluate(RECORD_FRAMES)
     yield w
     w.close()
@@ -334,6 +255,17 @@ def table_rows(page) -> list[list[str]]:
     return page.evaluate(READ_TABLE, TABLE)
 
 
+def same_table(now: list[list[str]], then: list[list[str]]) -> bool:
+    """The table read ``now`` is the one read ``then`` (after the run), except that a label
+    shown then as its fallback may have arrived since: the run's label tail redraws the
+    table for a while after its last token (axon_core/page/run.py), after generate() returns."""
+    def same_row(a, b):
+        arrived = b[2] == f"Feature {b[0]}" and a[2] == label_of(int(a[0]))
+        return a[:2] + a[3:] == b[:2] + b[3:] and (a[2] == b[2] or arrived)
+
+    return len(now) == len(then) and all(map(same_row, now, then))
+
+
 def test_labels_are_text_and_the_inspector_opens(live, neuronpedia):
     page = live.page
     assert neuronpedia.count(f"/api/feature/{NP_ID}/") > 0
@@ -345,10 +277,10 @@ def test_labels_are_text_and_the_inspector_opens(live, neuronpedia):
     print(f"tables: {[len(rows) for rows in live.tables]} rows, "
           f"{sum(r[2] == XSS for r in seen)} labelled {XSS!r}, e.g. {seen[:2]}")
     for feature, _, label, *_ in seen:  # labels arrive as text (or not yet: the fallback)
-        assert label in (XSS if int(feature) % 5 == 0 else f"concept {feature}", f"Feature {feature}"), label
+        assert label in (label_of(int(feature)), f"Feature {feature}"), label
     assert any(r[2] == XSS for r in seen), seen
     rows = table_rows(page)
-    assert rows == live.tables[-1]
+    assert same_table(rows, live.tables[-1]), (rows, live.tables[-1])
     hostile = [r for r in rows if r[2] == XSS] or rows[:1]
     assert page.locator(f"{TABLE} img").count() == 0
 
@@ -371,7 +303,7 @@ def test_labels_are_text_and_the_inspector_opens(live, neuronpedia):
     page.evaluate("document.querySelector('.axon-graph').scrollIntoView({block: 'center'})")
     page.evaluate("""() => { window.__axonHover = null; document.querySelector('.axon-graph')
         .on('plotly_hover', (e) => { window.__axonHover = e.points[0].customdata; }); }""")
-    candidates = [n for n in page.evaluate(PROJECT_NODES) if n["id"] % 5 == 0 and n["visible"]]
+    candidates = [n for n in page.evaluate(PROJECT_NODES) if label_of(n["id"]) == XSS and n["visible"]]
     node = None
     for n in sorted(candidates, key=lambda n: -n["size"])[:12]:
         page.mouse.move(n["x"], n["y"])
@@ -441,12 +373,11 @@ def test_share_link_runs_by_itself_and_reproduces(app, browser):
     print(f"\nshare link: {len(texts[0])} tokens ({generated} new): {''.join(texts[0])!r}")
     assert texts[0] == texts[1]
 
-    from gradio_client import Client
 
     from axon_core.generation import GenerationSettings
 
     d = GenerationSettings()  # what a link leaves out, as the UI's defaults
-    out = Client(app.url, verbose=False).predict(
+    out = app.client(download_files=True).predict(
         SHARE["prompt"], "gpt2-small", "gpt2-small-res-jb", "blocks.8.hook_resid_pre",
         SHARE["temperature"], d.top_k, d.top_p, d.repetition_penalty, SHARE["max_tokens"], SHARE["seed"],
         d.feature_k, d.activation_threshold, "", "npmi", api_name="/generate")
@@ -534,12 +465,11 @@ def test_clicking_a_token_rings_its_features(steer_page, app):
     after, drawn = page.evaluate(ACTIVE), page.evaluate(DRAWN)
 
     # The same run through the API: that token's features, of those drawn (the graph keeps 300 nodes at most).
-    from gradio_client import Client
 
     from axon_core.generation import GenerationSettings
 
     d = GenerationSettings()
-    out = Client(app.url, verbose=False, download_files=False).predict(
+    out = app.client().predict(
         STEER_QUERY["prompt"], "gpt2-small", "gpt2-small-res-jb", "blocks.8.hook_resid_pre",
         d.temperature, d.top_k, d.top_p, d.repetition_penalty, STEER_QUERY["max_tokens"], STEER_QUERY["seed"],
         d.feature_k, d.activation_threshold, "", "npmi", api_name="/generate")
@@ -613,7 +543,6 @@ def test_steering_compares_side_by_side_and_shares(steer_page, app, browser):
 
 # ---- 11-16: the live graph people came for (issue 9) -------------------------------------
 
-SCRUB = "Show the graph at token (drag; the end follows the run)"
 # the scene's names: HTML over the canvas, placed by the graph player from the live camera
 SCENE_NAMES = """[...document.querySelectorAll('.axon-graph .axon-names div')]
   .filter(d => d.dataset.kind === 'name' && d.style.display !== 'none')
@@ -624,7 +553,6 @@ OUT = ROOT / "out" / "browser"
 
 def api_run(app, prompt: str, max_tokens: int, seed: int, **over) -> dict:
     """The run JSON of the same request through gradio_client (a replay or a fresh run)."""
-    from gradio_client import Client
 
     from axon_core.generation import GenerationSettings
 
@@ -632,7 +560,7 @@ def api_run(app, prompt: str, max_tokens: int, seed: int, **over) -> dict:
     values = dict(temperature=d.temperature, top_k=d.top_k, top_p=d.top_p, repetition_penalty=d.repetition_penalty,
                   feature_k=d.feature_k, threshold=d.activation_threshold)
     values.update(over)
-    return Client(app.url, verbose=False, download_files=False).predict(
+    return app.client().predict(
         prompt, "gpt2-small", "gpt2-small-res-jb", "blocks.8.hook_resid_pre", values["temperature"],
         values["top_k"], values["top_p"], values["repetition_penalty"], max_tokens, seed, values["feature_k"],
         values["threshold"], "", "npmi", api_name="/generate")[4]
@@ -650,7 +578,7 @@ def test_newest_tokens_labels_are_scene_text_and_inert(live, app):
     print(f"\nscene labels: {list(zip(scene['ids'], scene['text']))}")
     assert scene["ids"] and set(scene["ids"]) <= set(ringed) and len(scene["ids"]) == min(8, len(ringed))
     for i, text in zip(scene["ids"], scene["text"]):
-        want = XSS if i % 5 == 0 else f"concept {i}"
+        want = label_of(i)
         assert text in (f"Feature {i}", want if len(want) <= 28 else want[:27] + "\u2026"), (i, text)
     # labels are known by now (the fake answers at once): at least one is a Neuronpedia label
     assert any(not t.startswith("Feature ") for t in scene["text"]), scene
@@ -873,12 +801,11 @@ def test_picker_loads_another_family_and_streams_its_features(app, browser):
         assert "blocks.2.hook_resid_post" in status and not w.errors, (status, w.errors)
     finally:
         w.close()
-    from gradio_client import Client
 
     from axon_core.generation import GenerationSettings
 
     d = GenerationSettings()
-    out = Client(app.url, verbose=False, download_files=False).predict(
+    out = app.client().predict(
         "The picker chose Pythia", "pythia-70m-deduped", "pythia-70m-deduped-res-sm", "blocks.2.hook_resid_post",
         d.temperature, d.top_k, d.top_p, d.repetition_penalty, d.max_new_tokens, d.seed, d.feature_k,
         d.activation_threshold, "", "npmi", api_name="/generate")
@@ -1108,3 +1035,4 @@ def test_the_live_graph_can_be_orbited_while_the_run_streams(app, browser):
         assert not w.errors, w.errors
     finally:
         w.close()
+

@@ -1,7 +1,8 @@
-"""The decision strip in a real browser (one app launch): it shows the newest
-token's candidates while the run streams, follows the token slider, and a click
-on a candidate shows what pushed the choice rather than that one. Hostile labels
-stay inert in it. Skips (or fails under CI) like tests/test_browser.py."""
+"""The decision strip in a real browser (the session's app server and Chromium,
+tests/browser_kit.py): it shows the newest token's candidates while the run
+streams, follows the token slider, and a click on a candidate shows what pushed
+the choice rather than that one. Hostile labels stay inert in it. Skips (or
+fails under CI) like every browser test."""
 
 from __future__ import annotations
 
@@ -9,14 +10,8 @@ import urllib.parse
 
 import pytest
 
-from app_server import ROOT, AppServer
-from neuronpedia_fake import FakeNeuronpedia
-from test_browser import BROWSER_MISSING, BUSY, CHROMIUM, CHROMIUM_ARGS, NP_ID, SCRUB, XSS
-
-if BROWSER_MISSING:  # test_browser skipped (or, under CI, failed) the module already
-    pytest.skip(f"browser tests skipped: {BROWSER_MISSING}", allow_module_level=True)
-
-from playwright import sync_api  # noqa: E402
+from app_server import ROOT
+from browser_kit import SCRUB, Watched
 
 SHOT = ROOT / "out" / "browser" / "decision.png"
 # every redraw of the text and the notes under it: [newest token's position, the strip's position, its candidates]
@@ -32,28 +27,12 @@ NEWEST = ("(() => { const t = [...document.querySelectorAll('.axon-text .tok')].
           " return [t && t.dataset.pos, s && s.dataset.pos, document.querySelectorAll('.axon-decision .axon-cand').length]; })()")
 
 
-@pytest.fixture(scope="module")
-def app(offline_hub, tmp_path_factory):
-    labels = {(NP_ID, i): XSS if i % 5 == 0 else f"concept {i}" for i in range(1024)}
-    with FakeNeuronpedia(labels=labels) as fake:
-        with AppServer(offline_hub, neuronpedia=fake, log_dir=tmp_path_factory.mktemp("app"),
-                       env={"AXON_NEURONPEDIA_RATE": "500", "AXON_TORCH_THREADS": "1"}) as server:
-            yield server
-            assert "Traceback" not in server.log_text(), server.log_text()[-3000:]
-
-
 @pytest.mark.timeout(170)
-def test_strip_follows_the_run_the_slider_and_a_candidate_click(app):
+def test_strip_follows_the_run_the_slider_and_a_candidate_click(browser_app, browser):
     query = {"prompt": "The capital of France is", "max_tokens": 120, "seed": 2, "temperature": 1}
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_context(viewport={"width": 1280, "height": 800}).new_page()
-        page.set_default_timeout(120_000)
-        errors = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto(app.url + "?" + urllib.parse.urlencode(query))
-        page.wait_for_function(f"document.querySelector('textarea')?.value === {query['prompt']!r}")
-        page.wait_for_function(f"{BUSY} === 0")
+    with Watched(browser, browser_app.url + "?" + urllib.parse.urlencode(query), (1280, 800), wait=None) as w:
+        page = w.page
+        w.settled(query["prompt"])
         page.evaluate(RECORD)
         page.get_by_role("button", name="Generate", exact=True).click()
         page.wait_for_function("document.querySelector('#axon-status [data-state=running]') !== null")
@@ -109,6 +88,5 @@ def test_strip_follows_the_run_the_slider_and_a_candidate_click(app):
         page.wait_for_function(f"{FEATURES}.marker.cmin === 0")
         SHOT.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SHOT))
-        assert page.evaluate("window.__xss") is None and not errors, errors
+        assert w.clean(), (w.dialogs, w.errors)
         print(f"\nstrips drawn during the run: {len(during)} (first {during[0]}); at the end: {end}; {SHOT}")
-        browser.close()

@@ -246,15 +246,6 @@ def test_unfolded_final_norm_attributions_match_the_reference(family, pythia_pai
     _check_run(pair, steps, prepend_bos=prepend_bos)
 
 
-@pytest.fixture(scope="module")
-def gemma3_pair(gemma3_hub):
-    from axon_core.loading import PairCache
-
-    pairs = PairCache(device="cpu")
-    yield pairs.get("gemma-scope-2-270m-pt-res", "layer_12_width_16k_l0_medium")
-    pairs._models.clear()  # ~2 GB: free it for the rest of the suite
-
-
 def test_gemma3_270m_by_real_name_streams_exactly_and_honours_thresholds(gemma3_pair):
     pair = gemma3_pair
     cfg = pair.model.cfg

@@ -87,6 +87,14 @@ def idle(svc: LabelService) -> bool:
     return svc.status()["in_flight"] == 0
 
 
+def asked_nothing(svc: LabelService, fake, path: str, n: int) -> bool:
+    """The call just made scheduled no fetch: label() schedules in the caller's thread
+    (the key is in flight before it returns) and the fake counts a request before it
+    answers, so nothing in flight now and still ``n`` hits means none was sent, nor
+    will be. (Asked in this order: a fetch that ended in between has been counted.)"""
+    return idle(svc) and fake.requests[path] == n
+
+
 # ---- background fetching ------------------------------------------------------
 
 
@@ -166,8 +174,7 @@ def test_fallbacks_and_negative_cache(make, fake):
         assert svc.label(NP, 6) == "Feature 6"
         assert svc.label(NP, 999) == "Feature 999"
         assert svc.label(None, 3) == "Feature 3"
-    time.sleep(0.1)
-    assert fake.requests[fake.feature_path(NP, 6)] == 1
+    assert asked_nothing(svc, fake, fake.feature_path(NP, 6), 1)
     assert fake.requests[fake.feature_path(NP, 999)] == 1
     assert fake.count() == 2  # nothing at all for np_id=None
     assert svc.status()["failures"] == 0
@@ -183,8 +190,7 @@ def test_backoff_after_server_error(make, fake, clock):
         assert svc.label(NP, 5) == "Feature 5"
     clock.advance(4.0)
     svc.label(NP, 5)
-    time.sleep(0.15)
-    assert fake.requests[path] == 1  # still inside the 5 s window
+    assert asked_nothing(svc, fake, path, 1)  # still inside the 5 s window
     st_ = svc.status()
     assert st_["failures"] == 1 and "500" in st_["last_error"] and st_["backing_off"] == 1
     assert "unreachable" in st_["message"]
@@ -195,8 +201,7 @@ def test_backoff_after_server_error(make, fake, clock):
     fake.mode = "normal"
     clock.advance(6.0)
     svc.label(NP, 5)
-    time.sleep(0.15)
-    assert fake.requests[path] == 2  # 6 s < 10 s
+    assert asked_nothing(svc, fake, path, 2)  # 6 s < 10 s
     clock.advance(5.0)
     svc.label(NP, 5)
     assert wait_for(lambda: svc.known(NP, 5) == "European capitals")
@@ -217,8 +222,7 @@ def test_429_retry_after_pauses_all_fetches(make, fake, clock):
         assert svc.label(NP, i) == f"Feature {i}"
     clock.advance(20)
     svc.label(NP, 5)
-    time.sleep(0.15)
-    assert fake.count("/api/") == 1  # paused globally, for other features too
+    assert idle(svc) and fake.count("/api/") == 1  # paused globally, for other features too (as asked_nothing)
     clock.advance(11)
     assert wait_for(lambda: svc.label(NP, 100) == "label 100" and svc.label(NP, 5) == "European capitals")
 

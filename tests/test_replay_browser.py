@@ -1,6 +1,6 @@
 """The replay page in a real browser, opened from a ``file://`` URL (no server running).
 
-One Chromium for the module (Playwright, as tests/test_browser.py drives it); the
+The session's Chromium (Playwright, tests/browser_kit.py); the
 page is made from the tests' tiny fixtures (tests/replay_runs.py: a RunSession fed
 40 random tokens, labels every third one hostile), offline flavour (plotly.js
 inlined), and what is checked is read from the Plotly scene itself (``gd.data``):
@@ -22,13 +22,9 @@ import pytest
 
 from axon_core.features import key_name
 from axon_core.replay import replay_html
+from browser_kit import LONG  # the session's Chromium: the ``browser`` fixture (tests/conftest.py)
 from replay_runs import XSS, live_run
-from test_browser import BROWSER_MISSING, LONG
 
-if BROWSER_MISSING:  # test_browser skipped (or, under CI, failed) the module already
-    pytest.skip(f"browser tests skipped: {BROWSER_MISSING}", allow_module_level=True)
-
-from test_browser import browser  # noqa: E402,F401  (its one Chromium per module, as a fixture)
 IDLE = "window.__axonReplay && window.__axonReplay.player.idle()"
 # what the scene draws now: the features trace (3) and the ring trace (4), from Plotly's own data
 SCENE = """(() => { const gd = document.getElementById('graph'), f = gd.data[3], r = gd.data[4];

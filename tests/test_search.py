@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import time
 from types import SimpleNamespace
 
 import pytest
@@ -126,12 +125,14 @@ def test_semantic_search_is_debounced_and_within_the_rate_limit(fake):
         assert sem.ask([NP], q) == "queued"
     assert wait_for(lambda: sem.peek([NP], "france") is not None)
     assert fake.requests[SEARCH_PATH] == 1 and fake.bodies[-1][1]["query"] == "france"
-    for q in ["one query", "two query", "three query"]:
-        sem.ask([NP], q)
-        time.sleep(0.3)
-    assert wait_for(lambda: sem.requests == 3)
-    assert sem.ask([NP], "four query") == "rate limited"
-    time.sleep(0.4)
+    for n, q in enumerate(["one query", "two query"], start=2):
+        assert sem.ask([NP], q) == "queued"
+        # each sent once its debounce is over (waited for, not slept: a busy machine only takes longer)
+        assert wait_for(lambda n=n: sem.requests == n and fake.requests[SEARCH_PATH] == n)
+        assert fake.bodies[-1][1]["query"] == q
+    # 3 sent this hour: the next ones are refused in the caller's thread, before anything is
+    # queued (so nothing can be sent later), however often they are asked
+    assert [sem.ask([NP], q) for q in ("three query", "four query", "four query")] == ["rate limited"] * 3
     assert fake.requests[SEARCH_PATH] == 3 == sem.requests
     sem.close()
 

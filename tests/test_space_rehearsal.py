@@ -221,8 +221,13 @@ def test_cache_dir_order(tmp_path, monkeypatch):
                            persistent=data) == tmp_path / "x"
     data.chmod(0o500)
     try:
-        if not os.access(data, os.W_OK):  # root writes anywhere: nothing to check then
-            assert paths.cache_dir({"SYSTEM": "spaces"}, persistent=data) == tmp_path / "user" / "axon"
+        # /data not writable: the user cache folder. Root may write anywhere (os.access says yes), so
+        # access is read from the permission bits, as a Space's user meets them: checked as root too.
+        real = os.access
+        monkeypatch.setattr(paths.os, "access", lambda p, mode: real(p, mode) and (
+            not mode & os.W_OK or bool(os.stat(p).st_mode & 0o200)))
+        assert not paths.os.access(data, os.W_OK)
+        assert paths.cache_dir({"SYSTEM": "spaces"}, persistent=data) == tmp_path / "user" / "axon"
     finally:
         data.chmod(0o700)
 
@@ -333,6 +338,7 @@ def test_zerogpu_path_streams_the_same_run_as_the_engine(app_module, monkeypatch
     args = GENERATE_ARGS[:8] + [120, 21] + GENERATE_ARGS[10:]
     with contextlib.redirect_stdout(io.StringIO()):
         engine_run = list(app.HANDLERS.run_generation(*args))[-1][5]
+        engine_steered = list(app.HANDLERS.run_generation(*args[:12], "3:40", "npmi"))[-1]
         monkeypatch.setattr(app.SERVICES.settings, "zero_gpu", True)
         frames = list(app.HANDLERS.run_generation(*args))
         steered = list(app.HANDLERS.run_generation(*args[:12], "3:40", "npmi"))[-1]
@@ -342,7 +348,10 @@ def test_zerogpu_path_streams_the_same_run_as_the_engine(app_module, monkeypatch
         assert (a["token_id"], [f["index"] for f in a["features"]]) == (b["token_id"], [f["index"] for f in b["features"]])
         assert all(abs(f["activation"] - g["activation"]) <= 1e-4 * max(1.0, abs(g["activation"]))
                    for f, g in zip(a["features"], b["features"]))
-    assert "first divergence" in steered[9] or "identical texts" in steered[9]
+    # steering on ZeroGPU: the engine's steered run, token for token, and its comparison with the plain run
+    assert steered[5]["meta"]["steer"] == engine_steered[5]["meta"]["steer"] and steered[5]["meta"]["steer"]
+    assert [t["token_id"] for t in steered[5]["tokens"]] == [t["token_id"] for t in engine_steered[5]["tokens"]]
+    assert "axon-compare" in steered[9] and steered[9] == engine_steered[9]
 
 
 def _picklable(value) -> bool:

@@ -183,30 +183,24 @@ def test_pythia_watched_equal_sae_encode(pythia_pair):
     _check(steps, enc, list(range(len(indices))), indices)
 
 
-def test_gemma_jumprelu_watched_equal_sae_encode_below_thresholds(gemma3_hub):
-    from axon_core.loading import PairCache
-
-    pairs = PairCache(device="cpu")
-    try:
-        pair = pairs.get("gemma-scope-2-270m-pt-res", "layer_12_width_16k_l0_medium")
-        sae = pair.sae
-        assert type(sae).__name__ == "JumpReLUSAE"
-        settings = dataclasses.replace(SETTINGS, max_new_tokens=4)
-        plain = list(generate(pair, PROMPT, settings))
-        enc = _encoded(pair, plain, True, [(pair.hook_name, sae)])[pair.hook_name]
-        tokens = torch.tensor([pair.model.tokenizer.bos_token_id] + [s.token_id for s in plain])
-        with torch.inference_mode():
-            _, cache = pair.model.run_with_cache(tokens[None])
-            pre = cache[pair.hook_name][0] @ sae.W_enc + sae.b_enc
-        # features whose pre-activation is positive but under their own threshold somewhere: watched as 0 there
-        below = ((pre > 0) & (pre < sae.threshold)).any(0).nonzero()[:, 0].tolist()[:8]
-        fired = sorted({f.index for s in plain for f in s.features})[:4]
-        indices = below + fired
-        keys, _ = resolve_watch([(None, i) for i in indices], [pair])
-        steps = list(generate(pair, PROMPT, settings, watch=keys))
-        _check(steps, enc, list(range(len(indices))), indices)
-    finally:
-        pairs._models.clear()
+def test_gemma_jumprelu_watched_equal_sae_encode_below_thresholds(gemma3_pair):
+    pair = gemma3_pair  # the session's one real-size load (tests/conftest.py)
+    sae = pair.sae
+    assert type(sae).__name__ == "JumpReLUSAE"
+    settings = dataclasses.replace(SETTINGS, max_new_tokens=4)
+    plain = list(generate(pair, PROMPT, settings))
+    enc = _encoded(pair, plain, True, [(pair.hook_name, sae)])[pair.hook_name]
+    tokens = torch.tensor([pair.model.tokenizer.bos_token_id] + [s.token_id for s in plain])
+    with torch.inference_mode():
+        _, cache = pair.model.run_with_cache(tokens[None])
+        pre = cache[pair.hook_name][0] @ sae.W_enc + sae.b_enc
+    # features whose pre-activation is positive but under their own threshold somewhere: watched as 0 there
+    below = ((pre > 0) & (pre < sae.threshold)).any(0).nonzero()[:, 0].tolist()[:8]
+    fired = sorted({f.index for s in plain for f in s.features})[:4]
+    indices = below + fired
+    keys, _ = resolve_watch([(None, i) for i in indices], [pair])
+    steps = list(generate(pair, PROMPT, settings, watch=keys))
+    _check(steps, enc, list(range(len(indices))), indices)
 
 
 # ---- the page: the watch box → the run → sparklines, hover, run JSON, link ------------------------------

@@ -1,8 +1,9 @@
-"""The watch list in a real browser (one app launch): find a feature by a word of its label,
-click the result, see it pinned; Generate: its sparkline grows under the text while the run
-streams and its mark follows the token slider; Copy link carries ``watch=``, and the link
-reopens the watch list in a fresh page; a table row and a graph node pinned by the Watch
-button join it, and the next run draws one sparkline for each. Skips (or fails under CI) like tests/test_browser.py."""
+"""The watch list in a real browser (the session's bulk_app and Chromium, tests/browser_kit.py):
+find a feature by a word of its label, click the result, see it pinned; Generate: its
+sparkline grows under the text while the run streams and its mark follows the token slider;
+Copy link carries ``watch=``, and the link reopens the watch list in a fresh page; a table row and a graph node pinned by the Watch
+button join it, and the next run draws one sparkline for each. Skips (or fails under CI)
+like every browser test."""
 
 from __future__ import annotations
 
@@ -10,17 +11,12 @@ import urllib.parse
 
 import pytest
 
-from app_server import ROOT, AppServer
-from neuronpedia_fake import FakeNeuronpedia
-from test_browser import BROWSER_MISSING, BUSY, LONG, NP_ID, PROJECT_NODES, READ_TABLE, SCRUB, TABLE, XSS
-
-if BROWSER_MISSING:  # test_browser skipped (or, under CI, failed) the module already
-    pytest.skip(f"browser tests skipped: {BROWSER_MISSING}", allow_module_level=True)
-
-from test_browser import browser  # noqa: E402,F401  (its one Chromium per module, as a fixture)
+from app_server import ROOT
+from browser_kit import BUSY, LONG, SCRUB, WATCHED, Watched, bulk_label_of
+from test_browser import PROJECT_NODES, READ_TABLE, TABLE
 
 SHOT = ROOT / "out" / "browser" / "watch.png"
-FEATURE = 7
+FEATURE = WATCHED  # bulk_label_of(7): "France and its capital city"
 FOUND = '[role=grid][aria-label^="Features found"]'
 # every redraw of the text box: the watched sparkline's token count and marked index
 RECORD = """() => { window.__sparks = []; const box = document.querySelector('.axon-side');
@@ -30,30 +26,13 @@ RECORD = """() => { window.__sparks = []; const box = document.querySelector('.a
 SPARK = f"document.querySelector('.axon-spark[data-key=\"{FEATURE}\"]')"
 
 
-@pytest.fixture(scope="module")
-def app(offline_hub, tmp_path_factory):
-    names = {i: XSS if i % 5 == 0 else f"concept {i}" for i in range(1024)}
-    names[FEATURE] = "France and its capital city"
-    batches = [[(i, names[i]) for i in range(b, b + 256)] for b in range(0, 1024, 256)]
-    with FakeNeuronpedia(labels={(NP_ID, i): d for i, d in names.items()}, batches={NP_ID: batches}) as fake:
-        with AppServer(offline_hub, neuronpedia=fake, log_dir=tmp_path_factory.mktemp("app"),
-                       env={"AXON_NEURONPEDIA_RATE": "500", "AXON_TORCH_THREADS": "1"}) as server:
-            yield server
-            assert "Traceback" not in server.log_text(), server.log_text()[-3000:]
-
-
 @pytest.mark.timeout(240)
-def test_find_pin_watch_scrub_and_link(app, browser):  # noqa: F811
+def test_find_pin_watch_scrub_and_link(bulk_app, browser):
     query = {"prompt": "The capital of France is", "max_tokens": 60, "seed": 4, "temperature": 1}
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    page = context.new_page()
-    page.set_default_timeout(LONG)
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    try:
-        page.goto(app.url + "?" + urllib.parse.urlencode(query))
-        page.wait_for_function(f"document.querySelector('textarea')?.value === {query['prompt']!r}")
-        page.wait_for_function(f"{BUSY} === 0")
+    assert bulk_label_of(FEATURE) == "France and its capital city"
+    with Watched(browser, bulk_app.url + "?" + urllib.parse.urlencode(query), (1280, 900), wait=None) as w:
+        page, context = w.page, w.context
+        w.settled(query["prompt"])
         # find by a word's start (the bulk download of the labels may still be on its way: ask again)
         box = page.get_by_label("Find a feature")
         for _ in range(60):
@@ -142,7 +121,5 @@ def test_find_pin_watch_scrub_and_link(app, browser):  # noqa: F811
             == {n_tokens}
         watched = page.locator(".axon-text .tok").nth(2).get_attribute("title").split("watched: ")[1]
         assert watched.count("(") == 3 and "France and its capital" in watched, watched
-        assert page.evaluate("window.__xss") is None and not errors, errors
+        assert w.clean(), (w.dialogs, w.errors)
         print(f"\nsparkline drawn at {len(grew)} lengths during the run ({grew[:3]} … {grew[-1]}); {SHOT}")
-    finally:
-        context.close()
