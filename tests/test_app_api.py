@@ -592,7 +592,9 @@ def test_find_feature_through_the_api(client, neuronpedia):
             break
         time.sleep(0.2)
     assert table["headers"] == ["layer", "feature", "label", "fired", "peak", "tokens", "source"]
-    assert rows and all(r[0] == 8 and r[1] % 3 == 0 and r[2] == f"label {r[1]}" and r[3] == "no" for r in rows), rows
+    assert rows and all(r[0] == 8 and r[1] % 3 == 0 and r[2] == f"label {r[1]}" for r in rows), rows
+    # fired or not in this client's latest run (the module's client ran others before): said consistently
+    assert all((r[3], r[5] > 0) in (("yes", True), ("no", False)) for r in rows), rows
     table, note = client.predict('"*) OR NEAR(' + "x" * 10_000, "gpt2-small-res-jb", "blocks.8.hook_resid_pre",
                                  api_name="/find_feature")
     assert table["data"] == [] and isinstance(note, str)
