@@ -1,4 +1,5 @@
-"""Hand-built TokenSteps for the graph / layout / figure / export tests.
+"""Hand-built TokenSteps for the graph / layout / figure / export tests, and a
+generated run held in a RunSession for the strip's tests (decision, measured).
 
     step(3, [(7, 2.0), (9, 1.0, 0.4)], next_token_id=11)
     # TokenStep(position=3, token_id=1003, text='t3', features=(FeatureHit(7, 2.0), FeatureHit(9, 1.0, 0.4)), ...)
@@ -33,3 +34,28 @@ def random_steps(n_tokens: int, n_features: int = 400, k: int = 12, seed: int = 
         steps.append(step(p, [(int(i), float(a), float(t)) for i, a, t in zip(idx, acts, attrs)],
                           next_token_id=int(rng.integers(50257)), is_prompt=p <= 5))
     return steps
+
+
+# what the strip's tests open their RunSession with (release and hook point of the test pair)
+STRIP_META = {"release": "gpt2-small-res-jb", "sae_id": "blocks.8.hook_resid_pre", "neuronpedia_id": None}
+
+
+def generated_run(pair, prompt: str, settings):
+    """A run of ``pair`` from ``prompt`` (``generate``), every step added to a
+    RunSession as a page view holds it: ``(run, steps)``."""
+    from axon_core.generation import generate
+    from axon_core.session import RunSession
+
+    run = RunSession(STRIP_META, settings, None, frame_interval=0.0)
+    steps = list(generate(pair, prompt, settings))
+    for s in steps:
+        run.add(s)
+    return run, steps
+
+
+def third_candidate(decision) -> tuple[int, int]:
+    """``(j, token_id)`` of the first candidate that is neither chosen nor the runner-up:
+    what a person clicks to compare against another than the default."""
+    j = next(k for k, c in enumerate(decision.candidates)
+             if not c.chosen and c.token_id != decision.runner_up.token_id)
+    return j, decision.candidates[j].token_id

@@ -20,6 +20,8 @@ from axon_core.export import run_from_json, run_to_json
 from axon_core.generation import GenerationSettings, generate
 from axon_core.graph import GraphState
 
+from steps_factory import generated_run, third_candidate
+
 PROMPT = "The capital of France is"
 SAMPLED = GenerationSettings(max_new_tokens=8, temperature=0.8, top_k=40, top_p=0.9, repetition_penalty=1.3,
                              seed=5, feature_k=10, activation_threshold=0.1, stop_at_eos=False)
@@ -296,13 +298,8 @@ def test_strip_adds_the_gradient_flavour_for_the_shown_token(pairs, pair):
     import types
 
     from axon_core.page.view import gradient_for_token
-    from axon_core.session import RunSession
 
-    meta = {"release": "gpt2-small-res-jb", "sae_id": "blocks.8.hook_resid_pre", "neuronpedia_id": None}
-    run = RunSession(meta, SAMPLED, None, frame_interval=0.0)
-    steps = list(generate(pair, PROMPT, SAMPLED))
-    for s in steps:
-        run.add(s)
+    run, steps = generated_run(pair, PROMPT, SAMPLED)
     shown = steps[-3]
     run.scrub(shown.position)
     page = gradient_for_token(types.SimpleNamespace(pairs=pairs), run)
@@ -328,17 +325,11 @@ def test_strip_compares_with_the_candidate_clicked(pairs, pair):
     import types
 
     from axon_core.page.view import compared, gradient_for_token
-    from axon_core.session import RunSession
 
-    meta = {"release": "gpt2-small-res-jb", "sae_id": "blocks.8.hook_resid_pre", "neuronpedia_id": None}
-    run = RunSession(meta, SAMPLED, None, frame_interval=0.0)
-    steps = list(generate(pair, PROMPT, SAMPLED))
-    for s in steps:
-        run.add(s)
+    run, steps = generated_run(pair, PROMPT, SAMPLED)
     shown, before = steps[-3], steps[-4]
     d = before.decision
-    j = next(k for k, c in enumerate(d.candidates) if not c.chosen and c.token_id != d.runner_up.token_id)
-    other = d.candidates[j].token_id
+    j, other = third_candidate(d)
     run.scrub(shown.position)
     spec = f"{shown.position}:{other}"
     assert compared(d, shown.position, spec) == other

@@ -15,6 +15,8 @@ from axon_core.measured import measured_effects
 from axon_core.residuals import FastWeights
 from axon_core.steering import steering_edit
 
+from steps_factory import generated_run, third_candidate
+
 PROMPT = "The capital of France is"
 SAMPLED = GenerationSettings(max_new_tokens=6, temperature=0.9, top_k=40, top_p=0.95, repetition_penalty=1.1,
                              seed=2, feature_k=10, activation_threshold=0.1, stop_at_eos=False)
@@ -97,13 +99,8 @@ def test_measured_effect_on_pythia(pythia_hub):
 
 def test_strip_shows_the_measured_flavour_for_the_shown_token(pairs, pair):
     from axon_core.page.view import measured_for_token
-    from axon_core.session import RunSession
 
-    meta = {"release": "gpt2-small-res-jb", "sae_id": "blocks.8.hook_resid_pre", "neuronpedia_id": None}
-    run = RunSession(meta, SAMPLED, None, frame_interval=0.0)
-    steps = list(generate(pair, PROMPT, SAMPLED))
-    for s in steps:
-        run.add(s)
+    run, steps = generated_run(pair, PROMPT, SAMPLED)
     shown, before = steps[-2], steps[-3]
     run.scrub(shown.position)
     page = measured_for_token(types.SimpleNamespace(pairs=pairs), run)
@@ -123,19 +120,13 @@ def test_measured_effect_against_the_candidate_clicked(pairs, pair, fast, monkey
     """The strip's compared candidate ("position:token_id"): the ablations measure the
     chosen token against it, as the hooks' full forward does with that candidate."""
     from axon_core.page import view
-    from axon_core.session import RunSession
 
     if not fast:  # TransformerLens's forward (any family) rather than GPT-2's fast stepper
         monkeypatch.setattr(view.FastWeights, "supports", staticmethod(lambda model: False))
-    meta = {"release": "gpt2-small-res-jb", "sae_id": "blocks.8.hook_resid_pre", "neuronpedia_id": None}
-    run = RunSession(meta, SAMPLED, None, frame_interval=0.0)
-    steps = list(generate(pair, PROMPT, SAMPLED))
-    for s in steps:
-        run.add(s)
+    run, steps = generated_run(pair, PROMPT, SAMPLED)
     shown, before = steps[-2], steps[-3]
     d = before.decision
-    j = next(k for k, c in enumerate(d.candidates) if not c.chosen and c.token_id != d.runner_up.token_id)
-    other = d.candidates[j].token_id
+    j, other = third_candidate(d)
     run.scrub(shown.position)
     page = view.measured_for_token(types.SimpleNamespace(pairs=pairs), run, f"{shown.position}:{other}:5")
     entry = run.measured[before.position][other]
