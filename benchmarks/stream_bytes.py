@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 from collections import Counter
 from pathlib import Path
@@ -30,9 +29,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from common import host_line, use_offline_hub  # noqa: E402
+from reader import ARGS, CHROMIUM, PROMPT, STATUS  # noqa: E402  (the same browser and link as the reader benchmark)
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--enable-unsafe-swiftshader"]
 # the page's outputs of a run, in app.py's order (page_outputs)
 OUTPUTS = ["text", "graph", "table", "status", "run_state", "json_btn", "html_btn", "compare", "scrub", "notes"]
 TEE = """
@@ -87,9 +85,8 @@ def main() -> None:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         page = browser.new_context(viewport={"width": 1280, "height": 800}).new_page()
         page.add_init_script(TEE)
-        page.goto(f"{app.url}?prompt=The+capital+of+France+is&max_tokens={args.tokens}&seed=3&autorun=1")
-        page.wait_for_function("(document.querySelector('#axon-status [data-state]') || {dataset: {}}).dataset.state"
-                               " === 'done'", timeout=300_000)
+        page.goto(f"{app.url}?prompt={PROMPT.replace(' ', '+')}&max_tokens={args.tokens}&seed=3&autorun=1")
+        page.wait_for_function(f"(({STATUS}) || {{}}).state === 'done'", timeout=300_000)
         page.wait_for_timeout(4000)  # the label tail and the completion message
         text = "".join(page.evaluate("window.__axonStream"))
         browser.close()
