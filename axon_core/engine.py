@@ -228,8 +228,12 @@ class Engine:
     """Steps every live run; one per process, shared by all sessions (thread-safe)."""
 
     def __init__(self, max_run_seconds: float = 180.0, batch: str = "auto",
-                 replay_bytes: int = 64 << 20, replay_ttl: float = 3600.0, recent: int = 64):
+                 replay_bytes: int = 64 << 20, replay_ttl: float = 3600.0, recent: int = 64,
+                 step_delay: float = 0.0):
         self.max_run_seconds = float(max_run_seconds)
+        # a test-only pace (AXON_STEP_DELAY): seconds slept after each new token, so that a
+        # tiny model's run lasts long enough for a browser to press Stop during it; 0 in production
+        self.step_delay = max(0.0, float(step_delay))
         self.chooser = BatchChooser(batch)
         # torch threads: measured by choose_threads, re-checked as runs step
         self.threads = ThreadChooser(usable_cpus(), default=torch.get_num_threads())
@@ -482,6 +486,8 @@ class Engine:
         run._append([step], new_token=True)
         if run.generation is not None and run.generation.done:
             self._finish(run, DONE)
+        if self.step_delay:  # after the timings were recorded: the thread and batch choices see real steps
+            time.sleep(self.step_delay)
 
     def _fail(self, run: LiveRun, err: Exception) -> None:
         log.error("run %s failed: %s: %s", run.id, type(err).__name__, err)

@@ -80,6 +80,10 @@ def test_settings_from_the_environment_are_clamped_never_raising():
     s = PageSettings.from_env({"SPACES_ZERO_GPU": "true", "AXON_MAX_RUN_SECONDS": "30", "AXON_REPLAY_MB": "2"})
     assert (s.zero_gpu, s.concurrency, s.gpu_seconds, s.replay_bytes) == (True, 1, 30, 2 << 20)
     assert PageSettings.from_env({}).concurrency == 16 and s.limits.top_k == (0, 200)
+    # the test-only pace: off unless set, a bad value keeps it off, a large one is capped
+    assert [PageSettings.from_env(e).step_delay for e in ({}, {"AXON_STEP_DELAY": "-1"}, {"AXON_STEP_DELAY": "x"},
+                                                         {"AXON_STEP_DELAY": "0.1"}, {"AXON_STEP_DELAY": "99"})] \
+        == [0.0, 0.0, 0.0, 0.1, 5.0]
 
 
 def test_inputs_become_a_clamped_request_with_notices(services):

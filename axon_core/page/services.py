@@ -66,7 +66,7 @@ class Services:
         # The one engine: its thread steps every session's run (off ZeroGPU; on ZeroGPU
         # each view computes its own run inside one @spaces.GPU call).
         engine = Engine(max_run_seconds=settings.max_run_seconds, batch=settings.batch,
-                        replay_bytes=settings.replay_bytes)
+                        replay_bytes=settings.replay_bytes, step_delay=settings.step_delay)
         services = cls(settings, catalogue, pairs, labels, engine, hub_notice)
         try:  # ZeroGPU expects the model loaded at import
             engine.choose_threads(pairs.get(DEFAULT_RELEASE, DEFAULT_SAE_ID), settings.torch_threads)

@@ -69,6 +69,7 @@ class PageSettings:
     replay_bytes: int = 16 << 20
     torch_threads: str | None = None  # AXON_TORCH_THREADS, or None: chosen by the CPUs
     label_bulk: bool = True  # AXON_LABEL_BULK=0: no bulk label downloads at start-up and on load
+    step_delay: float = 0.0  # AXON_STEP_DELAY (tests only): the engine sleeps this long after each new token
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "PageSettings":
@@ -86,6 +87,7 @@ class PageSettings:
             replay_bytes=int(env_number("AXON_REPLAY_MB", 16, 0, env=env)) << 20,
             torch_threads=env.get("AXON_TORCH_THREADS"),
             label_bulk=env.get("AXON_LABEL_BULK", "1").strip().lower() not in ("0", "false", "no", "off"),
+            step_delay=min(env_number("AXON_STEP_DELAY", 0.0, 0.0, env=env), 5.0),
         )
 
     @property
