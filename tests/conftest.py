@@ -155,8 +155,10 @@ def bulk_app(offline_hub, tmp_path_factory):
     with FakeNeuronpedia(labels={(kit.NP_ID, i): d for i, d in names.items()}, batches={kit.NP_ID: batches}) as fake:
         for i in range(1024):
             fake.feature_extra[(kit.NP_ID, i)] = kit.EVIDENCE
+        # paced (AXON_STEP_DELAY, ~20 tokens a second): the notes under the text are redrawn at
+        # the table's cadence (0.5 s), and test_watch_browser sees its sparkline at several lengths
         with AppServer(offline_hub, neuronpedia=fake, log_dir=tmp_path_factory.mktemp("bulk-app"),
-                       env=kit.APP_ENV) as server:
+                       env={**kit.APP_ENV, "AXON_STEP_DELAY": "0.05"}) as server:
             server.fake = fake
             yield server
             assert "Traceback" not in server.log_text(), server.log_text()[-3000:]

@@ -322,3 +322,26 @@ def test_one_generating_run_per_browser_session():
     runs.finish("a", second)
     runs.finish("b", other)
     assert len(runs) == 0 and not runs.superseded(None, runs.start(None))
+
+
+def test_the_pages_notes_follow_the_tables_cadence_and_the_api_text_stays_whole(services, finished):
+    """The notes (sparklines, decision strip: replaced whole) are sent to the page when the
+    table is, and with every final frame; a label tail's redraws (text=False) leave the page's
+    text and notes as they are. The API's text always carries both, whole."""
+    from axon_core.page.run import frame
+
+    run = finished.run
+    whole = finished.text
+    assert finished.notes and finished.tokens and whole == finished.tokens + "</div>" + finished.notes
+    run.table_at = float("-inf")  # the table is due: so are the notes
+    due = frame(services, run)
+    assert due.table is not None and due.notes == run.notes_html() and due.tokens is not None
+    run.table_at = float("inf")  # not due (a frame between two of the table's)
+    between = frame(services, run)
+    assert between.table is None and between.notes is None and between.tokens is not None
+    assert between.text == between.tokens + "</div>" + run.notes_html()
+    tail = frame(services, run, final=True, ending=False, text=False)
+    assert tail.tokens is None and tail.notes is None and tail.ending is None
+    assert tail.text == run.tokens_html(frozen=False) + "</div>" + run.notes_html()
+    last = frame(services, run, final=True)
+    assert last.tokens == run.tokens_html(frozen=False) and last.notes == run.notes_html() and last.ending is not None

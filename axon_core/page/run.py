@@ -100,17 +100,24 @@ def scrub_range(run: RunSession) -> Scrub | None:
 
 
 def frame(services: "Services", run: RunSession, extra: str | None = None, final: bool = False,
-          compare: str | None = None, ending: bool = True) -> Frame:
+          compare: str | None = None, ending: bool = True, text: bool = True) -> Frame:
     """Text, graph, status and state; on the last frame also (unless not
     ``ending``: a label tail's redraws) the run JSON, the timeline and (for a
     steered run) the comparison. The table and the slider are redrawn at most
     every TABLE_INTERVAL during a run (a browser spends ~200 ms re-rendering
     the table). A run's first final frame sends the graph as one compact full
     state (a new epoch of the delta log): the value Gradio sends whole once more
-    when the event completes is then that, not the run's whole history of deltas."""
+    when the event completes is then that, not the run's whole history of deltas.
+
+    The page's notes (sparklines and the decision strip, ~10 KB of HTML replaced
+    whole) follow the table's cadence during a run and come with every final
+    frame; with ``text`` False (a label tail's redraws) the page's text and notes
+    are left as they are (the tail's last frame sends them once). The API's
+    ``text`` (tokens and notes) is always the whole of both."""
     now = time.monotonic()
     table = scrub = None
-    if final or now - run.table_at >= TABLE_INTERVAL:
+    due = final or now - run.table_at >= TABLE_INTERVAL
+    if due:
         run.table_at, table, scrub = now, table_frame(run), scrub_range(run)
     end = None
     if final and ending:
@@ -121,7 +128,8 @@ def frame(services: "Services", run: RunSession, extra: str | None = None, final
         run.stream.compacted = True
     tokens, notes = run.tokens_html(frozen=not final), run.notes_html()
     return Frame(run, status_line(services, run, extra, "done" if final else "running"), tokens + "</div>" + notes,
-                 run.graph_log(final=final), table, scrub, end, tokens=tokens, notes=notes)
+                 run.graph_log(final=final), table, scrub, end, tokens=tokens if text else None,
+                 notes=notes if due and text else None)
 
 
 def failure(services: "Services", message: str, run: RunSession | None = None) -> Frame:
@@ -294,12 +302,13 @@ def run_frames(services: "Services", prompt, model, release, sae_id, temperature
         ended = [n for n in live.notices if n.startswith("stopped")][-1:]
         extra = "; ".join(notices + ended) or None
         yield frame(services, run, extra=extra, final=True, compare=compare)
-        # labels that arrive now redraw the text, graph and table; the run JSON and the
-        # timeline (hundreds of KB, sent whole) follow once, with them, when the tail ends
+        # labels that arrive now redraw the graph and table; the page's text (its token
+        # titles name the labels: ~34 KB replaced whole), the run JSON and the timeline
+        # (hundreds of KB, sent whole) follow once, with them, when the tail ends
         tail = False
         for _ in label_tail(services, run):
             tail = True
-            yield frame(services, run, extra=extra, final=True, compare=compare, ending=False)
+            yield frame(services, run, extra=extra, final=True, compare=compare, ending=False, text=False)
         if tail:
             yield frame(services, run, extra=extra, final=True, compare=compare)
     except Exception as err:  # noqa: BLE001 - a person sees a message, the log the trace
