@@ -51,6 +51,7 @@ GRAPH_JS = (HERE / "assets" / "graph.js").read_text()  # the timeline: a Plotly 
 LIVE_JS = (HERE / "assets" / "player.js").read_text() + "\n" + (HERE / "assets" / "live.js").read_text()
 TEXT_JS = (HERE / "assets" / "text.js").read_text()
 NOTES_JS = (HERE / "assets" / "notes.js").read_text()
+FORK_JS = (HERE / "assets" / "fork.js").read_text()  # the fork panel scrolled to where the texts part
 EDGE_CHOICES = [("above chance (NPMI > 0)", "npmi"), ("all co-firing, by NPMI", "npmi_all"),
                 ("co-activation strength", "cooccurrence"), ("decoder cosine (SAE geometry)", "decoder"),
                 ("virtual weights across layers", "virtual"), ("measured effects (causal check)", "causal")]
@@ -105,7 +106,8 @@ with gr.Blocks(title="AXON", delete_cache=(int(EXPORT_MAX_AGE), int(EXPORT_MAX_A
                                 size="sm", elem_id="axon-why", elem_classes=FULL)
             measure_btn = gr.Button("Measure it: ablate the shown token's 8 strongest features in turn (the measured "
                                     "flavour)", size="sm", elem_id="axon-measure", elem_classes=FULL)
-            fork_view = gr.HTML(FORK_HINT, elem_id="axon-fork-view", elem_classes=FULL, container=False)
+            fork_view = gr.HTML(FORK_HINT, elem_id="axon-fork-view", elem_classes=FULL, container=False,
+                                js_on_load=FORK_JS)
             fork_req = gr.Textbox("", elem_id="axon-fork-req", elem_classes=["axon-hidden"], show_label=False,
                                   container=False)  # the strip's fork button writes "position:token:nonce" here (.change: a scripted input event does not reach .input)
             fork_state = gr.State(None)  # a link's fork=position:token, shown once its run is done

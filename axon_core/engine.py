@@ -12,6 +12,10 @@ Identical requests (model, SAE, prompt, every sampling setting incl. the seed,
 steering, the watch list, a fork) are computed once: a request arriving while its run is in flight
 attaches to it; one arriving later gets the finished run from a bounded
 replay cache (bytes and TTL), which its view paces like a live run.
+A finished run's keys and values are kept too, for its most recent runs
+within a byte budget (:mod:`axon_core.kv_store`, ``AXON_FORK_KV_MB``), so that
+a fork of it computes only the forced token and what follows
+(``stats()["runs"][i]["positions_computed"]`` counts what each run fed through the model).
 
 Views never wait on the engine for anything but new steps, and the engine
 never waits on a view: frames are built in the viewer's own thread at its own
@@ -60,6 +64,7 @@ from .decision import full_encodes
 from .fast_encode import encode_paths
 from .fork import Fork
 from .generation import Generation, GenerationSettings, LayerSae, TokenStep
+from .kv_store import KVStore, budget_from_env
 from .steering import steering_edit
 from .threads import (ThreadChooser, engine_threads, measure_startup, real_steps, share_cpus,  # noqa: F401
                       thread_override, usable_cpus, view_like_load)  # the CPU helpers live in threads.py
@@ -101,6 +106,11 @@ class LiveRun:
         self.arrived_round: int | None = None
         self.started_round: int | None = None
         self.steps_at_release: int | None = None
+        # what its keys and values depend on besides the tokens (see axon_core.kv_store), and, once
+        # it ends, how many positions went through the model and whether a fork reused its run's keys
+        self.kv_owner: tuple = ()
+        self._computed: int | None = None
+        self._kv_reused = False
         self._cond = threading.Condition()
 
     # ---- reading (any thread) ----------------------------------------------
@@ -117,6 +127,18 @@ class LiveRun:
                 return True
             self._cond.wait(timeout)
             return len(self.steps) > seen or self.finished
+
+    @property
+    def positions_computed(self) -> int:
+        """Positions fed through the model for this run (a fork with its run's keys
+        and values at hand: the forced token and what follows only)."""
+        g = self.generation
+        return g.positions_computed if g is not None else (self._computed or 0)
+
+    @property
+    def kv_reused(self) -> bool:
+        g = self.generation
+        return g.kv_reused if g is not None else self._kv_reused
 
     def ms_per_token(self) -> float | None:
         """Median engine time between this run's new tokens (ms)."""
@@ -156,7 +178,9 @@ class LiveRun:
                 self.notices.append(notice)
             self.state, self.error = state, error
             self.finished_at = time.monotonic()
-            self.generation = None  # frees the KV cache
+            if self.generation is not None:
+                self._computed, self._kv_reused = self.generation.positions_computed, self.generation.kv_reused
+            self.generation = None  # frees the stepper (its KV cache: a copy may be kept, see Engine._keep_kv)
             self._cond.notify_all()
 
 
@@ -229,7 +253,7 @@ class Engine:
 
     def __init__(self, max_run_seconds: float = 180.0, batch: str = "auto",
                  replay_bytes: int = 64 << 20, replay_ttl: float = 3600.0, recent: int = 64,
-                 step_delay: float = 0.0):
+                 step_delay: float = 0.0, kv_bytes: int | None = None):
         self.max_run_seconds = float(max_run_seconds)
         # a test-only pace (AXON_STEP_DELAY): seconds slept after each new token, so that a
         # tiny model's run lasts long enough for a browser to press Stop during it; 0 in production
@@ -245,6 +269,9 @@ class Engine:
         self._inflight: dict[tuple, LiveRun] = {}
         self._replay = cachetools.TTLCache(maxsize=replay_bytes, ttl=replay_ttl, getsizeof=LiveRun.nbytes)
         self._recent: deque[LiveRun] = deque(maxlen=recent)
+        # finished runs' keys and values, so that a fork computes only what follows the fork point
+        # (bounded by bytes, AXON_FORK_KV_MB; see axon_core.kv_store)
+        self._kv = KVStore(budget_from_env() if kv_bytes is None else kv_bytes)
         self._stop = False
         self._thread = threading.Thread(target=self._loop, name="axon-engine", daemon=True)
         self._thread.start()
@@ -278,8 +305,12 @@ class Engine:
                 return run
         edit = steering_edit(pair.sae, steer) if steer else None
         # PromptError (or ForkError) here, in the caller
-        generation = Generation(pair, prompt, settings, edit, extra=extra, watch=watch, fork=fork, base=base)
+        owner = (pair.choice.release, pair.choice.sae_id, tuple(steer))
+        kv = (lambda ids: self._kv.find(owner, ids)) if fork is not None else None
+        generation = Generation(pair, prompt, settings, edit, extra=extra, watch=watch, fork=fork, base=base,
+                                kv=kv)
         run = LiveRun(key, meta or {}, settings, steer, generation)
+        run.kv_owner = owner
         with self._lock:
             other = self._inflight.get(key)  # the same request may have raced us here
             if other is not None and not other.finished:
@@ -352,10 +383,11 @@ class Engine:
         return {
             **vars(self.counters), "live": live, "replay_cached": replay, "batching": self.chooser.table(),
             "torch_threads": self._applied or self.threads.current, "threads": self.threads.table(),
-            "encode": encode_paths() + full_encodes(),
+            "encode": encode_paths() + full_encodes(), "kv_kept": self._kv.stats(),
             "runs": [{"id": r.id, "state": r.state, "steps": len(r.steps), "viewers": r.viewers,
                       "arrived_round": r.arrived_round, "started_round": r.started_round,
                       "steps_at_release": r.steps_at_release,
+                      "positions_computed": r.positions_computed, "kv_reused": r.kv_reused,
                       "step_times": [round(t, 4) for t in r.step_times]} for r in recent],
         }
 
@@ -489,6 +521,17 @@ class Engine:
         if self.step_delay:  # after the timings were recorded: the thread and batch choices see real steps
             time.sleep(self.step_delay)
 
+    def _keep_kv(self, run: LiveRun) -> None:
+        """Keep a copy of a finished run's keys and values (the store evicts the least
+        recently used beyond its budget), for a fork of it to start at the fork point."""
+        g = run.generation
+        if g is None or self._kv.max_bytes <= 0 or getattr(g.stepper, "extra_edits", None):
+            return  # (extra edits change the keys in ways the owner does not name: not kept)
+        try:
+            self._kv.put(g.keep_kv(run.kv_owner))
+        except Exception:  # noqa: BLE001 - keeping is an optimisation: a fork then recomputes
+            log.exception("keeping run %s's keys and values failed", run.id)
+
     def _fail(self, run: LiveRun, err: Exception) -> None:
         log.error("run %s failed: %s: %s", run.id, type(err).__name__, err)
         self._finish(run, FAILED, error=f"Generation failed ({type(err).__name__}); the app is still running.")
@@ -496,6 +539,8 @@ class Engine:
     def _finish(self, run: LiveRun, state: str, error: str | None = None, notice: str | None = None,
                 complete: bool = True) -> None:
         run.complete = state == DONE and complete
+        if run.complete:
+            self._keep_kv(run)
         run._end(state, error, notice)
         with self._lock:
             if self._inflight.get(run.key) is run:

@@ -10,16 +10,23 @@ fork (:func:`fork_seed`): the same fork of the same run gives the same tokens,
 every time and in every process; at temperature 0 the continuation is the
 greedy one from the prefix plus the forced token.
 
-What a fork computes: one batched forward over the prefix and the forced
-token (the run's keys and values are not kept after it ends, so the prefix is
-recomputed, in one pass like a prompt: no token-by-token steps), then one
-KV-cached step per new token. The steps before the fork are the run's own.
+What a fork computes: where the run's keys and values are still at hand (the
+engine keeps its recent runs', within a byte budget: :mod:`axon_core.kv_store`),
+they are copied for the positions before the fork and only the forced token
+and what follows are computed, one KV-cached step each; otherwise (an evicted
+run, or TransformerLens's own stepper, whose cache is not copied) one batched
+forward over the prefix and the forced token, like a prompt, then one step per
+new token. Either way the steps before the fork are the run's own, and the
+tokens are the same (``Generation.kv_reused`` and ``positions_computed`` say
+which way it went).
 
 Worked example::
 
     fork = Fork(7, 6342)                               # ' Paris' forced at position 7
     base = list(generate(pair, prompt, settings))      # the run (steps at positions 1..n)
-    steps = list(generate(pair, prompt, settings, fork=fork, base=base))
+    steps = list(generate(pair, prompt, settings, fork=fork, base=base))   # the prefix recomputed
+    g = Generation(pair, prompt, settings); ...                        # a run kept: g.keep_kv()
+    steps = list(generate(pair, prompt, settings, fork=fork, base=base, kv=g.keep_kv()))  # only >= 7 computed
     [s.token_id for s in steps][:6] == [s.token_id for s in base][:6]   # the shared prefix
     steps[6].token_id                                  # 6342
     fork_seed(0, fork)                                 # the continuation's RNG seed

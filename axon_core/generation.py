@@ -43,6 +43,7 @@ import torch
 
 from .decision import Decision, Fit, candidate_text, candidates, direct_effects, encode_with_fit
 from .fast_encode import encode_top
+from . import kv_store
 from .fork import Fork, ForkError, check_fork, fork_seed, step_before_fork
 from .features import FeatureHit, direct_logit_attribution
 from .residuals import FastStepper, make_stepper
@@ -244,14 +245,19 @@ class Generation:
     steps, at least up to the fork): the run forked there (see :mod:`axon_core.fork`):
     :meth:`start` runs the prefix and the forced token in one pass and returns
     the run's steps up to the fork followed by the forced token's; sampling
-    afterwards uses its own stream (:func:`~axon_core.fork.fork_seed`).
+    afterwards uses its own stream (:func:`~axon_core.fork.fork_seed`). With
+    ``kv``, the run's keys and values (:meth:`keep_kv`; or a function of the
+    prefix's token ids returning them or None, e.g. a
+    :class:`~axon_core.kv_store.KVStore`'s ``find``), the prefix is not
+    recomputed: :meth:`start` feeds only the forced token (:attr:`kv_reused`;
+    :attr:`positions_computed` counts the positions fed through the model).
     Raises :class:`~axon_core.fork.ForkError` for a fork the run cannot take.
     """
 
     def __init__(self, pair, prompt: str, settings: GenerationSettings, edit=None, stepper=None,
                  extra: Sequence[Any] = (), extra_edits: Mapping[str, Any] | None = None,
                  decisions: bool = True, watch: Sequence[tuple] = (), fork: Fork | None = None,
-                 base: Sequence[TokenStep] = ()):
+                 base: Sequence[TokenStep] = (), kv=None):
         self.pair, self.settings = pair, settings
         # each step's Decision (candidates, direct-path effects) and Fit (variance explained);
         # False: features and attributions only (what benchmarks/decision.py compares against)
@@ -280,6 +286,12 @@ class Generation:
         if unread:
             raise ValueError(f"the stepper does not read the extra SAEs' hooks {sorted(unread)}")
         self.lock = forward_lock(model, self.stepper)
+        # positions fed through the stepper so far (a fork with the run's keys and values
+        # at hand starts at the fork point: see _reuse_kv)
+        self.positions_computed = 0
+        self.kv_reused, self._first = False, 0
+        if self.fork is not None and kv is not None:
+            self._reuse_kv(kv)
         self.rng = torch.Generator().manual_seed(
             int(settings.seed) if self.fork is None else fork_seed(settings.seed, self.fork))
         self.history = self.tokens.tolist()
@@ -309,6 +321,23 @@ class Generation:
             raise ForkError(f"token {self.fork.token_id} is not in this model's vocabulary")
         self.tokens = torch.tensor(ids + [self.fork.token_id], dtype=self.tokens.dtype, device=self.tokens.device)
         return base
+
+    def _reuse_kv(self, kv) -> None:
+        """A fork whose base run's keys and values are at hand (``kv``: a
+        :class:`~axon_core.kv_store.KeptKV`, or ``ids -> KeptKV | None``): the
+        positions before the fork are copied into this run's fresh stepper, so
+        :meth:`start` feeds only the forced token. Without them (or with a stepper
+        that cannot take them) :meth:`start` recomputes the prefix in one pass."""
+        q = self.fork.position
+        ids = self.tokens.tolist()[:q]
+        kept = kv(ids) if callable(kv) else kv
+        if kept is not None and kept.covers(ids) and kv_store.resume(self.stepper, kept, q):
+            self.kv_reused, self._first = True, q
+
+    def keep_kv(self, owner: tuple = ()):
+        """A copy of this run's keys and values (every position fed so far), to fork it
+        later (:mod:`axon_core.kv_store`); None where the stepper's cache cannot be copied."""
+        return kv_store.snapshot(self.stepper, owner, self.history)
 
     def _choose(self, logits) -> Choice:
         s = self.settings
@@ -371,8 +400,10 @@ class Generation:
     @torch.inference_mode()
     def start(self) -> list[TokenStep]:
         """The prompt pass (one batched forward); returns the prompt's steps."""
+        fed = self.tokens[self._first:]
         with self.lock:
-            out = self.stepper.step(self.tokens)
+            out = self.stepper.step(fed)
+        self.positions_computed += int(fed.shape[0])
         if self.fork is not None:
             return self._start_fork(out)
         feats, fits = self.encode(out.acts)
@@ -441,6 +472,7 @@ class Generation:
         batch, with ``fit``, the primary's :class:`Fit` (see :meth:`encode`)."""
         cur, i = self._next, self.produced
         self.history.append(cur.token_id)
+        self.positions_computed += 1
         self.produced += 1
         at_eos = self.settings.stop_at_eos and cur.token_id == self.eos
         last = i == self.budget - 1 or at_eos
@@ -533,18 +565,19 @@ class GlyphJoiner:
 @torch.inference_mode()
 def generate(pair, prompt: str, settings: GenerationSettings, edit=None, extra: Sequence[Any] = (),
              extra_edits: Mapping[str, Any] | None = None, watch: Sequence[tuple] = (), fork: Fork | None = None,
-             base: Sequence[TokenStep] = ()) -> Iterator[TokenStep]:
+             base: Sequence[TokenStep] = (), kv=None) -> Iterator[TokenStep]:
     """Stream the run: the prompt's tokens (one batched pass), then one
     KV-cached forward per new token. See the module docstring for what a step holds.
 
     ``pair`` is a :class:`~axon_core.loading.LoadedPair`; ``edit`` optionally
     changes the activation at the hook point (steering); ``extra`` and
     ``extra_edits``: more SAEs read in the same forward, and ``watch``, as for :class:`Generation`;
-    ``fork`` and ``base``: the run ``base`` forked (see :mod:`axon_core.fork`).
+    ``fork`` and ``base``: the run ``base`` forked (see :mod:`axon_core.fork`), ``kv``
+    its keys and values where kept (:meth:`Generation.keep_kv`: then only the fork's own positions are computed).
     Raises :class:`PromptError` before yielding anything if the prompt cannot run.
     """
     run = Generation(pair, prompt, settings, edit, extra=extra, extra_edits=extra_edits, watch=watch,
-                     fork=fork, base=base)
+                     fork=fork, base=base, kv=kv)
     yield from run.start()
     while not run.done:
         yield run.step()

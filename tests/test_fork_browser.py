@@ -20,6 +20,12 @@ PANEL = """() => { const box = document.querySelector('.axon-compare-fork');
   return {head: box.querySelector('p').innerText,
           columns: [...box.querySelectorAll('.cols .axon-text')].map(col => [...col.querySelectorAll('.tok')]
             .map(t => ({text: t.textContent, diverge: t.classList.contains('diverge')})))}; }"""
+# each column's first diverging token, against the column's visible box (it scrolls: 12 lines)
+IN_VIEW = """() => [...document.querySelectorAll('.axon-compare-fork .cols .axon-text')].map(box => {
+  const tok = box.querySelector('.tok.diverge'), b = box.getBoundingClientRect();
+  const t = tok ? tok.getBoundingClientRect() : null;
+  return {pos: tok ? tok.dataset.pos : null, top: t && t.top - b.top, bottom: t && b.bottom - t.bottom,
+          scrolled: box.scrollTop, overflows: box.scrollHeight > box.clientHeight + 1}; })"""
 DONE = "(() => { const p = document.querySelector('.axon-compare-fork p'); " \
        "return !!p && !p.innerText.includes('writing'); })()"
 
@@ -34,6 +40,37 @@ def _open(browser, url) -> Watched:
         w.close()
         raise
     return w
+
+
+def _assert_divergence_in_view(page, q: int) -> list[dict]:
+    """The fork point is marked in both columns and lies inside each column's visible box."""
+    page.wait_for_function("() => [...document.querySelectorAll('.axon-compare-fork .cols .axon-text')]"
+                           ".every(b => b.dataset.atDiverge === '1')")
+    cols = page.evaluate(IN_VIEW)
+    assert len(cols) == 2 and all(c["pos"] == str(q) for c in cols), cols
+    assert all(c["top"] >= 0 and c["bottom"] >= 0 for c in cols), cols
+    return cols
+
+
+@pytest.mark.timeout(240)
+def test_a_fork_far_down_a_long_run_opens_at_the_divergence(browser_app, browser):
+    """A long run (its text overflows each column's 12 lines) forked near its end: both
+    columns open scrolled to the fork point, not at the top of the text."""
+    query = {**QUERY, "max_tokens": 110, "seed": 5}
+    with _open(browser, browser_app.url + "?" + urllib.parse.urlencode(query)) as w:
+        page = w.page
+        last = int(page.locator("#axon-text-box .axon-text .tok").last.get_attribute("data-pos"))
+        q = last - 3
+        page.locator(f"input[type=range][aria-label='range slider for {SCRUB}']").fill(str(q))
+        page.wait_for_function(f"document.querySelector('.axon-decision').dataset.pos === '{q}'")
+        page.locator(".axon-decision .axon-fork").nth(1).click()
+        page.wait_for_function(DONE)
+        cols = _assert_divergence_in_view(page, q)
+        assert all(c["overflows"] and c["scrolled"] > 0 for c in cols), cols  # not vacuous: it had to scroll
+        page.locator(".axon-compare-fork").scroll_into_view_if_needed()
+        SHOT.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SHOT.with_name("fork-long.png")))
+        assert w.clean(), (w.dialogs, w.errors)
 
 
 @pytest.mark.timeout(240)
@@ -61,6 +98,7 @@ def test_fork_button_forks_the_run_and_a_link_reopens_the_fork(browser_app, brow
         assert [t["text"] for t in forked[: q - 1]] == main[: q - 1]
         assert forked[q - 1]["text"] == forced_text.replace("↵", "\n")
         assert as_run[q - 1]["diverge"] and forked[q - 1]["diverge"]
+        _assert_divergence_in_view(page, q)
         # a plain click on a candidate still only compares (no new fork asked)
         page.locator(".axon-decision .axon-cand:not(.chosen)").nth(0).click()
         assert page.evaluate(PANEL)["columns"][1] == forked

@@ -72,6 +72,9 @@ def test_completed_runs_in_one_session_leave_nothing_behind(served, monkeypatch)
     # and a replay cache of a few runs' size (the app's holds megabytes of them), so that
     # most of this session's runs must really be freed
     monkeypatch.setattr(engine, "_replay", cachetools.TTLCache(maxsize=40_000, ttl=3600, getsizeof=LiveRun.nbytes))
+    # and a fork-keys store of a few runs' keys (the app's holds 64 MB), so that it must evict
+    from axon_core.kv_store import KVStore
+    monkeypatch.setattr(engine, "_kv", KVStore(120_000))  # ~2 tiny runs (6 KB a position)
     # runs (and steps) other tests of this process left alive are not this session's: held here
     # (so their ids cannot be reused) and left out below
     earlier_runs, earlier_steps = _alive(LiveRun), _alive(TokenStep)
@@ -101,7 +104,13 @@ def test_completed_runs_in_one_session_leave_nothing_behind(served, monkeypatch)
     alive = [r for r in _alive(LiveRun) if id(r) not in earlier]
     assert {id(r) for r in alive} <= held, "runs kept alive outside the engine's bounded tables"
     assert len(alive) <= recent + len(engine._replay) < runs  # and the others are gone
-    assert all(r.generation is None for r in alive)  # no finished run keeps its KV cache
+    assert all(r.generation is None for r in alive)  # no finished run keeps its stepper
+    # the keys and values kept for forks (axon_core.kv_store) are bounded by bytes, not by runs:
+    # within the store's budget, at most as many runs as fit, whatever the number of runs completed
+    kept = stats["kv_kept"]
+    assert kept["bytes"] <= kept["max_bytes"] and kept["runs"] <= len(engine._kv) <= runs
+    per_run = max((k.nbytes for k in engine._kv._entries.values()), default=1)
+    assert kept["runs"] <= max(1, kept["max_bytes"] // per_run) < runs and kept["evicted"] > 0
     assert not engine._inflight or all(r.finished for r in engine._inflight.values())
     steps = {id(s) for r in alive for s in r.steps}
     assert {id(s) for s in _alive(TokenStep) if id(s) not in earlier} <= steps, \

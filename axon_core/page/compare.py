@@ -47,8 +47,8 @@ def comparison_html(plain: RunSession, steered: RunSession, title: str | None = 
     cmp = compare_runs(plain.steps, steered.steps)
 
     def text(run):
-        return "".join(token_span(s, "diverge" if s.position == cmp.first_divergence else "")
-                       for s in run.steps)
+        return "".join(token_span(s, "diverge" if s.position == cmp.first_divergence else "",
+                                  f' data-pos="{s.position}"') for s in run.steps)
 
     def feats(rows):
         return ", ".join(f"{key_name(i)} {html.escape(plain.label(i))} ({d:+.1f})" for i, d in rows) or "none"
