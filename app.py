@@ -64,6 +64,34 @@ EMBED_HEAD = ('<script>if (new URLSearchParams(location.search).get("embed") ===
 EMPTY_TEXT = ('<div class="axon-text axon-empty">Type a prompt and press <b>Generate</b>: the text appears here, '
               'token by token. Hover a token for its features; click it to see the graph as it was then.</div>')
 FULL = ["axon-full"]  # hidden in the embed view
+# Stop: the status line still holds the last frame the run sent ("running"); mark it
+# stopped in the page (the next run's frames replace it)
+MARK_STOPPED = """() => {
+  const box = document.getElementById('axon-status');
+  if (!box) return;
+  const mark = () => {
+    for (const b of box.querySelectorAll('.axon-state[data-state="running"]')) {
+      b.dataset.state = 'stopped';
+      b.insertAdjacentText('afterend', ' \u00b7 stopped');
+    }
+  };
+  mark();
+  // frames already on their way still arrive: marked too, until the person acts again
+  if (window.__axonStopped) window.__axonStopped();
+  const obs = new MutationObserver(mark);
+  obs.observe(box, {childList: true, subtree: true, characterData: true});
+  const other = (e) => {
+    const b = e.target && e.target.closest && e.target.closest('button');
+    if (e.type === 'keydown' || !b || b.textContent.trim() !== 'Stop') window.__axonStopped();
+  };
+  const timer = setTimeout(() => window.__axonStopped(), 10000);
+  window.__axonStopped = () => {
+    obs.disconnect(); clearTimeout(timer); window.__axonStopped = null;
+    document.removeEventListener('click', other, true); document.removeEventListener('keydown', other, true);
+  };
+  document.addEventListener('click', other, true);
+  document.addEventListener('keydown', other, true);
+}"""
 # Saves the file a download component was just given (Gradio's FileData: url,
 # orig_name): a link with a download name, clicked. From this app's own origin
 # the browser saves the URL itself; from another one (a proxy in between) a
@@ -234,7 +262,9 @@ with gr.Blocks(title="AXON", delete_cache=(int(EXPORT_MAX_AGE), int(EXPORT_MAX_A
                                  concurrency_id="generate", preprocess=False, **STREAMING)
     steer_event = steer_btn.click(HANDLERS.generate_for_page, inputs, page_outputs, api_visibility="private",
                                   concurrency_id="generate", preprocess=False, **STREAMING)
-    stop_btn.click(None, None, None, cancels=[run_event, submit_event, steer_event, api_event])
+    # Stop cancels the events; the status line keeps the last frame a run sent, so the
+    # page itself says the run was stopped (a new run's frames replace it)
+    stop_btn.click(None, None, None, js=MARK_STOPPED, cancels=[run_event, submit_event, steer_event, api_event])
     for event in (run_event, submit_event, steer_event):
         event.then(HANDLERS.after_run, [run_state, timeline_open], [replay_btn, timeline], api_visibility="private")
     timeline_box.expand(HANDLERS.open_timeline, run_state, [timeline_open, timeline], api_visibility="private")

@@ -109,6 +109,7 @@ def press_stop_and_check(w: Watched, app, known: set[str], prompt: str, n_runs: 
     assert [(r["id"], r["state"], r["steps"]) for r in again] == [(r["id"], r["state"], r["steps"]) for r in ended]
     assert SHOWN <= shown < MAX, shown
     assert shown_later == shown, (shown, shown_later)  # the page's text no longer grows
+    assert page.evaluate(STATE) == "stopped"  # the status line says so (it held the run's last frame)
     assert shown <= ended[0]["steps"] - prompt_tokens, (shown, ended[0])  # it showed no more than was computed
     known.update(r["id"] for r in ended)
     return ended[0]
