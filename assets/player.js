@@ -63,6 +63,7 @@
     this.q = this.opt.q || 1000;
     this.qa = this.opt.qa || 100;
     this.planes = this.opt.planes || [];
+    this.renderer = this.opt.renderer === "canvas" ? "canvas" : "plotly";
     this.deltas = [];
     this.at = -1;
     this.stats = {applied: 0, drawn: 0, requested: 0};
@@ -221,7 +222,7 @@
       if (this.opt.onHeld) this.opt.onHeld(this);
       return;
     }
-    try { this._draw(); } catch (e) {  // a failed draw must not stop the next ones
+    try { if (this.renderer === "canvas") this._drawCanvas(); else this._draw(); } catch (e) {  // a failed draw must not stop the next ones
       this._drawing = false;
       if (root.console) root.console.error("AXON player: draw failed", e);
     }
@@ -323,6 +324,7 @@
   // scene skips the GPU read-back hover needs; hover(true) makes hover exact again
   AxonPlayer.prototype.hover = function (on) {
     this._hoverOff = !on;
+    if (this.renderer === "canvas") { if (!on) this._hideTip(); return; }
     var scene = this.el._fullLayout && this.el._fullLayout.scene && this.el._fullLayout.scene._scene;
     this._picking(scene);
     if (on && this._stalePick && scene && scene.glplot) {
@@ -449,8 +451,7 @@
     var note = this.el.ownerDocument.createElement("div");
     note.className = "axon-no-plotly";
     note.style.cssText = "padding:1rem;color:#8f96b8;font:0.85rem system-ui,sans-serif";
-    note.textContent = "The graph needs plotly.js, which did not load (this page takes it from " +
-      "cdn.jsdelivr.net: offline, use the offline flavour). The text still plays.";
+    note.textContent = "The graph needs plotly.js, which did not load. The text still plays.";
     this.el.appendChild(note);
   };
 
@@ -565,8 +566,425 @@
       ring: this.ring.filter(function (i) { return N.x[i] !== null; }).map(function (i) { return N.name[i]; }),
       labels: this.names.map(function (s) { return N.name[s[0]]; }),
       activation: vis.map(function (i) { return self.activation(i); }),
+      hover: vis.map(function (i) { return self.hoverText(i); }),
       p: this.p
     };
+  };
+
+
+  // ---- The canvas-2D renderer (options.renderer "canvas") ------------------------------
+  // The same state drawn without Plotly: a perspective camera like Plotly's scene.camera
+  // (eye, center, up in the scene's normalised units: the cube [-half, half]^3 is
+  // [-0.5, 0.5]^3, fovy 45°, fitted to the smaller side of the canvas), depth-sorted
+  // filled circles over batched edges, HTML names placed from this projection. Sizes
+  // come from a ResizeObserver (no layout read while drawing); text widths from
+  // measureText, once per text.
+  var FOVY = Math.PI / 4, FONT_NAME = "12px system-ui,sans-serif", FONT_PLANE = "11px system-ui,sans-serif";
+  var WATCH = "#ff9f1c";
+
+  function parseColour(c) {
+    var m = /^#([0-9a-f]{6})$/i.exec(String(c).trim());
+    if (m) { var v = parseInt(m[1], 16); return [v >> 16 & 255, v >> 8 & 255, v & 255]; }
+    m = /^rgba?\(([^)]*)\)$/i.exec(String(c).trim());
+    if (m) { var p = m[1].split(",").map(Number); return [p[0] | 0, p[1] | 0, p[2] | 0]; }
+    return [128, 128, 128];
+  }
+
+  var LUTS = new Map();
+  // a colour scale [[0, c0], ..., [1, cn]] as 256 CSS colours, linear in RGB as Plotly's
+  function lut(scale) {
+    var id = JSON.stringify(scale || null);
+    if (LUTS.has(id)) return LUTS.get(id);
+    var stops = (scale && scale.length ? scale : [[0, "#1b1f3a"], [1, "#fff3b0"]])
+      .map(function (s) { return [Number(s[0]), parseColour(s[1])]; });
+    var out = [];
+    for (var i = 0; i < 256; i++) {
+      var t = i / 255, k = 0;
+      while (k < stops.length - 2 && t > stops[k + 1][0]) k++;
+      var a = stops[k], b = stops[Math.min(k + 1, stops.length - 1)];
+      var f = b[0] > a[0] ? Math.max(0, Math.min(1, (t - a[0]) / (b[0] - a[0]))) : 0;
+      out.push("rgb(" + [0, 1, 2].map(function (j) { return Math.round(a[1][j] + f * (b[1][j] - a[1][j])); }).join(",") + ")");
+    }
+    LUTS.set(id, out);
+    return out;
+  }
+
+  function vsub(a, b) { return [a[0] - b[0], a[1] - b[1], a[2] - b[2]]; }
+  function vcross(a, b) { return [a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]]; }
+  function vnorm(a) { var l = Math.hypot(a[0], a[1], a[2]) || 1; return [a[0] / l, a[1] / l, a[2] / l]; }
+  function xyz(v, dflt) {
+    if (!v) return dflt.slice();
+    if (Array.isArray(v)) return [Number(v[0]), Number(v[1]), Number(v[2])];
+    return [Number(v.x), Number(v.y), Number(v.z)];
+  }
+
+  AxonPlayer.prototype._canvasSetup = function () {
+    if (this._cv) return;
+    var el = this.el, doc = el.ownerDocument, self = this;
+    if (root.getComputedStyle && root.getComputedStyle(el).position === "static") el.style.position = "relative";
+    var cv = doc.createElement("canvas");
+    cv.className = "axon-canvas";
+    cv.style.cssText = "position:absolute;left:0;top:0;width:100%;height:100%;display:block;touch-action:none;cursor:grab";
+    el.appendChild(cv);
+    var tip = doc.createElement("div");
+    tip.className = "axon-tip";
+    tip.style.cssText = "position:absolute;left:0;top:0;display:none;pointer-events:none;z-index:3;white-space:pre-line;" +
+      "max-width:18rem;padding:4px 7px;border-radius:4px;background:#1b1f3a;color:#ffffff;border:1px solid #3b3f8f;" +
+      "font:12px system-ui,sans-serif";
+    el.appendChild(tip);
+    this._cv = cv; this._ctx = cv.getContext("2d"); this._tip = tip;
+    this._widths = new Map();
+    this._w = 0; this._h = 0;
+    this._size(el.clientWidth, el.clientHeight);  // once, at set-up; later sizes come from the observer
+    if (root.ResizeObserver) {
+      this._ro = new root.ResizeObserver(function (entries) {
+        var r = entries[entries.length - 1].contentRect;
+        self._size(r.width, r.height);
+      });
+      this._ro.observe(el);
+    } else if (root.addEventListener) {
+      root.addEventListener("resize", function () { self._size(el.clientWidth, el.clientHeight); });
+    }
+    this._pointers(cv);
+  };
+
+  AxonPlayer.prototype._size = function (w, h) {
+    var dpr = Math.min(2, Math.max(1, root.devicePixelRatio || 1));
+    if (w === this._w && h === this._h && dpr === this._dpr) return;
+    this._w = w; this._h = h; this._dpr = dpr;
+    this._cv.width = Math.max(1, Math.round(w * dpr));
+    this._cv.height = Math.max(1, Math.round(h * dpr));
+    this.request();
+  };
+
+  // the camera: eye, center, up, as Plotly's scene.camera (cube side 1 about the center)
+  AxonPlayer.prototype._camera = function () {
+    if (!this._cam) {
+      this._cam = {eye: xyz(this.style.eye, [0.95, 0.95, 0.7]), center: [0, 0, 0], up: [0, 0, 1]};
+    }
+    return this._cam;
+  };
+
+  // camera() → {eye, center, up} ({x, y, z} each); camera(cam) sets any of them and redraws
+  AxonPlayer.prototype.camera = function (cam) {
+    var c = this._camera();
+    if (cam) {
+      if (cam.eye) c.eye = xyz(cam.eye, c.eye);
+      if (cam.center) c.center = xyz(cam.center, c.center);
+      if (cam.up) c.up = xyz(cam.up, c.up);
+      this.request();
+    }
+    var o = function (v) { return {x: v[0], y: v[1], z: v[2]}; };
+    return {eye: o(c.eye), center: o(c.center), up: o(c.up)};
+  };
+
+  // turntable orbit: drag x turns the eye about the up axis (z), drag y tilts it, clamped
+  AxonPlayer.prototype._orbit = function (dx, dy) {
+    var c = this._camera(), rel = vsub(c.eye, c.center), r = Math.hypot(rel[0], rel[1], rel[2]) || 1;
+    var az = Math.atan2(rel[1], rel[0]), el = Math.asin(Math.max(-1, Math.min(1, rel[2] / r)));
+    az -= dx * 0.008;
+    el = Math.max(-1.5, Math.min(1.5, el + dy * 0.008));
+    c.eye = [c.center[0] + r * Math.cos(el) * Math.cos(az), c.center[1] + r * Math.cos(el) * Math.sin(az),
+             c.center[2] + r * Math.sin(el)];
+    this.request();
+  };
+
+  AxonPlayer.prototype._zoom = function (factor) {
+    var c = this._camera(), rel = vsub(c.eye, c.center), r = Math.hypot(rel[0], rel[1], rel[2]) || 1;
+    var k = Math.max(0.3, Math.min(8, r * factor)) / r;
+    c.eye = [c.center[0] + rel[0] * k, c.center[1] + rel[1] * k, c.center[2] + rel[2] * k];
+    this.request();
+  };
+
+  AxonPlayer.prototype._view = function () {
+    var c = this._camera(), f = vnorm(vsub(c.center, c.eye)), r = vcross(f, vnorm(c.up));
+    if (Math.hypot(r[0], r[1], r[2]) < 1e-9) r = vcross(f, [0, 1, 0]);
+    r = vnorm(r);
+    var u = vcross(r, f), w = this._w, h = this._h;
+    return {e: c.eye, f: f, r: r, u: u, s: 0.5 / (this.half || 1), cx: w / 2, cy: h / 2,
+            F: Math.min(w, h) / 2 / Math.tan(FOVY / 2)};
+  };
+
+  // a point of the scene (data units) → [px, py, depth] in CSS px of the canvas; depth ≤ 0: behind
+  function toScreen(V, x, y, z, out) {
+    var qx = x * V.s - V.e[0], qy = y * V.s - V.e[1], qz = z * V.s - V.e[2];
+    var d = qx * V.f[0] + qy * V.f[1] + qz * V.f[2];
+    out[2] = d;
+    if (!(d > 1e-6)) { out[0] = NaN; out[1] = NaN; return out; }
+    out[0] = V.cx + V.F * (qx * V.r[0] + qy * V.r[1] + qz * V.r[2]) / d;
+    out[1] = V.cy - V.F * (qx * V.u[0] + qy * V.u[1] + qz * V.u[2]) / d;
+    return out;
+  }
+
+  AxonPlayer.prototype._drawCanvas = function () {
+    this._canvasSetup();
+    this._drawing = true;
+    var g = this._ctx, w = this._w, h = this._h, dpr = this._dpr, st = this.style, N = this.nodes, self = this;
+    g.setTransform(dpr, 0, 0, dpr, 0, 0);
+    g.globalAlpha = 1;
+    g.fillStyle = st.background || "#0b0f19";
+    g.fillRect(0, 0, w, h);
+    var V = this._view(), pt = [0, 0, 0], half = this.half;
+    // the layers' planes: outlined squares at their z
+    if (this.planes.length) {
+      g.beginPath();
+      this.planes.forEach(function (pl) {
+        var c = [[-half, -half], [half, -half], [half, half], [-half, half]], ok = true, pts = [];
+        c.forEach(function (v) { toScreen(V, v[0], v[1], pl[0], pt); ok = ok && pt[2] > 0; pts.push([pt[0], pt[1]]); });
+        if (!ok) return;
+        g.moveTo(pts[0][0], pts[0][1]);
+        for (var i = 1; i < 4; i++) g.lineTo(pts[i][0], pts[i][1]);
+        g.closePath();
+      });
+      g.lineWidth = 1.5; g.strokeStyle = st.plane || "rgba(125,249,255,0.18)"; g.stroke();
+    }
+    // the nodes drawn: placed and seen by p, projected once
+    var vis = this.visible(), n = vis.length, row = new Int32Array(N.name.length).fill(-1);
+    var sx = new Float64Array(n), sy = new Float64Array(n), sd = new Float64Array(n), rad = new Float64Array(n);
+    var act = new Float64Array(n), peakTop = 0, i, k;
+    for (k = 0; k < n; k++) {
+      i = vis[k]; row[i] = k;
+      toScreen(V, N.x[i], N.y[i], N.z[i], pt);
+      sx[k] = pt[0]; sy[k] = pt[1]; sd[k] = pt[2];
+      act[k] = this.activation(i);
+      rad[k] = Math.round(Math.min(4 + 5 * Math.sqrt(act[k]), 30) * 10) / 20;  // Plotly's marker size is a diameter
+      peakTop = Math.max(peakTop, N.peak[i]);
+    }
+    // edges: one path per style bucket
+    var styles = st.edges || [["edges weak", 1, "rgba(140,160,255,0.12)"], ["edges mid", 2, "rgba(160,180,255,0.30)"],
+                               ["edges strong", 3.5, "rgba(200,215,255,0.60)"]];
+    var paths = styles.map(function () { return []; });
+    this.edges.forEach(function (e) {
+      var a = row[e[0]], b = row[e[1]], s = paths[e[2]];
+      if (a < 0 || b < 0 || !s || !(sd[a] > 0) || !(sd[b] > 0)) return;
+      s.push(a, b);
+    });
+    g.lineCap = "round";
+    paths.forEach(function (s, j) {
+      if (!s.length) return;
+      g.beginPath();
+      for (var q = 0; q < s.length; q += 2) { g.moveTo(sx[s[q]], sy[s[q]]); g.lineTo(sx[s[q + 1]], sy[s[q + 1]]); }
+      g.lineWidth = styles[j][1]; g.strokeStyle = styles[j][2]; g.stroke();
+    });
+    // colour: brightness over [0, peak], or the push when tinted
+    var colours = new Array(n), tint = this._tint, scale, lo, span;
+    if (tint) {
+      var pushes = new Float64Array(n), top = 0;
+      for (k = 0; k < n; k++) {
+        var v = tint[String(N.key[vis[k]])];
+        pushes[k] = typeof v === "number" ? v : 0;
+        top = Math.max(top, Math.abs(pushes[k]));
+      }
+      top = top || 1; scale = lut(TINT_SCALE);
+      for (k = 0; k < n; k++) colours[k] = scale[Math.round((pushes[k] + top) / (2 * top) * 255)];
+    } else {
+      scale = lut(st.colorscale); lo = 0; span = Math.round((peakTop || 1) * 100) / 100;
+      for (k = 0; k < n; k++) {
+        var c = Math.round(act[k] * 100) / 100;
+        colours[k] = scale[Math.max(0, Math.min(255, Math.round((c - lo) / span * 255)))];
+      }
+    }
+    var ringed = new Uint8Array(n), watched = new Uint8Array(n);
+    this.ring.forEach(function (j) { if (j < row.length && row[j] >= 0) ringed[row[j]] = 1; });
+    this.watched.forEach(function (j) { if (j < row.length && row[j] >= 0) watched[row[j]] = 1; });
+    // far to near
+    var order = Array.from({length: n}, function (_, q) { return q; })
+      .filter(function (q) { return sd[q] > 0; })
+      .sort(function (a, b) { return sd[b] - sd[a]; });
+    var TAU = 2 * Math.PI, ringColour = st.ring || "#7df9ff", watchColour = st.watch || WATCH;
+    order.forEach(function (q) {
+      g.globalAlpha = 0.95;
+      g.fillStyle = colours[q];
+      g.beginPath(); g.arc(sx[q], sy[q], rad[q], 0, TAU); g.fill();
+      g.globalAlpha = 1;
+      if (ringed[q]) {
+        g.lineWidth = 2; g.strokeStyle = ringColour;
+        g.beginPath(); g.arc(sx[q], sy[q], rad[q] + 3, 0, TAU); g.stroke();
+      }
+      if (watched[q]) {
+        g.lineWidth = 2.5; g.strokeStyle = watchColour;
+        g.beginPath(); g.arc(sx[q], sy[q], rad[q] + 6, 0, TAU); g.stroke();
+      }
+    });
+    g.globalAlpha = 1;
+    this._shot = {vis: vis, x: sx, y: sy, r: rad, d: sd, act: act, order: order};
+    this._placeNamesCanvas(V);
+    this._drawing = false;
+    this._plotted = true;
+    this.stats.drawn += 1;
+    if (this._tipAt) this._hoverAt(this._tipAt[0], this._tipAt[1]);
+    if (this._again) { this._again = false; this.request(); }
+    if (this.opt.onDrawn) this.opt.onDrawn(this);
+    return self;
+  };
+
+  // the names over the canvas, from this renderer's projection (no layout read: widths by measureText)
+  AxonPlayer.prototype._textWidth = function (text, font) {
+    var id = font + "\u0000" + text, got = this._widths.get(id);
+    if (got === undefined) {
+      if (this._widths.size > 2000) this._widths.clear();
+      this._ctx.save(); this._ctx.font = font;
+      got = Math.ceil(this._ctx.measureText(text).width) + 6;  // + the tag's padding (0 3px)
+      this._ctx.restore();
+      this._widths.set(id, got);
+    }
+    return got;
+  };
+
+  AxonPlayer.prototype._placeNamesCanvas = function (V) {
+    this._overlay();
+    var notes = this.notes(), tags = this._tags, svg = this._svg, doc = this.el.ownerDocument, st = this.style;
+    var w = this._w, h = this._h, pt = [0, 0, 0];
+    while (tags.length < notes.length) {
+      var div = doc.createElement("div"), line = doc.createElementNS("http://www.w3.org/2000/svg", "line");
+      div.style.cssText = "position:absolute;left:0;top:0;white-space:nowrap;font:12px system-ui,sans-serif;" +
+        "padding:0 3px;border-radius:3px;will-change:transform";
+      line.setAttribute("stroke", "rgba(255,243,176,0.45)"); line.setAttribute("stroke-width", "1");
+      this._layer.appendChild(div); svg.appendChild(line);
+      tags.push({div: div, line: line, text: null});
+    }
+    for (var i = 0; i < tags.length; i++) {
+      var t = tags[i], n = notes[i];
+      if (!n) {
+        if (t.shown !== false) { t.div.style.display = "none"; t.line.style.display = "none"; t.shown = false; }
+        continue;
+      }
+      toScreen(V, n.x, n.y, n.z, pt);
+      var px = pt[0], py = pt[1], off = !(pt[2] > 0) || !isFinite(px) || !isFinite(py);
+      t.div.style.display = off ? "none" : "";
+      t.line.style.display = off || n.kind !== "name" ? "none" : "";
+      t.shown = !off;
+      if (off) continue;
+      if (t.text !== n.text || t.kind !== n.kind) {
+        t.div.textContent = n.text;  // text, never markup
+        t.div.style.color = n.kind === "name" ? st.name : st.ring;
+        t.div.style.font = n.kind === "name" ? FONT_NAME : FONT_PLANE;
+        t.div.style.background = n.kind === "name" ? "rgba(11,15,25,0.7)" : "transparent";
+        t.text = n.text; t.kind = n.kind;
+        t.width = this._textWidth(n.text, n.kind === "name" ? FONT_NAME : FONT_PLANE);
+      }
+      t.div.dataset.name = n.name; t.div.dataset.kind = n.kind;
+      t.div.dataset.x = px.toFixed(1); t.div.dataset.y = py.toFixed(1);
+      var tx = px + n.ax, ty = py + n.ay;
+      var left = n.kind === "plane" || n.ax > 0 ? tx : tx - t.width;
+      left = Math.max(2, Math.min(left, w - t.width - 2));  // never off the canvas's edge
+      ty = Math.max(8, Math.min(ty, h - 8));
+      t.div.dataset.left = left.toFixed(1); t.div.dataset.width = String(t.width); t.div.dataset.top = ty.toFixed(1);
+      t.div.style.transform = "translate(" + left.toFixed(1) + "px," + ty.toFixed(1) + "px) translate(0,-50%)";
+      tx = n.ax > 0 ? left : left + t.width;
+      if (n.kind === "name") {
+        t.line.setAttribute("x1", px.toFixed(1)); t.line.setAttribute("y1", py.toFixed(1));
+        t.line.setAttribute("x2", tx.toFixed(1)); t.line.setAttribute("y2", ty.toFixed(1));
+      }
+    }
+    this._shownNotes = notes;
+  };
+
+  // the nearest drawn node to (x, y) (CSS px in the canvas) within its radius + 4 px, or -1
+  AxonPlayer.prototype.pick = function (x, y) {
+    var S = this._shot, best = -1, bestD = Infinity;
+    if (!S) return -1;
+    for (var q = 0; q < S.vis.length; q++) {
+      if (!(S.d[q] > 0)) continue;
+      var d = Math.hypot(S.x[q] - x, S.y[q] - y);
+      if (d <= S.r[q] + 4 && (d < bestD || (d === bestD && S.d[q] < S.d[best]))) { best = q; bestD = d; }
+    }
+    return best < 0 ? -1 : S.vis[best];
+  };
+
+  // what a node's hover says (plain text: set with textContent)
+  AxonPlayer.prototype.hoverText = function (i) {
+    var N = this.nodes, a = this.activation(i);
+    var text = spaced(N.label[i], 120) + "\n" + spaced(N.name[i], 40) + " \u00b7 now " + a.toFixed(2) +
+      " \u00b7 peak " + N.peak[i].toFixed(2) + " \u00b7 " + N.tokens[i] + " tok";
+    var tint = this._tint, v = tint ? tint[String(N.key[i])] : null;
+    if (typeof v === "number" && v) text += " \u00b7 push " + (v > 0 ? "+" : "") + v.toFixed(2);
+    if (this.watched.indexOf(i) >= 0) text = "watched: " + text;
+    return text;
+  };
+
+  AxonPlayer.prototype._hoverAt = function (x, y) {
+    var tip = this._tip;
+    if (!tip) return;
+    if (this._hoverOff || this._dragging) { this._hideTip(); return; }
+    this._tipAt = [x, y];
+    var i = this.pick(x, y);
+    if (i < 0) { tip.style.display = "none"; tip.dataset.name = ""; this._cv.style.cursor = "grab"; return; }
+    var text = this.hoverText(i);
+    if (tip.textContent !== text) tip.textContent = text;  // text, never markup
+    tip.dataset.name = this.nodes.name[i];
+    tip.style.display = "block";
+    this._cv.style.cursor = "pointer";
+    var left = Math.min(x + 12, Math.max(2, this._w - 260)), top = y + 14 > this._h - 40 ? y - 48 : y + 14;
+    tip.style.transform = "translate(" + Math.max(2, left).toFixed(0) + "px," + Math.max(2, top).toFixed(0) + "px)";
+  };
+
+  AxonPlayer.prototype._hideTip = function () {
+    this._tipAt = null;
+    if (this._tip) { this._tip.style.display = "none"; this._tip.dataset.name = ""; }
+  };
+
+  // pointer events: drag to orbit, wheel or two fingers to zoom, hover, click
+  AxonPlayer.prototype._pointers = function (cv) {
+    var self = this, down = new Map(), moved = 0, pinch = 0;
+    var spread = function () {
+      var p = Array.from(down.values());
+      return p.length < 2 ? 0 : Math.hypot(p[0][0] - p[1][0], p[0][1] - p[1][1]);
+    };
+    cv.addEventListener("pointerdown", function (ev) {
+      if (ev.button !== undefined && ev.button > 0) return;
+      if (cv.setPointerCapture) { try { cv.setPointerCapture(ev.pointerId); } catch (e) { /* a synthetic pointer */ } }
+      down.set(ev.pointerId, [ev.clientX, ev.clientY]);
+      if (down.size === 1) moved = 0;
+      pinch = spread();
+      self._dragging = true;
+      self._hideTip();
+      cv.style.cursor = "grabbing";
+      ev.preventDefault();
+    });
+    cv.addEventListener("pointermove", function (ev) {
+      var p = down.get(ev.pointerId);
+      if (!p) { self._hoverAt(ev.offsetX, ev.offsetY); return; }
+      var dx = ev.clientX - p[0], dy = ev.clientY - p[1];
+      down.set(ev.pointerId, [ev.clientX, ev.clientY]);
+      moved += Math.abs(dx) + Math.abs(dy);
+      if (down.size >= 2) {
+        var s = spread();
+        if (pinch > 0 && s > 0) self._zoom(pinch / s);
+        pinch = s;
+        return;
+      }
+      self._orbit(dx, dy);
+    });
+    var end = function (ev) {
+      if (!down.has(ev.pointerId)) return;
+      down.delete(ev.pointerId);
+      pinch = spread();
+      if (down.size) return;
+      self._dragging = false;
+      cv.style.cursor = "grab";
+      if (ev.type === "pointerup" && moved < 5) {
+        var i = self.pick(ev.offsetX, ev.offsetY);
+        if (i >= 0 && self.opt.onClick) self.opt.onClick(self.nodes.key[i], i);
+        self._hoverAt(ev.offsetX, ev.offsetY);
+      }
+    };
+    cv.addEventListener("pointerup", end);
+    cv.addEventListener("pointercancel", end);
+    cv.addEventListener("pointerleave", function () { if (!down.size) self._hideTip(); });
+    cv.addEventListener("wheel", function (ev) {
+      ev.preventDefault();
+      var dy = ev.deltaMode === 1 ? ev.deltaY * 30 : ev.deltaY;
+      self._zoom(Math.exp(Math.max(-300, Math.min(300, dy)) * 0.0015));
+    }, {passive: false});
+  };
+
+  // where each drawn node was drawn (CSS px in the canvas), as of the last draw (tests)
+  AxonPlayer.prototype.projected = function () {
+    var S = this._shot, N = this.nodes;
+    if (!S) return {names: [], x: [], y: [], r: [], w: this._w || 0, h: this._h || 0};
+    return {names: S.vis.map(function (i) { return N.name[i]; }), x: Array.from(S.x), y: Array.from(S.y),
+            r: Array.from(S.r), w: this._w, h: this._h};
   };
 
   AxonPlayer.inert = inert;

@@ -54,8 +54,8 @@
   spans.forEach(function (sp) { fragment.appendChild(sp); });
   text.appendChild(fragment);
 
-  var player = new window.AxonPlayer($("graph"), {
-    planes: data.planes, decay: data.decay, q: data.q, qa: data.qa, style: data.style
+  var player = new window.AxonPlayer($("graph"), {  // drawn on a 2D canvas: no plotly.js on this page
+    planes: data.planes, decay: data.decay, q: data.q, qa: data.qa, style: data.style, renderer: "canvas"
   });
   player.load(frames);
 

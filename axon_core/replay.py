@@ -6,16 +6,24 @@ Worked example::
     data = replay_data(run)
     len(data["frames"]) == len(run["tokens"])                  # one delta per token
     data["frames"][0]["n"][0]    # ['#7124', 'mentions of France', None, 812, -1204, 330]
-    page = replay_html(run)                  # offline: plotly.js inlined (~4.9 MB)
-    page = replay_html(run, small=True)      # plotly.js from a pinned CDN URL with SRI (~100 KB)
+    page = replay_html(run)                  # one self-contained page (~100 KB for 50 tokens)
+    page = replay_html(run, small=True)      # the very same bytes (the flag is kept for old callers)
 
     python -m axon_core.export replay axon-run.json -o run.html --small
 
-The page needs no server and no model (it works from ``file://``): the
-browser-side graph player ``assets/player.js`` (the same player a live view
-can feed from a stream) owns one Plotly 3D scene and applies the run's
-*deltas*, one per token; ``seek(k)`` rebuilds the state after token k from
-the deltas before it.
+The page needs no server, no model and no library (it works from ``file://``
+and loads nothing from elsewhere): the browser-side graph player
+``assets/player.js`` (the same player the live view feeds from a stream)
+applies the run's *deltas*, one per token, and draws them with its own
+canvas-2D renderer (``renderer: "canvas"``: a perspective camera, orbit by
+drag, zoom by wheel or pinch, hover and names from its own projection; the
+live page still draws with Plotly); ``seek(k)`` rebuilds the state after
+token k from the deltas before it.
+
+Flavours: there used to be two, *offline* (plotly.js inlined, ≈ 4.9 MB) and
+*small* (plotly.js from a CDN). Without plotly.js both are the same small,
+self-contained page; ``small=True`` and ``--small`` are still accepted and
+change nothing, so the app's download and the command line stay byte-identical.
 
 What a delta holds (see the top of ``assets/player.js`` for the player's side):
 ``p`` the token position; ``t`` the token's text as shown, ``pr`` 1 for a prompt
@@ -44,7 +52,7 @@ JSON without ``"layout"`` (older files) is laid out here once, deterministically
 
 Text and labels are untrusted: the data is JSON inside ``<script
 type="application/json">`` with ``<``, ``>``, ``&`` escaped, the page sets
-text with ``textContent``, and Plotly text is escaped by the player.
+text with ``textContent`` (the names, the hover tooltip, the text).
 """
 
 from __future__ import annotations
@@ -60,7 +68,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from .edges import score_edge_columns
-from .export import fork_from_json, json_for_script, plotly_js, run_from_json
+from .export import fork_from_json, json_for_script, run_from_json
 from .features import key_name, node_key, split_key
 from .figure import (ACTIVE_RING, BACKGROUND, COLORSCALE, EDGE_STYLES, OPENING_EYE, PLANE_COLOUR,
                      SCENE_LABEL_CHARS, SCENE_LABEL_COLOUR, figure_dict)
@@ -69,16 +77,6 @@ from .labels import fallback_label
 from .layout import ForceLayout
 from .session import PLANE_GAP
 from .share import RunRequest, base_url_for, build_link
-
-# The small flavour loads the very plotly.js that plotly.py bundles (4.1.1 for plotly
-# 7.1) from jsDelivr, pinned with a subresource-integrity hash. Computed with
-#   npm pack plotly.js-dist-min@4.1.1 && tar xzf plotly.js-dist-min-4.1.1.tgz
-#   echo "sha384-$(openssl dgst -sha384 -binary package/plotly.min.js | openssl base64 -A)"
-# (that file is byte-identical to plotly/package_data/plotly.min.js; tests check the hash
-# against the installed bundle while its version is this one).
-PLOTLY_VERSION = "4.1.1"
-PLOTLY_CDN = f"https://cdn.jsdelivr.net/npm/plotly.js-dist-min@{PLOTLY_VERSION}/plotly.min.js"
-PLOTLY_SRI = "sha384-AFNp2MtSm5/oZbEs/J19F/Ah57MEiVsoed8nE3fq2Wnccdl1u/EkyJ9XKKU8rt7+"
 
 Q_POS = 1000  # positions are sent in thousandths (the figure rounds them to 3 decimals)
 Q_ACT = 100  # activations in hundredths
@@ -275,17 +273,14 @@ def _asset(name: str) -> str:
 
 
 def replay_html(run: Mapping[str, Any], small: bool = False, app_url: str | None = None) -> str:
-    """The replay page of ``run`` (a run JSON dict), as one string. ``small``: plotly.js
-    from :data:`PLOTLY_CDN` (with its SRI hash) instead of inlined. Same run, same page."""
+    """The replay page of ``run`` (a run JSON dict), as one string: self-contained (no
+    plotly.js, nothing loaded from elsewhere). ``small`` is accepted for old callers and
+    changes nothing (both flavours are this page). Same run, same page."""
+    del small
     data = replay_data(run, app_url)
     meta = data["meta"]
     title = f"AXON replay · {meta.get('prompt') or ''}"[:120]
-    if small:
-        plotly = (f'<script src="{PLOTLY_CDN}" integrity="{PLOTLY_SRI}" '
-                  'crossorigin="anonymous"></script>')
-    else:
-        plotly = f"<script>{plotly_js()}</script>"
-    return _PAGE.format(title=html.escape(title), css=_asset("replay.css"), plotly=plotly,
+    return _PAGE.format(title=html.escape(title), css=_asset("replay.css"),
                         data=json_for_script(data), player=_asset("player.js"), page=_asset("replay.js"))
 
 
@@ -317,7 +312,6 @@ _PAGE = """<!DOCTYPE html>
 <span id="where"></span>
 </div>
 <script type="application/json" id="axon-replay">{data}</script>
-{plotly}
 <script>{player}</script>
 <script>{page}</script>
 </body></html>
@@ -336,7 +330,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rep.add_argument("run", help="a run JSON file (schema axon-run/1 or axon-run/2)")
     rep.add_argument("-o", "--out", required=True, help="the HTML page to write")
     rep.add_argument("--small", action="store_true",
-                     help="load plotly.js from a pinned CDN URL (with an SRI hash) instead of inlining it")
+                     help="accepted for old scripts; the page is the same (it needs no plotly.js)")
     rep.add_argument("--app-url", default=None,
                      help="the live app the page links back to (default: this Space, or http://127.0.0.1:7860/)")
     args = parser.parse_args(argv)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import base64
 import re
 import subprocess
 import sys
@@ -12,12 +10,8 @@ from html.parser import HTMLParser
 import orjson
 import pytest
 
-from axon_core import replay
-from importlib import resources
-
-from axon_core.export import plotly_js
 from axon_core.features import key_name, node_key
-from axon_core.replay import PLOTLY_CDN, PLOTLY_SRI, PLOTLY_VERSION, Q_ACT, Q_POS, replay_data, replay_html
+from axon_core.replay import Q_ACT, Q_POS, replay_data, replay_html
 from replay_runs import XSS, layered_run, live_run
 
 
@@ -82,10 +76,10 @@ def test_page_parses_and_no_label_or_text_closes_a_script(live):
         page = replay_html(d, small=small)
         p = parse(page)
         scripts = p.scripts
-        assert [a.get("id") for a, _ in scripts] == ["axon-replay", None, None, None]
+        assert [a.get("id") for a, _ in scripts] == ["axon-replay", None, None]  # data, player, page
         assert not [t for t, _ in p.tags if t in ("img", "b")]  # the hostile markup made no element
-        assert len(re.findall(r"<script\b", page, re.I)) == 4
-        assert len(re.findall(r"</script", page, re.I)) == 4
+        assert len(re.findall(r"<script\b", page, re.I)) == 3
+        assert len(re.findall(r"</script", page, re.I)) == 3
         data_text = scripts[0][1]
         assert "<" not in data_text and ">" not in data_text and "&" not in data_text
         # the hostile label and token text arrive intact as data
@@ -174,30 +168,30 @@ def test_meta_settings_and_link_back(live):
     assert "autorun=1" in meta["link"] and "seed=0" in meta["link"]
 
 
-def test_small_flavour_pins_the_bundled_plotly_with_sri(live):
+def test_both_flavours_are_one_small_self_contained_page(live):
+    """The page draws with the player's own canvas renderer: no plotly.js, inlined or
+    loaded, and nothing fetched from elsewhere, so "small" and "offline" are one page."""
     _, d = live
-    small = replay_html(d, small=True)
-    tags = [a for t, a in parse(small).tags if t == "script" and "src" in a]
-    assert tags == [{"src": PLOTLY_CDN, "integrity": PLOTLY_SRI, "crossorigin": "anonymous"}]
-    assert "plotly.js v" not in small and len(small) < 200_000
-    offline = replay_html(d)
-    assert plotly_js() in offline and "src=" not in offline.split("<script")[2][:40]
-    bundled = (resources.files("plotly") / "package_data" / "plotly.min.js").read_bytes()
-    if f"plotly.js v{PLOTLY_VERSION}" in bundled[:200].decode():
-        digest = base64.b64encode(hashlib.sha384(bundled).digest()).decode()
-        assert PLOTLY_SRI == f"sha384-{digest}"
+    page = replay_html(d)
+    assert replay_html(d, small=True) == page
+    p = parse(page)
+    assert not [a for t, a in p.tags if "src" in a or "href" in a and t != "a"]  # no script, style or image loaded
+    assert [t for t, _ in p.tags if t in ("link", "iframe", "object", "embed")] == []
+    assert "plotly.js v" not in page and "cdn." not in page  # no bundle inlined, no CDN named
+    assert 'renderer: "canvas"' in p.scripts[2][1]  # the page's script asks the player for its canvas renderer
+    assert len(page) < 200_000
 
 
 def test_cli_writes_the_same_bytes_as_the_function(live, tmp_path):
     _, d = live
     src = tmp_path / "run.json"
     src.write_bytes(orjson.dumps(d))
-    for flag, small in (([], False), (["--small"], True)):
+    for flag in ([], ["--small"]):  # --small is still accepted: the same page
         out = tmp_path / f"run{len(flag)}.html"
         done = subprocess.run([sys.executable, "-m", "axon_core.export", "replay", str(src), "-o", str(out), *flag],
                               capture_output=True, text=True, check=True)
         assert "wrote" in done.stdout
-        assert out.read_bytes() == replay_html(d, small=small).encode()
+        assert out.read_bytes() == replay_html(d).encode()
     bad = tmp_path / "bad.json"
     bad.write_text('{"schema": "nope"}')
     done = subprocess.run([sys.executable, "-m", "axon_core.export", "replay", str(bad), "-o", str(tmp_path / "x.html")],
@@ -224,7 +218,7 @@ def test_the_apps_download_is_the_clis_page_byte_for_byte(live, tmp_path, monkey
     assert out.read_bytes() == page.read_bytes()
     data = embedded(page.read_text(encoding="utf-8"))
     assert data["meta"]["link"].startswith(url) and len(data["frames"]) == len(run.steps)
-    assert [t for t, a in parse(page.read_text(encoding="utf-8")).tags if t == "script" and "src" in a]  # small flavour
+    assert not [t for t, a in parse(page.read_text(encoding="utf-8")).tags if t == "script" and "src" in a]  # self-contained
 
 
 def test_deltas_are_small(live):

@@ -2,8 +2,10 @@
 
 The session's Chromium (Playwright, tests/browser_kit.py); the
 page is made from the tests' tiny fixtures (tests/replay_runs.py: a RunSession fed
-40 random tokens, labels every third one hostile), offline flavour (plotly.js
-inlined), and what is checked is read from the Plotly scene itself (``gd.data``):
+40 random tokens, labels every third one hostile). The page draws with the player's
+canvas-2D renderer (no plotly.js); what is checked is read from the player's
+accessors (``drawn()``: the state, ``projected()``: where the last draw put each node,
+``camera()``) and from the canvas's pixels:
 
 1. played to the end (4×), every token of the run is in the text, in order;
 2. scrubbed to token p (the slider, a click on a token), the scene rings exactly
@@ -11,7 +13,9 @@ inlined), and what is checked is read from the Plotly scene itself (``gd.data``)
    feature seen by p and none seen later, at the live view's positions for p
    (``RunSession.scrub(p)``; ``figure``) and the run JSON's recorded layout, to 1e-3;
 3. inside a 700×600 iframe, the text, the graph and the controls lie wholly inside it;
-4. hostile labels and token text stay text: no element made, no script run.
+4. hostile labels and token text stay text: no element made, no script run;
+5. a drag on the canvas turns the camera (also while states arrive), a hover over a
+   node's projected place shows its tooltip, every scene name's tag lies in the canvas.
 
 WebGL runs in software (SwiftShader): every wait is generous, nothing is timed.
 """
@@ -26,13 +30,20 @@ from browser_kit import LONG  # the session's Chromium: the ``browser`` fixture 
 from replay_runs import XSS, live_run
 
 IDLE = "window.__axonReplay && window.__axonReplay.player.idle()"
-# what the scene draws now: the features trace (3) and the ring trace (4), from Plotly's own data
-SCENE = """(() => { const gd = document.getElementById('graph'), f = gd.data[3], r = gd.data[4];
-  const keep = Array.from(f.customdata).map((n, i) => i).filter(i => f.customdata[i] !== null);  // not the blank point
-  const pick = (a) => keep.map(i => a[i]);
-  return {names: pick(f.customdata), x: pick(f.x), y: pick(f.y), z: pick(f.z), hover: pick(f.hovertext),
-          ring: Array.from(r.customdata).filter(n => n !== null), labels: window.__axonReplay.player.drawn().labels,
-          at: window.__axonReplay.player.at}; })()"""
+# what the scene draws now: the player's state (drawn()), where its last draw put each node
+# (projected(): CSS px in the canvas) and whether the canvas's pixel there is not the
+# background (a node was painted there)
+SCENE = """(() => { const pl = window.__axonReplay.player, d = pl.drawn(), pr = pl.projected();
+  const cv = document.querySelector('#graph canvas'), g = cv.getContext('2d'), k = cv.width / pr.w;
+  const bg = [11, 15, 25];
+  const painted = pr.names.map((n, i) => {
+    const x = Math.round(pr.x[i] * k), y = Math.round(pr.y[i] * k);
+    if (!(x >= 0 && y >= 0 && x < cv.width && y < cv.height)) return null;  // off the canvas: not judged
+    const px = g.getImageData(x, y, 1, 1).data;
+    return Math.abs(px[0] - bg[0]) + Math.abs(px[1] - bg[1]) + Math.abs(px[2] - bg[2]) > 6;
+  });
+  return {names: d.names, x: d.x, y: d.y, z: d.z, hover: d.hover, ring: d.ring, labels: d.labels, at: pl.at,
+          projected: pr.names, painted: painted, drawn: pl.stats.drawn}; })()"""
 
 # the names written over the scene: which node, and where its point is (px, in the graph)
 NAMES = """Array.from(document.querySelectorAll('#graph .axon-names div[data-kind=name]'))
@@ -103,6 +114,8 @@ def test_scrubbed_to_a_token_it_draws_what_the_live_view_drew(tab, recorded, k, 
     placed = {key_name(int(i)): xyz for i, xyz in d["layout"]["positions"].items()}  # one SAE: keys are indices
     shown = scrub(tab, k, by)
     assert shown["at"] == k
+    assert shown["projected"] == shown["names"]  # the last draw drew exactly the state's nodes ...
+    assert [p for p in shown["painted"] if p is not None] and all(p is not False for p in shown["painted"])  # ... in paint
     fired = {key_name(f["index"]) for f in token["features"]}
     assert set(shown["ring"]) == {n for n in fired if n in placed}  # exactly p's features are lit
     seen = {key_name(f["index"]) for t in d["tokens"][: k + 1] for f in t["features"]}
@@ -141,7 +154,13 @@ def test_hostile_labels_and_text_stay_text(tab, recorded):
     assert tab.evaluate("window.__xss") is None
     assert tab.evaluate("document.querySelectorAll('img, b').length") == 0
     hostile = [h for h in shown["hover"] if "onerror" in h]
-    assert hostile and all("<img" not in h and "&lt;img" in h for h in hostile)  # escaped for Plotly
+    assert hostile and all("<img src=x onerror" in h for h in hostile)  # plain text, for textContent
+    # the tooltip of a hostile node shows its label as text: no element made, no script run
+    name = lonely(tab, [n for n, h in zip(shown["names"], shown["hover"]) if "onerror" in h])
+    tip = hover_node(tab, name)
+    assert "<img src=x onerror" in tip
+    assert tab.evaluate("window.__xss") is None
+    assert tab.evaluate("document.querySelectorAll('img, b').length") == 0
     assert XSS in d["labels"].values()
     assert "</script><img src=x onerror=window.__xss=2>" in tab.eval_on_selector_all(
         "#text .tok", "els => els.map(e => e.textContent)")
@@ -201,5 +220,117 @@ def test_a_forked_run_shows_both_continuations_and_its_text_stays_text(browser, 
         page.click("#fork .fork-head strong")
         page.wait_for_function(f"window.__axonReplay.player.at === {k}")
         assert page.evaluate("window.__xss") is None and not errors, errors
+    finally:
+        context.close()
+
+
+def canvas_box(tab):
+    return tab.locator("#graph canvas").bounding_box()
+
+
+def lonely(tab, names) -> str:
+    """Of ``names``, the one drawn farthest from any other node (inside the canvas): a
+    pointer on its place picks it and no other."""
+    pr = tab.evaluate("window.__axonReplay.player.projected()")
+    n = len(pr["names"])
+
+    def gap(i):
+        return min(((pr["x"][i] - pr["x"][j]) ** 2 + (pr["y"][i] - pr["y"][j]) ** 2) ** 0.5 for j in range(n) if j != i)
+
+    inside = [i for i in range(n) if pr["names"][i] in names
+              and 20 < pr["x"][i] < pr["w"] - 20 and 20 < pr["y"][i] < pr["h"] - 20]
+    return pr["names"][max(inside, key=gap)]
+
+
+def hover_node(tab, name: str) -> str:
+    """Move the mouse onto ``name``'s projected place; the tooltip's text once it shows it."""
+    pr = tab.evaluate("window.__axonReplay.player.projected()")
+    i = pr["names"].index(name)
+    box = canvas_box(tab)
+    tab.mouse.move(box["x"] + pr["x"][i], box["y"] + pr["y"][i])
+    tab.wait_for_function("(n) => { const t = document.querySelector('#graph .axon-tip');"
+                          " return t && t.style.display !== 'none' && t.dataset.name === n; }", arg=name)
+    return tab.eval_on_selector("#graph .axon-tip", "t => t.textContent")
+
+
+def test_a_hover_over_a_node_shows_its_tooltip(tab, recorded):
+    _, d = recorded
+    scrub(tab, 39, "slider")
+    pr = tab.evaluate("window.__axonReplay.player.projected()")
+    name = lonely(tab, pr["names"])
+    text = hover_node(tab, name)
+    drawn = tab.evaluate("window.__axonReplay.player.drawn()")
+    assert text == drawn["hover"][drawn["names"].index(name)]
+    label = d["labels"].get(name.lstrip("#"), "Feature " + name.lstrip("#"))
+    assert text.startswith(" ".join(label.split())[:20]) and name in text and "now " in text and "peak " in text
+    # off every node, the tooltip goes
+    box = canvas_box(tab)
+    assert tab.evaluate("window.__axonReplay.player.pick(3, 3)") == -1
+    tab.mouse.move(box["x"] + 3, box["y"] + 3)
+    tab.wait_for_function("document.querySelector('#graph .axon-tip').style.display === 'none'")
+
+
+def test_a_drag_on_the_canvas_turns_the_camera_even_while_states_arrive(tab):
+    scrub(tab, 20, "slider")
+    before = tab.evaluate("window.__axonReplay.player.camera()")
+    assert before["eye"] == pytest.approx({"x": 0.95, "y": 0.95, "z": 0.7})  # the live view's opening eye
+    box = canvas_box(tab)
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    tab.mouse.move(x, y)
+    drawn_before = tab.evaluate("window.__axonReplay.player.stats.drawn")
+    tab.mouse.down()
+    for step in range(1, 9):
+        tab.evaluate(f"window.__axonReplay.seek({20 + step})")  # a state arrives mid-gesture
+        tab.mouse.move(x + 15 * step, y + 4 * step)
+    drawn_mid = tab.evaluate("window.__axonReplay.player.stats.drawn")
+    tab.mouse.up()
+    tab.wait_for_function(IDLE)
+    after = tab.evaluate("window.__axonReplay.player.camera()")
+    moved = sum((after["eye"][a] - before["eye"][a]) ** 2 for a in "xyz") ** 0.5
+    assert moved > 0.3, (before, after)  # the eye went round
+    r0 = sum(before["eye"][a] ** 2 for a in "xyz") ** 0.5
+    r1 = sum(after["eye"][a] ** 2 for a in "xyz") ** 0.5
+    assert r1 == pytest.approx(r0, rel=1e-6)  # an orbit: same distance from the center
+    assert after["up"] == {"x": 0, "y": 0, "z": 1} and tab.evaluate("window.__axonReplay.player.at") == 28
+    assert drawn_mid > drawn_before  # drawn during the gesture (nothing held), and it went on
+    # the names follow the new camera: each still at its node's new projected place
+    names = tab.evaluate(NAMES)
+    pr = tab.evaluate("window.__axonReplay.player.projected()")
+    for n in names:
+        i = pr["names"].index(n["name"])
+        assert (n["x"], n["y"]) == pytest.approx((pr["x"][i], pr["y"][i]), abs=0.06)
+    # a wheel zooms in (the eye comes closer), camera(cam) puts it back
+    tab.mouse.move(x, y)
+    tab.mouse.wheel(0, -300)
+    tab.wait_for_function(IDLE)
+    zoomed = tab.evaluate("window.__axonReplay.player.camera()")
+    assert sum(zoomed["eye"][a] ** 2 for a in "xyz") ** 0.5 < r1 * 0.9
+    tab.evaluate("window.__axonReplay.player.camera({eye: {x: 0.95, y: 0.95, z: 0.7}})")
+    tab.wait_for_function(IDLE)
+    assert tab.evaluate("window.__axonReplay.player.camera()")["eye"] == pytest.approx(before["eye"])
+
+
+@pytest.mark.parametrize("viewport", [(1280, 800), (390, 844)])
+def test_every_scene_names_tag_lies_within_the_canvas(browser, page_file, viewport):
+    context = browser.new_context(viewport={"width": viewport[0], "height": viewport[1]})
+    try:
+        page = context.new_page()
+        page.set_default_timeout(LONG)
+        page.goto(page_file.as_uri() + "?autoplay=0")
+        page.wait_for_function(IDLE)
+        for k in (5, 39):
+            page.evaluate(f"window.__axonReplay.seek({k})")
+            page.wait_for_function(f"window.__axonReplay.player.at === {k} && {IDLE}")
+            want = page.evaluate("window.__axonReplay.player.notes().map(n => n.name)")
+            box = page.locator("#graph canvas").bounding_box()
+            tags = page.eval_on_selector_all(
+                "#graph .axon-names div", "els => els.filter(d => d.style.display !== 'none').map(d => {"
+                " const b = d.getBoundingClientRect(); return {name: d.dataset.name, text: d.textContent,"
+                " x: b.x, y: b.y, w: b.width, h: b.height}; })")
+            assert [t["name"] for t in tags] == want and tags
+            for t in tags:
+                assert t["text"] and t["w"] > 0
+                assert box["x"] <= t["x"] and t["x"] + t["w"] <= box["x"] + box["width"] + 0.5, t
+                assert box["y"] <= t["y"] and t["y"] + t["h"] <= box["y"] + box["height"] + 0.5, t
     finally:
         context.close()
