@@ -47,7 +47,8 @@ def test_strip_follows_the_run_the_slider_and_a_candidate_click(browser_app, bro
         assert drawn and all(int(r[1]) <= int(r[0]) for r in drawn), drawn
         during = [r for r in drawn if int(r[1]) > 6]
         assert during and all(r[2] >= 5 for r in during), during
-        assert int(during[0][1]) < int(end[0]), during
+        # (whether one is drawn before the end depends on the machine's speed: a tiny model's run may
+        # end inside one table interval, so that only the final strip is drawn; not decided here)
         assert drawn[-1][1] == end[0], drawn[-3:]
         assert page.locator(".axon-decision .axon-cand.chosen").count() == 1
         assert "direct path" in page.locator(".axon-decision .dec-flavour").inner_text()
