@@ -41,8 +41,7 @@ def test_strip_follows_the_run_the_slider_and_a_candidate_click(browser_app, bro
         assert end[0] == end[1] and end[2] >= 5
         # during the run (the strip is redrawn at the table's cadence, not with every token): every
         # strip drawn is of a token already shown; a generated token's with 5 candidates (6 when the
-        # chosen one is not among them); such strips were drawn before the end; the last one is the
-        # newest token's
+        # chosen one is not among them); the last one is the newest token's
         drawn = [r for r in page.evaluate("window.__strips") if r[0] is not None and r[1] is not None]
         assert drawn and all(int(r[1]) <= int(r[0]) for r in drawn), drawn
         during = [r for r in drawn if int(r[1]) > 6]
