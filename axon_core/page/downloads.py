@@ -2,8 +2,8 @@
 
 Each download is a file in a fresh folder under one export directory per
 process (removed at exit); folders older than ``max_age`` seconds go first.
-Nothing is written for runs nobody downloads. The replay page is the small
-flavour (plotly.js from its pinned CDN URL, ~100-600 KB) built from exactly the
+Nothing is written for runs nobody downloads. The replay page (self-contained,
+no plotly.js, ~100-600 KB) is built from exactly the
 JSON the run's JSON download holds, so ``python -m axon_core.export replay
 RUN.json -o run.html --small --app-url URL`` writes the same bytes.
 
