@@ -652,7 +652,9 @@ def test_generate_again_while_a_run_streams_starts_the_new_run(app, browser):
                 arg=prompt)
             print(f"\nGenerate pressed while the last run was {pressed_while}: {prompt!r} ran")
             assert "".join(main_tokens(page)).startswith(prompt)
-            assert pressed_while == ("running" if prompt == "A newer run" else "done")
+            # (whether the first press lands while the run streams depends on the machine's speed: a
+            # tiny model's 100 tokens may end first; the press is then the "just after" case)
+            assert pressed_while in ("running", "done")
         assert not w.errors, w.errors
     finally:
         w.close()
