@@ -36,6 +36,17 @@ import torch
 
 from axon_core.features import equal_up_to_ties  # a comparison helper (ties), computes no number
 
+def greedy_tokens(model, ids, n: int) -> list[int]:
+    """``n`` greedy tokens after ``ids``: a full TransformerLens forward per token, no cache."""
+    ids, out = list(ids), []
+    with torch.inference_mode():
+        for _ in range(n):
+            logits = model(torch.tensor([ids]))
+            out.append(int(logits[0, -1].argmax()))
+            ids.append(out[-1])
+    return out
+
+
 # One position of a run, as the product reports it: (position, next_token_id,
 # [(layer, index, activation, attribution)]); layer is None in a run of one SAE.
 Row = tuple[int, "int | None", list[tuple["int | None", int, float, "float | None"]]]

@@ -53,6 +53,12 @@ def generated_run(pair, prompt: str, settings):
     return run, steps
 
 
+def other_candidate(steps, position: int) -> int:
+    """A candidate not chosen at ``position`` (from the decision at position − 1): what a fork forces."""
+    before = next(s for s in steps if s.position == position - 1)
+    return next(c.token_id for c in before.decision.candidates if not c.chosen)
+
+
 def third_candidate(decision) -> tuple[int, int]:
     """``(j, token_id)`` of the first candidate that is neither chosen nor the runner-up:
     what a person clicks to compare against another than the default."""

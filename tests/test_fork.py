@@ -13,6 +13,8 @@ import torch
 from axon_core.engine import Engine
 from axon_core.fork import Fork, ForkError, fork_seed
 from axon_core.generation import GenerationSettings, generate
+from reference import greedy_tokens
+from steps_factory import other_candidate
 
 PROMPT = "The capital of France is"
 GREEDY = GenerationSettings(max_new_tokens=9, temperature=0.0, top_k=0, top_p=1.0, repetition_penalty=1.0,
@@ -21,30 +23,12 @@ SAMPLED = GenerationSettings(max_new_tokens=10, temperature=1.0, top_k=40, top_p
                              seed=3, feature_k=10, activation_threshold=0.1, stop_at_eos=False)
 
 
-def _other(steps, position):
-    """A candidate not chosen at ``position`` (from the decision at position − 1)."""
-    before = next(s for s in steps if s.position == position - 1)
-    return next(c.token_id for c in before.decision.candidates if not c.chosen)
-
-
-def _greedy_reference(model, ids, n):
-    """``n`` greedy tokens after ``ids``: a full TransformerLens forward per token."""
-    ids = list(ids)
-    out = []
-    with torch.inference_mode():
-        for _ in range(n):
-            logits, _ = model.run_with_cache(torch.tensor([ids]))
-            out.append(int(logits[0, -1].argmax()))
-            ids.append(out[-1])
-    return out
-
-
 @pytest.mark.parametrize("offset", [0, 3, 8])
 def test_greedy_fork_continues_as_a_fresh_run_of_prefix_plus_forced_token(pair, offset):
     base = list(generate(pair, PROMPT, GREEDY))
     n_prompt = 1 + sum(s.is_prompt for s in base)  # BOS first
     q = n_prompt + offset
-    tok = _other(base, q)
+    tok = other_candidate(base, q)
     steps = list(generate(pair, PROMPT, GREEDY, fork=Fork(q, tok), base=base))
     assert [s.position for s in steps] == list(range(1, n_prompt + GREEDY.max_new_tokens))
     assert [s.token_id for s in steps if s.position < q] == [s.token_id for s in base if s.position < q]
@@ -53,7 +37,7 @@ def test_greedy_fork_continues_as_a_fresh_run_of_prefix_plus_forced_token(pair, 
     assert sum(s.is_prompt for s in steps) == n_prompt - 1
     bos = pair.model.tokenizer.bos_token_id
     prefix = [bos] + [s.token_id for s in steps if s.position <= q]
-    want = _greedy_reference(pair.model, prefix, n_prompt + GREEDY.max_new_tokens - 1 - q)
+    want = greedy_tokens(pair.model, prefix, n_prompt + GREEDY.max_new_tokens - 1 - q)
     assert [s.token_id for s in steps if s.position > q] == want
     # the decision before the fork now chose the forced token; the forced token's probability is its candidate's
     before = steps[q - 2]
@@ -72,7 +56,7 @@ def test_greedy_fork_continues_as_a_fresh_run_of_prefix_plus_forced_token(pair, 
 def test_sampled_fork_is_deterministic_and_has_its_own_stream(pair):
     base = list(generate(pair, PROMPT, SAMPLED))
     q = 1 + sum(s.is_prompt for s in base) + 2
-    tok = _other(base, q)
+    tok = other_candidate(base, q)
     one = [s.token_id for s in generate(pair, PROMPT, SAMPLED, fork=Fork(q, tok), base=base)]
     two = [s.token_id for s in generate(pair, PROMPT, SAMPLED, fork=Fork(q, tok), base=base)]
     assert one == two and one[q - 1] == tok and len(one) == len(base)
@@ -103,7 +87,7 @@ def test_engine_computes_an_identical_fork_once(pair):
         while not live.finished:
             live.wait(len(live.steps), 0.5)
         q = 1 + sum(s.is_prompt for s in live.steps) + 1
-        fork = Fork(q, _other(live.steps, q))
+        fork = Fork(q, other_candidate(live.steps, q))
         runs = [engine.submit(pair, PROMPT, SAMPLED, fork=fork, base=live.steps) for _ in range(2)]
         for r in runs:
             while not r.finished:

@@ -25,6 +25,7 @@ from axon_core.replay import replay_data, replay_html
 from replay_runs import XSS, live_run
 from steps_factory import random_steps
 from test_replay import embedded, parse
+from reference import greedy_tokens
 
 PROMPT = "The capital of France is"
 FORCED = 13  # '.': any token may be forced
@@ -39,16 +40,6 @@ def _services(pairs, tmp_path):
     labels = LabelService(base_url="http://127.0.0.1:9", datasets_url="http://127.0.0.1:9",
                           cache_path=tmp_path / "labels.sqlite", enabled=False)
     return Services(PageSettings(), load_catalogue(), pairs, labels, Engine(max_run_seconds=120), hub_notice="offline")
-
-
-def _greedy(model, ids, n):
-    ids, out = list(ids), []
-    with torch.inference_mode():
-        for _ in range(n):
-            logits = model(torch.tensor([ids]))
-            out.append(int(logits[0, -1].argmax()))
-            ids.append(out[-1])
-    return out
 
 
 def test_a_runs_json_carries_its_fork_through_generate_and_the_strip(pairs, pair, tmp_path):
@@ -72,7 +63,7 @@ def test_a_runs_json_carries_its_fork_through_generate_and_the_strip(pairs, pair
         assert f["seed"] == fork_seed(3, Fork(q, FORCED))
         # the fork's tokens: the forced one, then TransformerLens's greedy continuation of prefix + forced
         prefix = [bos] + [s.token_id for s in run.steps if s.position < q] + [FORCED]
-        want = _greedy(model, prefix, n_prompt + new - 1 - q)
+        want = greedy_tokens(model, prefix, n_prompt + new - 1 - q)
         assert [t["token_id"] for t in f["tokens"]] == [FORCED] + want
         assert [t["position"] for t in f["tokens"]] == list(range(q, n_prompt + new))
         was = next(s for s in run.steps if s.position == q)
@@ -101,7 +92,7 @@ def test_a_runs_json_carries_its_fork_through_generate_and_the_strip(pairs, pair
         f2 = run.export_json({})["fork"]
         assert (f2["position"], [t["token_id"] for t in f2["tokens"]][0]) == (q2, FORCED + 1)
         prefix2 = [bos] + [s.token_id for s in run.steps if s.position < q2] + [FORCED + 1]
-        assert [t["token_id"] for t in f2["tokens"]][1:] == _greedy(model, prefix2, n_prompt + new - 1 - q2)
+        assert [t["token_id"] for t in f2["tokens"]][1:] == greedy_tokens(model, prefix2, n_prompt + new - 1 - q2)
         # a run never forked carries none
         args[-1] = ""
         plain = [x for x in run_frames(services, *args) if isinstance(x, Frame)][-1]

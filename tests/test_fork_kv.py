@@ -20,7 +20,8 @@ from axon_core.fork import Fork
 from axon_core.generation import Generation, GenerationSettings, generate
 from axon_core.kv_store import KVStore, budget_from_env
 from axon_core.residuals import TransformerLensStepper
-from reference import Reference, check_steps, rows_of_steps
+from reference import Reference, check_steps, greedy_tokens, rows_of_steps
+from steps_factory import other_candidate
 
 PROMPT = "The capital of France is"
 GREEDY = GenerationSettings(max_new_tokens=12, temperature=0.0, top_k=0, top_p=1.0, repetition_penalty=1.0,
@@ -35,22 +36,6 @@ def _run(pair, settings, **kw) -> tuple[list, Generation]:
     while not g.done:
         steps.append(g.step())
     return steps, g
-
-
-def _other(steps, position):
-    """A candidate not chosen at ``position`` (from the decision at position − 1)."""
-    before = next(s for s in steps if s.position == position - 1)
-    return next(c.token_id for c in before.decision.candidates if not c.chosen)
-
-
-def _greedy_reference(model, ids, n):
-    ids, out = list(ids), []
-    with torch.inference_mode():
-        for _ in range(n):
-            logits = model(torch.tensor([ids]))
-            out.append(int(logits[0, -1].argmax()))
-            ids.append(out[-1])
-    return out
 
 
 def _fork(pair, settings, base_steps, fork, kv, **kw) -> tuple[list, Generation]:
@@ -84,7 +69,7 @@ def test_kv_reused_greedy_fork_is_a_fresh_run_of_prefix_plus_forced_token(pair, 
     n_total = n_prompt + GREEDY.max_new_tokens  # positions, BOS included
     assert g.positions_computed == n_total and kept.keys.shape[2] == n_total
     q = n_prompt + offset
-    tok = _other(base, q)
+    tok = other_candidate(base, q)
     steps, f = _fork(pair, GREEDY, base, Fork(q, tok), kept)
     # only the forced token and what follows went through the model
     assert f.kv_reused and f.positions_computed == n_total - q  # (the recompute: n_total)
@@ -93,7 +78,7 @@ def test_kv_reused_greedy_fork_is_a_fresh_run_of_prefix_plus_forced_token(pair, 
     bos = pair.model.tokenizer.bos_token_id
     prefix = [bos] + [s.token_id for s in steps if s.position <= q]
     assert prefix[-1] == tok
-    assert [s.token_id for s in steps if s.position > q] == _greedy_reference(pair.model, prefix, n_total - 1 - q)
+    assert [s.token_id for s in steps if s.position > q] == greedy_tokens(pair.model, prefix, n_total - 1 - q)
     # every position from the fork on: features (index, activation) and attributions against sae.encode
     ref = Reference.run(pair.model, [bos] + [s.token_id for s in steps], {8: (pair.hook_name, pair.sae)})
     counts = check_steps(ref, rows_of_steps(s for s in steps if s.position >= q), GREEDY.feature_k,
@@ -114,11 +99,11 @@ def test_the_base_runs_keys_are_not_changed_by_its_forks(pair):
     bos = pair.model.tokenizer.bos_token_id
     n_total = n_prompt + GREEDY.max_new_tokens
     for q in (n_prompt + 6, n_prompt + 1):
-        tok = _other(base, q)
+        tok = other_candidate(base, q)
         steps, f = _fork(pair, GREEDY, base, Fork(q, tok), kept)
         assert f.kv_reused and f.positions_computed == n_total - q
         prefix = [bos] + [s.token_id for s in steps if s.position <= q]
-        assert [s.token_id for s in steps if s.position > q] == _greedy_reference(pair.model, prefix, n_total - 1 - q)
+        assert [s.token_id for s in steps if s.position > q] == greedy_tokens(pair.model, prefix, n_total - 1 - q)
         _check_features(pair, steps, q)
         assert torch.equal(kept.keys, keys) and torch.equal(kept.values, values)
 
@@ -127,7 +112,7 @@ def test_sampled_kv_fork_twice_gives_the_same_tokens_as_the_recomputed_one(pair)
     base, g = _run(pair, SAMPLED)
     kept = g.keep_kv()
     q = _n_prompt(base) + 3
-    tok = _other(base, q)
+    tok = other_candidate(base, q)
     one, a = _fork(pair, SAMPLED, base, Fork(q, tok), kept)
     two, b = _fork(pair, SAMPLED, base, Fork(q, tok), kept)
     recomputed = [s.token_id for s in generate(pair, PROMPT, SAMPLED, fork=Fork(q, tok), base=base)]
@@ -145,12 +130,12 @@ def test_kv_reused_fork_of_a_several_layer_run(pairs):
     n_prompt = _n_prompt(base)
     n_total = n_prompt + GREEDY.max_new_tokens
     q = n_prompt + 5
-    tok = _other(base, q)
+    tok = other_candidate(base, q)
     steps, f = _fork(layer[8], GREEDY, base, Fork(q, tok), kept, extra=extra)
     assert f.kv_reused and f.positions_computed == n_total - q
     model, bos = layer[8].model, layer[8].model.tokenizer.bos_token_id
     prefix = [bos] + [s.token_id for s in steps if s.position <= q]
-    assert [s.token_id for s in steps if s.position > q] == _greedy_reference(model, prefix, n_total - 1 - q)
+    assert [s.token_id for s in steps if s.position > q] == greedy_tokens(model, prefix, n_total - 1 - q)
     ref = Reference.run(model, [bos] + [s.token_id for s in steps],
                         {i: (p.hook_name, p.sae) for i, p in layer.items()})
     counts = check_steps(ref, rows_of_steps(s for s in steps if s.position >= q), GREEDY.feature_k,
@@ -170,11 +155,11 @@ def test_kv_reused_fork_on_the_family_stepper(pythia_hub):
     bos = [pythia.model.tokenizer.bos_token_id] if base[0].position == 1 else []  # a run without BOS starts at 0
     n_total = len(bos) + len(base)
     q = n_total - GREEDY.max_new_tokens + 4
-    tok = _other(base, q)
+    tok = other_candidate(base, q)
     steps, f = _fork(pythia, GREEDY, base, Fork(q, tok), kept)
     assert f.kv_reused and f.positions_computed == n_total - q
     prefix = bos + [s.token_id for s in steps if s.position <= q]
-    assert [s.token_id for s in steps if s.position > q] == _greedy_reference(pythia.model, prefix, n_total - 1 - q)
+    assert [s.token_id for s in steps if s.position > q] == greedy_tokens(pythia.model, prefix, n_total - 1 - q)
     _check_features(pythia, steps, q)
     again, r = _fork(pythia, GREEDY, base, Fork(q, tok), None)
     assert not r.kv_reused and [s.token_id for s in again] == [s.token_id for s in steps]
@@ -187,7 +172,7 @@ def test_a_stepper_whose_cache_cannot_be_copied_recomputes(pair):
     tl_steps, tl = _run(pair, GREEDY, stepper=TransformerLensStepper(pair.model, pair.hook_name))
     assert tl.keep_kv() is None
     q = _n_prompt(base) + 2
-    tok = _other(base, q)
+    tok = other_candidate(base, q)
     fresh = TransformerLensStepper(pair.model, pair.hook_name)
     steps, f = _fork(pair, GREEDY, base, Fork(q, tok), kept, stepper=fresh)
     assert not f.kv_reused and f.positions_computed == _n_prompt(base) + GREEDY.max_new_tokens
@@ -201,7 +186,7 @@ def test_a_kept_run_of_other_tokens_is_not_used(pair):
     kept = h.keep_kv()
     if kept.covers([pair.model.tokenizer.bos_token_id] + [s.token_id for s in base if s.position < q]):
         pytest.skip("the sampled run happened to share the greedy prefix")
-    steps, f = _fork(pair, GREEDY, base, Fork(q, _other(base, q)), kept)
+    steps, f = _fork(pair, GREEDY, base, Fork(q, other_candidate(base, q)), kept)
     assert not f.kv_reused
 
 
@@ -255,14 +240,14 @@ def test_engine_forks_from_kept_keys_and_recomputes_after_eviction(pair):
         assert _stats(engine, live)["positions_computed"] == n_total and not live.kv_reused
         assert engine.stats()["kv_kept"]["runs"] == 1
         q = _n_prompt(live.steps) + 2
-        fork = Fork(q, _other(live.steps, q))
+        fork = Fork(q, other_candidate(live.steps, q))
         forked = _wait(engine.submit(pair, PROMPT, GREEDY, fork=fork, base=live.steps))
         st = _stats(engine, forked)
         assert st["kv_reused"] and st["positions_computed"] == n_total - q
         # steering changes the keys: a steered run's fork does not take the plain run's
         steer = ((3, 20.0),)
         steered = _wait(engine.submit(pair, PROMPT, GREEDY, steer))
-        sfork = Fork(q, _other(steered.steps, q))
+        sfork = Fork(q, other_candidate(steered.steps, q))
         sforked = _wait(engine.submit(pair, PROMPT, GREEDY, steer, fork=sfork, base=steered.steps))
         assert sforked.kv_reused  # its own run's keys
         # evict everything: the next fork (another token, so not the replayed run) recomputes, same tokens
