@@ -374,23 +374,29 @@
     return out;
   };
 
-  AxonPlayer.prototype._placeNames = function () {
-    var gd = this.el, full = gd._fullLayout, scene = full && full.scene && full.scene._scene;
-    if (!scene || !scene.glplot || !scene.glplot.cameraParams) return;
-    this._overlay();
-    var notes = this.notes(), tags = this._tags, svg = this._svg, doc = gd.ownerDocument, st = this.style;
-    var cam = scene.glplot.cameraParams, ds = scene.dataScale || [1, 1, 1], size = full._size;
-    var dom = full.scene.domain || {x: [0, 1], y: [0, 1]};
-    var w = size.w * (dom.x[1] - dom.x[0]), h = size.h * (dom.y[1] - dom.y[0]);
-    var x0 = size.l + dom.x[0] * size.w, y0 = size.t + (1 - dom.y[1]) * size.h;
-    while (tags.length < notes.length) {
+  // at least n name tags in the overlay (a div and its leader line each), made once and reused
+  AxonPlayer.prototype._moreTags = function (n) {
+    var doc = this.el.ownerDocument, tags = this._tags;
+    while (tags.length < n) {
       var div = doc.createElement("div"), line = doc.createElementNS("http://www.w3.org/2000/svg", "line");
       div.style.cssText = "position:absolute;left:0;top:0;white-space:nowrap;font:12px system-ui,sans-serif;" +
         "padding:0 3px;border-radius:3px;will-change:transform";
       line.setAttribute("stroke", "rgba(255,243,176,0.45)"); line.setAttribute("stroke-width", "1");
-      this._layer.appendChild(div); svg.appendChild(line);
+      this._layer.appendChild(div); this._svg.appendChild(line);
       tags.push({div: div, line: line, text: null});
     }
+  };
+
+  AxonPlayer.prototype._placeNames = function () {
+    var gd = this.el, full = gd._fullLayout, scene = full && full.scene && full.scene._scene;
+    if (!scene || !scene.glplot || !scene.glplot.cameraParams) return;
+    this._overlay();
+    var notes = this.notes(), tags = this._tags, st = this.style;
+    var cam = scene.glplot.cameraParams, ds = scene.dataScale || [1, 1, 1], size = full._size;
+    var dom = full.scene.domain || {x: [0, 1], y: [0, 1]};
+    var w = size.w * (dom.x[1] - dom.x[0]), h = size.h * (dom.y[1] - dom.y[0]);
+    var x0 = size.l + dom.x[0] * size.w, y0 = size.t + (1 - dom.y[1]) * size.h;
+    this._moreTags(notes.length);
     for (var i = 0; i < tags.length; i++) {
       var t = tags[i], n = notes[i];
       if (!n) { t.div.style.display = "none"; t.line.style.display = "none"; continue; }
@@ -439,6 +445,13 @@
     return p;
   }
 
+  // what a node's hover says after its label and name (both renderers' hovers)
+  function nodeNumbers(N, i, a) {
+    return " \u00b7 now " + a.toFixed(2) + " \u00b7 peak " + N.peak[i].toFixed(2) + " \u00b7 " + N.tokens[i] + " tok";
+  }
+
+  function pushText(v) { return " \u00b7 push " + (v > 0 ? "+" : "") + v.toFixed(2); }
+
   // a label on one line, cut to max characters (for textContent: nothing to escape)
   function spaced(label, max) {
     var text = String(label).split(/\s+/).filter(Boolean).join(" ");
@@ -474,8 +487,7 @@
       color.push(Math.round(a * 100) / 100);
       peakTop = Math.max(peakTop, N.peak[i]);
       if (heads[i] === undefined) heads[i] = inert(N.label[i], 120) + "<br>" + inert(N.name[i], 40);
-      hover.push(heads[i] + " \u00b7 now " + a.toFixed(2) +
-                 " \u00b7 peak " + N.peak[i].toFixed(2) + " \u00b7 " + N.tokens[i] + " tok");
+      hover.push(heads[i] + nodeNumbers(N, i, a));
     });
     var row = new Map();
     vis.forEach(function (i, r) { row.set(i, r); });
@@ -501,7 +513,7 @@
       var top = pushes.reduce(function (m, v) { return Math.max(m, Math.abs(v)); }, 0) || 1;
       marker.color = pushes; marker.cmin = -top; marker.cmax = top;
       marker.colorscale = TINT_SCALE;
-      vis.forEach(function (i, r) { if (pushes[r]) hover[r] += " \u00b7 push " + (pushes[r] > 0 ? "+" : "") + pushes[r].toFixed(2); });
+      vis.forEach(function (i, r) { if (pushes[r]) hover[r] += pushText(pushes[r]); });
     }
     data.push({type: "scatter3d", mode: "markers", name: "features", x: x, y: y, z: z,
                customdata: vis.map(cd), hovertext: hover, hoverinfo: "text", marker: marker,
@@ -833,16 +845,9 @@
 
   AxonPlayer.prototype._placeNamesCanvas = function (V) {
     this._overlay();
-    var notes = this.notes(), tags = this._tags, svg = this._svg, doc = this.el.ownerDocument, st = this.style;
+    var notes = this.notes(), tags = this._tags, st = this.style;
     var w = this._w, h = this._h, pt = [0, 0, 0];
-    while (tags.length < notes.length) {
-      var div = doc.createElement("div"), line = doc.createElementNS("http://www.w3.org/2000/svg", "line");
-      div.style.cssText = "position:absolute;left:0;top:0;white-space:nowrap;font:12px system-ui,sans-serif;" +
-        "padding:0 3px;border-radius:3px;will-change:transform";
-      line.setAttribute("stroke", "rgba(255,243,176,0.45)"); line.setAttribute("stroke-width", "1");
-      this._layer.appendChild(div); svg.appendChild(line);
-      tags.push({div: div, line: line, text: null});
-    }
+    this._moreTags(notes.length);
     for (var i = 0; i < tags.length; i++) {
       var t = tags[i], n = notes[i];
       if (!n) {
@@ -895,10 +900,9 @@
   // what a node's hover says (plain text: set with textContent)
   AxonPlayer.prototype.hoverText = function (i) {
     var N = this.nodes, a = this.activation(i);
-    var text = spaced(N.label[i], 120) + "\n" + spaced(N.name[i], 40) + " \u00b7 now " + a.toFixed(2) +
-      " \u00b7 peak " + N.peak[i].toFixed(2) + " \u00b7 " + N.tokens[i] + " tok";
+    var text = spaced(N.label[i], 120) + "\n" + spaced(N.name[i], 40) + nodeNumbers(N, i, a);
     var tint = this._tint, v = tint ? tint[String(N.key[i])] : null;
-    if (typeof v === "number" && v) text += " \u00b7 push " + (v > 0 ? "+" : "") + v.toFixed(2);
+    if (typeof v === "number" && v) text += pushText(v);
     if (this.watched.indexOf(i) >= 0) text = "watched: " + text;
     return text;
   };
