@@ -52,6 +52,7 @@ LIVE_JS = (HERE / "assets" / "player.js").read_text() + "\n" + (HERE / "assets" 
 TEXT_JS = (HERE / "assets" / "text.js").read_text()
 NOTES_JS = (HERE / "assets" / "notes.js").read_text()
 FORK_JS = (HERE / "assets" / "fork.js").read_text()  # the fork panel scrolled to where the texts part
+MARK_STOPPED = (HERE / "assets" / "stop.js").read_text()  # Stop marks the status line stopped
 EDGE_CHOICES = [("above chance (NPMI > 0)", "npmi"), ("all co-firing, by NPMI", "npmi_all"),
                 ("co-activation strength", "cooccurrence"), ("decoder cosine (SAE geometry)", "decoder"),
                 ("virtual weights across layers", "virtual"), ("measured effects (causal check)", "causal")]
@@ -64,34 +65,6 @@ EMBED_HEAD = ('<script>if (new URLSearchParams(location.search).get("embed") ===
 EMPTY_TEXT = ('<div class="axon-text axon-empty">Type a prompt and press <b>Generate</b>: the text appears here, '
               'token by token. Hover a token for its features; click it to see the graph as it was then.</div>')
 FULL = ["axon-full"]  # hidden in the embed view
-# Stop: the status line still holds the last frame the run sent ("running"); mark it
-# stopped in the page (the next run's frames replace it)
-MARK_STOPPED = """() => {
-  const box = document.getElementById('axon-status');
-  if (!box) return;
-  const mark = () => {
-    for (const b of box.querySelectorAll('.axon-state[data-state="running"]')) {
-      b.dataset.state = 'stopped';
-      b.insertAdjacentText('afterend', ' \u00b7 stopped');
-    }
-  };
-  mark();
-  // frames already on their way still arrive: marked too, until the person acts again
-  if (window.__axonStopped) window.__axonStopped();
-  const obs = new MutationObserver(mark);
-  obs.observe(box, {childList: true, subtree: true, characterData: true});
-  const other = (e) => {
-    const b = e.target && e.target.closest && e.target.closest('button');
-    if (e.type === 'keydown' || !b || b.textContent.trim() !== 'Stop') window.__axonStopped();
-  };
-  const timer = setTimeout(() => window.__axonStopped(), 10000);
-  window.__axonStopped = () => {
-    obs.disconnect(); clearTimeout(timer); window.__axonStopped = null;
-    document.removeEventListener('click', other, true); document.removeEventListener('keydown', other, true);
-  };
-  document.addEventListener('click', other, true);
-  document.addEventListener('keydown', other, true);
-}"""
 # Saves the file a download component was just given (Gradio's FileData: url,
 # orig_name): a link with a download name, clicked. From this app's own origin
 # the browser saves the URL itself; from another one (a proxy in between) a
